@@ -1,0 +1,276 @@
+"""The spiking runtime: input encoders, multi-step neurons, the time loop, decoding, losses, SpikeMonitor.
+
+Every rccsnn network runs in *multi-step* mode: it takes the whole encoded input ``[T, B, ...]`` at once and
+returns output spikes ``[T, B, K]``. Stateless layers (convolutions, BatchNorm, pooling, linear) are wrapped in
+:class:`PerStep`, which folds time into the batch so that one kernel call serves all T steps; only the neurons
+(:class:`LIF`) iterate over time. The membrane state lives in local variables of :meth:`LIF.forward` and starts
+at zero on every call, so no state can leak from one batch to the next.
+
+    x [B, ...] --encode--> [T, B, ...] --net--> spikes [T, B, K] --decode--> counts [B, K] --loss--> scalar
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, Iterable, List, Optional
+
+import torch
+import torch.nn.functional as F
+from snntorch import Leaky, surrogate
+from torch import Tensor, nn
+
+from rccsnn.errors import UserError
+from rccsnn.registry import Registry
+
+SURROGATES: Registry[Callable] = Registry("surrogate")
+SURROGATES.register("atan")(lambda alpha=2.0: surrogate.atan(alpha=alpha))
+SURROGATES.register("fast_sigmoid")(lambda alpha=25.0: surrogate.fast_sigmoid(slope=alpha))
+SURROGATES.register("sigmoid")(lambda alpha=25.0: surrogate.sigmoid(slope=alpha))
+
+RESET_MECHANISMS = ("subtract", "zero", "none")
+
+
+@dataclass
+class NeuronConfig:
+    """Leaky integrate-and-fire settings shared by every spiking layer of a network.
+
+    Dynamics (snntorch ``Leaky``, reset applied one step late as in snntorch)::
+
+        U[t] = beta * U[t-1] + I[t] - R[t] ;   S[t] = H(U[t] - threshold)
+
+    with ``R[t] = S[t-1] * threshold`` for ``subtract``, ``S[t-1] * beta * U[t-1]`` for ``zero`` and ``0`` for ``none``.
+
+    Attributes:
+        beta: membrane decay per time step, ``1 - 1/tau`` (0.5 for tau = 2). Dimensionless, in [0, 1].
+        threshold: firing threshold, in the units of the layer input.
+        reset: ``subtract``, ``zero`` (hard reset) or ``none``.
+        surrogate: name of the surrogate gradient of H (``atan``, ``fast_sigmoid``, ``sigmoid``).
+        surrogate_alpha: its sharpness (alpha of atan, slope of the sigmoids).
+    """
+
+    beta: float = 0.5
+    threshold: float = 1.0
+    reset: str = "subtract"
+    surrogate: str = "atan"
+    surrogate_alpha: float = 2.0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.beta <= 1.0:
+            raise UserError(f"neuron.beta must be in [0, 1], got {self.beta}")
+        if not self.threshold > 0:
+            raise UserError(f"neuron.threshold must be positive, got {self.threshold}")
+        if self.reset not in RESET_MECHANISMS:
+            raise UserError(f"neuron.reset must be one of {', '.join(RESET_MECHANISMS)}, got '{self.reset}'")
+        SURROGATES.get(self.surrogate)
+
+    def to_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+class LIF(nn.Module):
+    """Multi-step leaky integrate-and-fire layer around ``snntorch.Leaky``.
+
+    Args:
+        neuron: the neuron settings.
+
+    Shape:
+        input ``[T, B, ...]`` (currents), output ``[T, B, ...]`` (spikes in {0, 1}).
+
+    Example::
+
+        >>> lif = LIF(NeuronConfig(beta=0.5, threshold=1.0))
+        >>> lif(torch.tensor([[0.6], [0.6], [0.6]])).flatten().tolist()   # U = 0.6, 0.9, 1.05
+        [0.0, 0.0, 1.0]
+    """
+
+    def __init__(self, neuron: NeuronConfig) -> None:
+        super().__init__()
+        neuron.validate()
+        self.neuron = Leaky(
+            beta=neuron.beta,
+            threshold=neuron.threshold,
+            spike_grad=SURROGATES.create(neuron.surrogate, alpha=neuron.surrogate_alpha),
+            reset_mechanism=neuron.reset,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        # The state is passed explicitly from zero each call: snntorch otherwise keeps `mem` between calls
+        # whenever the shape matches, which would leak state from one batch into the next.
+        mem = torch.zeros_like(x[0])
+        spikes = []
+        for t in range(x.shape[0]):
+            spk, mem = self.neuron(x[t], mem)
+            spikes.append(spk)
+        self.neuron.mem = torch.zeros(0)  # drop the reference to the last step's graph
+        return torch.stack(spikes)
+
+
+class PerStep(nn.Sequential):
+    """Applies stateless layers to every time step at once by folding time into the batch.
+
+    Shape: input ``[T, B, ...]``, output ``[T, B, ...']``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        T, B = x.shape[:2]
+        y = super().forward(x.flatten(0, 1))
+        return y.reshape(T, B, *y.shape[1:])
+
+
+class SeqDropout(nn.Module):
+    """Dropout whose mask is shared by all time steps (a dropped neuron stays silent for the whole sample).
+
+    Shape: input and output ``[T, B, ...]``.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty_like(x[0]).bernoulli_(1.0 - self.p) / (1.0 - self.p)
+        return x * keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# ----------------------------------------------------------------------------------------------- encoders
+ENCODERS: Registry[Callable[[Tensor, int], Tensor]] = Registry("encoding")
+
+
+@ENCODERS.register("direct")
+def direct_encoding(x: Tensor, T: int) -> Tensor:
+    """The analog input repeated every step: ``[B, ...] -> [T, B, ...]`` (a view, no copy)."""
+    return x.unsqueeze(0).expand(T, *x.shape)
+
+
+@ENCODERS.register("rate")
+def rate_encoding(x: Tensor, T: int) -> Tensor:
+    """Bernoulli spikes with probability ``clamp(x, 0, 1)`` per step: ``[B, ...] -> [T, B, ...]`` in {0, 1}."""
+    p = x.clamp(0.0, 1.0)
+    return torch.bernoulli(p.unsqueeze(0).expand(T, *x.shape))
+
+
+# ----------------------------------------------------------------------------------------------- losses
+LOSSES: Registry[Callable[[Tensor, Tensor, int], Tensor]] = Registry("loss")
+
+
+@LOSSES.register("ce")
+def count_cross_entropy(counts: Tensor, target: Tensor, T: int) -> Tensor:
+    """Cross-entropy with spike counts ``[B, K]`` as logits; ``target`` is ``[B]`` class indices."""
+    return F.cross_entropy(counts, target)
+
+
+@LOSSES.register("mse")
+def rate_mse(counts: Tensor, target: Tensor, T: int) -> Tensor:
+    """Mean squared error between firing rates ``counts / T`` and the one-hot target (the minimax reference's loss)."""
+    return F.mse_loss(counts / T, F.one_hot(target, counts.shape[-1]).to(counts.dtype))
+
+
+def simulate(net: nn.Module, x: Tensor, T: int, encoding: str = "direct") -> Tensor:
+    """Encode ``x [B, ...]``, run ``net`` for ``T`` steps and decode by spike count.
+
+    Returns:
+        ``[B, K]`` output spike counts (in [0, T] for spiking outputs), usable as logits.
+    """
+    return net(ENCODERS.get(encoding)(x, T)).sum(0)
+
+
+# ----------------------------------------------------------------------------------------------- monitor
+WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class _Running:
+    """Sum and element count of a tensor stream, kept on the tensor's device (no host sync per batch)."""
+
+    __slots__ = ("total", "count")
+
+    def __init__(self) -> None:
+        self.total: Optional[Tensor] = None
+        self.count = 0
+
+    def add(self, x: Tensor) -> None:
+        s = x.detach().sum(dtype=torch.float64)
+        self.total = s if self.total is None else self.total + s
+        self.count += x.numel()
+
+    def mean(self) -> float:
+        return float(self.total) / self.count if self.count else 0.0
+
+
+class SpikeMonitor:
+    """Exact firing statistics through forward hooks; use as a context manager around forward passes.
+
+    For every :class:`LIF` layer it records the output firing rate (spikes per neuron per time step); for every
+    weight layer (Conv1d/2d/3d, Linear) the mean value of its input (the input firing rate when the input is
+    spikes), whether that input is analog (anything other than 0/1 in the first batch seen) and the number of
+    output positions per time step and sample (H_out * W_out for Conv2d, 1 for Linear on ``[N, F]``).
+    Rates are exact ratios of sums over every element seen, not means of batch means.
+
+    Args:
+        model: the network to watch.
+        T: time steps per inference, used to convert per-step counts to per-inference MACs.
+    """
+
+    def __init__(self, model: nn.Module, T: int) -> None:
+        self.model = model
+        self.T = T
+        self._handles: List = []
+        self._out: Dict[str, _Running] = {}
+        self._inp: Dict[str, _Running] = {}
+        self.analog_input: Dict[str, bool] = {}
+        self.positions: Dict[str, int] = {}
+        self.weights: Dict[str, int] = {}
+
+    def __enter__(self) -> "SpikeMonitor":
+        for name, module in self.model.named_modules():
+            if isinstance(module, LIF):
+                self._out[name] = _Running()
+                self._handles.append(module.register_forward_hook(self._spike_hook(name)))
+            elif isinstance(module, WEIGHT_LAYERS):
+                self._inp[name] = _Running()
+                self.weights[name] = module.weight.numel()
+                self._handles.append(module.register_forward_hook(self._input_hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _spike_hook(self, name: str):
+        def hook(module: nn.Module, inputs, output: Tensor) -> None:
+            self._out[name].add(output)
+
+        return hook
+
+    def _input_hook(self, name: str):
+        def hook(module: nn.Module, inputs, output: Tensor) -> None:
+            x = inputs[0]
+            self._inp[name].add(x)
+            if name not in self.analog_input:
+                # Checked once: encoders and spiking layers do not change kind from batch to batch.
+                self.analog_input[name] = bool(((x != 0) & (x != 1)).any())
+                spatial = output.shape[2:] if not isinstance(module, nn.Linear) else output.shape[1:-1]
+                self.positions[name] = int(torch.Size(spatial).numel())
+
+        return hook
+
+    def firing_rates(self) -> Dict[str, float]:
+        """Spikes per neuron per time step of each LIF layer, by module name."""
+        return {name: r.mean() for name, r in self._out.items() if r.count}
+
+    def input_rates(self) -> Dict[str, float]:
+        """Mean input value of each weight layer (its input firing rate for spike inputs), by module name."""
+        return {name: r.mean() for name, r in self._inp.items() if r.count}
+
+    def macs(self) -> Dict[str, int]:
+        """Dense multiply-accumulates per inference of each weight layer: positions x weights x T."""
+        return {name: self.positions[name] * self.weights[name] * self.T for name in self.positions}
+
+
+def weight_layers(model: nn.Module) -> Iterable[tuple]:
+    """``(name, module)`` for every Conv1d/2d/3d and Linear layer, in registration order."""
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS))
