@@ -1,6 +1,6 @@
 """Data set registry. Every data set is built by a registered factory::
 
-    factory(root: str, download: bool, path: str | None, seed: int) -> DataSplits
+    factory(root: str, download: bool, path: str | None) -> DataSplits
 
 returning train, validation and test splits of ``(x [C, H, W] float32, y int64)`` pairs. The validation split
 is always carved out of the training data with a fixed seed, so model selection never looks at the test split.
@@ -61,4 +61,4 @@ def load_data(name: str, root: str = "data", download: bool = False, path: Optio
 __all__ = ["DATASETS", "DataSplits", "Subset", "load_data", "seeded_split", "SPLITS"]
 
 # Importing the modules registers their factories.
-from rccsnn.data import digits  # noqa: E402,F401
+from rccsnn.data import digits, vision, npz  # noqa: E402,F401

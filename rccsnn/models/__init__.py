@@ -33,4 +33,4 @@ def build_model(
 
 
 # Importing the modules registers their factories.
-from rccsnn.models import convsnn  # noqa: E402,F401
+from rccsnn.models import cifar10net, convsnn, resnet, vgg  # noqa: E402,F401

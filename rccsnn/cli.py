@@ -1,0 +1,249 @@
+"""Command-line interface: ``rccsnn {train, evaluate, ...}``. Thin: parse, build the config, call the API.
+
+Every mistake a user can make ends in one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from rccsnn import __version__
+from rccsnn.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    """Register ``fn`` as the handler of subcommand ``name``."""
+
+    def decorator(fn: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = fn
+        return fn
+
+    return decorator
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --------------------------------------------------------------------------------------------- shared options
+def add_data_options(p: argparse.ArgumentParser, default_hint: str) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="NAME", help=f"data set name ({default_hint})")
+    g.add_argument("--data-root", metavar="DIR", help="where torchvision data sets live (default: data)")
+    g.add_argument("--data-path", metavar="FILE", help="the .npz file for --data npz")
+    g.add_argument("--download", action="store_true", default=None, help="allow torchvision to download the data")
+
+
+def add_model_file_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model file")
+    g.add_argument("--model", metavar="PKG.MODULE:FACTORY",
+                   help="architecture of a bare state_dict: a function returning a multi-step nn.Module")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow loading a pickled module (runs code from the file; only for files you trust)")
+    g.add_argument("--T", type=int, metavar="STEPS", help="time steps, for files that do not record them")
+    g.add_argument("--encoding", help="input encoding (direct or rate), for files that do not record it")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="rccsnn", description="Compress spiking neural networks to a hard resource budget.")
+    parser.add_argument("--version", action="version", version=f"rccsnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+
+    p = sub.add_parser("train", help="train a dense SNN from a YAML recipe")
+    p.add_argument("recipe", help="YAML recipe (see experiments/pretrain_digits.yaml)")
+    p.add_argument("--epochs", type=positive_int, help="override optim.epochs")
+    p.add_argument("--lr", type=float, help="override optim.lr")
+    p.add_argument("--seed", type=int, help="override seed")
+    p.add_argument("--out", metavar="DIR", help="run directory: TensorBoard events, resolved config, state")
+    p.add_argument("--checkpoint", metavar="FILE", help="where to write the trained model (default: OUT/model.pt)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any recipe key, e.g. --set model.T=8 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_data_options(p, "default: the recipe's")
+
+    p = sub.add_parser("evaluate", help="accuracy, parameters, MACs and firing rates of a model file")
+    p.add_argument("model_file", metavar="MODEL", help="rccsnn checkpoint, state_dict (+ --model) or pickled module")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--batch-size", type=positive_int, default=512)
+    add_data_options(p, "default: the one recorded in the checkpoint")
+    add_model_file_options(p)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically-enough for a small file; an unwritable path is a :class:`UserError`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def make_out_dir(path: str | Path) -> Path:
+    """Create a run directory and check that it is writable."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
+    probe = out / ".rccsnn-write-test"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
+    return out
+
+
+def data_overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    return {"data.name": args.data, "data.root": args.data_root, "data.path": args.data_path,
+            "data.download": args.download}
+
+
+# --------------------------------------------------------------------------------------------- train
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from rccsnn.config import TrainConfig, load_config, parse_assignment, write_yaml
+    from rccsnn.data import load_data
+    from rccsnn.models import build_model
+    from rccsnn.models.checkpoint import ModelSpec, save_checkpoint
+    from rccsnn.monitor import Monitor, print_metrics
+    from rccsnn.trainer import Trainer, TrainerOptions, resolve_device
+
+    overrides = dict(parse_assignment(s) for s in args.set)
+    overrides.update(data_overrides(args))
+    overrides.update({"optim.epochs": args.epochs, "optim.lr": args.lr, "seed": args.seed, "out": args.out,
+                      "checkpoint": args.checkpoint, "device": args.device})
+    cfg = load_config(TrainConfig, args.recipe, overrides)
+    device = resolve_device(cfg.device)
+    data = load_data(cfg.data.name, root=cfg.data.root, download=cfg.data.download, path=cfg.data.path)
+    spec = ModelSpec(arch=cfg.model.arch, arch_args=cfg.model.args, input_shape=data.input_shape,
+                     num_classes=data.num_classes, data=data.name, T=cfg.model.T, encoding=cfg.model.encoding,
+                     loss=cfg.model.loss, neuron=cfg.model.neuron)
+    from rccsnn.snn import ENCODERS, LOSSES
+
+    ENCODERS.get(spec.encoding)
+    LOSSES.get(spec.loss)
+    net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
+
+    out = make_out_dir(cfg.out)
+    write_yaml(cfg, out / "config.yaml")
+    monitor = Monitor(out, progress=not args.no_progress)
+    options = TrainerOptions(epochs=cfg.optim.epochs, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                             min_lr=cfg.optim.min_lr, batch_size=cfg.data.batch_size,
+                             eval_batch_size=cfg.data.eval_batch_size, workers=cfg.data.workers, seed=cfg.seed,
+                             progress=not args.no_progress, desc="train")
+    trainer = Trainer(net=net, data=data, spec=spec, options=options, out_dir=out, monitor=monitor, device=device)
+    fit = trainer.fit(resume=args.resume)
+    test = trainer.evaluate("test")
+    metrics = {"val_accuracy": fit["best_val"], "test_accuracy": test.accuracy, "best_epoch": fit["best_epoch"] + 1,
+               "epochs": cfg.optim.epochs}
+    monitor.hparams({"arch": spec.arch, "data": spec.data, "T": spec.T, "lr": cfg.optim.lr,
+                     "epochs": cfg.optim.epochs, "seed": cfg.seed}, {"val_accuracy": fit["best_val"],
+                                                                     "test_accuracy": test.accuracy})
+    monitor.close()
+    import dataclasses
+
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else out / "model.pt"
+    save_checkpoint(ckpt, trainer.net, spec, metrics=metrics, recipe=dataclasses.asdict(cfg))
+    print_metrics(f"trained {spec.arch} on {spec.data}; checkpoint: {ckpt}", metrics)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+def load_model_file(args: argparse.Namespace):
+    """Load MODEL with the model-file options; files without a spec take it from --data/--T/--encoding."""
+    from rccsnn.data import load_data
+    from rccsnn.models.checkpoint import ModelSpec, load_checkpoint
+
+    fallback = None
+    if args.model or args.trust_checkpoint:
+        name = args.data or "digits"
+        data = load_data(name, root=args.data_root or "data", download=bool(args.download), path=args.data_path)
+        fallback = ModelSpec(arch=args.model or "pickled-module", input_shape=(), num_classes=data.num_classes,
+                             data=name, T=args.T or 4, encoding=args.encoding or "direct")
+    loaded = load_checkpoint(args.model_file, model=args.model, trust=args.trust_checkpoint, fallback=fallback)
+    if args.T:
+        loaded.spec.T = args.T
+    if args.encoding:
+        loaded.spec.encoding = args.encoding
+    return loaded
+
+
+def load_data_for(args: argparse.Namespace, loaded):
+    from rccsnn.data import load_data
+
+    return load_data(args.data or loaded.spec.data, root=args.data_root or "data", download=bool(args.download),
+                     path=args.data_path)
+
+
+@command("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rccsnn.monitor import format_table
+    from rccsnn.report import measure
+    from rccsnn.snn import ENCODERS
+    from rccsnn.trainer import resolve_device
+
+    loaded = load_model_file(args)
+    ENCODERS.get(loaded.spec.encoding)
+    data = load_data_for(args, loaded)
+    result = measure(loaded, data, args.split, resolve_device(args.device), batch_size=args.batch_size)
+    rows = [[k, v] for k, v in result.items() if k != "firing_rates"]
+    print(format_table(["metric", "value"], rows))
+    print()
+    print(format_table(["LIF layer", "firing rate"], [[k, v] for k, v in result["firing_rates"].items()]))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- main
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    from rccsnn.trainer import Interrupted
+
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"rccsnn {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Interrupted as exc:
+        print(f"rccsnn {args.command}: stopped by {exc} after saving the state of the last finished epoch; "
+              f"continue with the same command plus --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"rccsnn {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,202 @@
+"""Run configuration: dataclasses filled from YAML, then overridden by CLI flags; saved beside every run.
+
+Only this module and ``cli.py`` know about YAML and argparse. Unknown keys and values of the wrong type are
+:class:`~rccsnn.errors.UserError` naming the key (with the closest valid key as a suggestion).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Type, TypeVar
+
+import yaml
+
+from rccsnn.errors import UserError
+from rccsnn.snn import NeuronConfig
+
+C = TypeVar("C")
+
+
+@dataclass
+class DataConfig:
+    """Which data set, where it lives, and how it is batched."""
+
+    name: str = "digits"
+    root: str = "data"
+    download: bool = False
+    path: Optional[str] = None
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and spiking settings. ``T`` is the number of time steps per inference."""
+
+    arch: str = "convsnn"
+    args: Dict[str, Any] = field(default_factory=dict)
+    T: int = 4
+    encoding: str = "direct"
+    loss: str = "ce"
+    neuron: NeuronConfig = field(default_factory=NeuronConfig)
+
+
+@dataclass
+class OptimConfig:
+    """Adam with a cosine learning-rate schedule over all steps of the run."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 30
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``rccsnn train`` needs; ``checkpoint`` defaults to ``<out>/model.pt``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    out: str = "runs/train"
+    checkpoint: Optional[str] = None
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.optim.epochs < 1:
+            raise UserError(f"optim.epochs must be at least 1, got {self.optim.epochs}")
+        if not (self.optim.lr > 0 and math.isfinite(self.optim.lr)):
+            raise UserError(f"optim.lr must be a positive number, got {self.optim.lr}")
+        if self.model.T < 1:
+            raise UserError(f"model.T must be at least 1, got {self.model.T}")
+        if self.data.batch_size < 1:
+            raise UserError(f"data.batch_size must be at least 1, got {self.data.batch_size}")
+        self.model.neuron.validate()
+
+
+# ------------------------------------------------------------------------------------------------ YAML
+def read_yaml(path: str | Path) -> Dict[str, Any]:
+    """Parse a YAML mapping; a missing file or a syntax error is a one-line :class:`UserError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    return data
+
+
+def write_yaml(obj: Any, path: str | Path) -> None:
+    """Write a dataclass (or plain data) as YAML."""
+    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"'{key}' must be a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"'{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise UserError(f"'{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"'{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"'{key}' must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"'{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {_type_name(tp)} for '{key}'")
+
+
+def from_dict(cls: Type[C], data: Dict[str, Any], prefix: str = "") -> C:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a suggestion."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid keys: {', '.join(names)}"
+            raise UserError(f"unknown key '{prefix}{key}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def set_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``dotted = 'a.b'``, creating mappings on the way."""
+    *parents, last = dotted.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"cannot set '{dotted}': '{p}' is not a mapping")
+    node[last] = value
+
+
+def parse_assignment(text: str) -> tuple:
+    """``'optim.lr=1e-3'`` -> ``('optim.lr', 0.001)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects KEY=VALUE, got '{text}'")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}: cannot parse value '{raw}'") from None
+    return key.strip(), value
+
+
+def load_config(cls: Type[C], path: Optional[str], overrides: Dict[str, Any]) -> C:
+    """YAML file (if any) first, then ``overrides`` (dotted keys -> values) on top."""
+    data = read_yaml(path) if path else {}
+    for key, value in overrides.items():
+        if value is not None:
+            set_path(data, key, value)
+    cfg = from_dict(cls, data)
+    validate = getattr(cfg, "validate", None)
+    if validate:
+        validate()
+    return cfg

@@ -1,0 +1,136 @@
+"""``npz``: a user's own arrays in one ``.npz`` file (``--data-path``).
+
+Keys:
+
+* ``x`` ``[N, C, H, W]`` or ``[N, H, W]`` (a channel axis is added), ``y`` ``[N]`` integer labels ``>= 0``;
+* optionally ``x_val``/``y_val`` and ``x_test``/``y_test``, given in pairs, with the same sample shape as ``x``.
+
+A missing validation split is carved out of ``x``/``y``: a fixed (seed 0) 15 % of the given training samples;
+a missing test split is carved likewise, another 15 % of them. With both missing, train/val/test are
+70 / 15 / 15 % of ``x`` (as for ``digits``). Integer pixels (e.g. uint8 0..255) are scaled to [0, 1] by /255;
+floating-point pixels are kept as they are. ``num_classes`` is the largest label over all splits plus one.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from rccsnn.data import DATASETS, DataSplits, seeded_split
+from rccsnn.errors import UserError
+
+#: fraction of the given training samples carved out for each missing split (validation, test).
+CARVE_FRACTION = 0.15
+
+_OPTIONAL_SPLITS = ("val", "test")
+
+
+def _read_npz(path: Optional[str]) -> Dict[str, np.ndarray]:
+    if not path:
+        raise UserError("data set 'npz' needs --data-path pointing to an .npz file with arrays 'x' and 'y'")
+    if not os.path.isfile(path):
+        raise UserError(f"npz file not found: {path}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        # numpy's own message here speaks of pickles, which would mislead: the file is just not an archive.
+        raise UserError(f"not a valid .npz file: {path} (expected arrays saved with numpy.savez)") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file gives one bare array
+        raise UserError(f"not a valid .npz file: {path} (holds a single array; save with numpy.savez)")
+    try:
+        with archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"not a valid .npz file: {path} ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _pixels(x: np.ndarray, key: str, path: str) -> torch.Tensor:
+    """``[N, C, H, W]`` float32 from ``[N, C, H, W]`` or ``[N, H, W]`` integer/float pixels."""
+    if x.ndim not in (3, 4):
+        raise UserError(f"{path}: '{key}' must be [N, C, H, W] or [N, H, W], got shape {list(x.shape)}")
+    if x.ndim == 3:
+        x = x[:, None]
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise UserError(f"{path}: integer '{key}' must hold pixel values 0..255, got {x.min()}..{x.max()}")
+        return torch.from_numpy(x.astype(np.float32) / 255.0)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise UserError(f"{path}: '{key}' must be integer or floating-point pixels, got dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise UserError(f"{path}: '{key}' contains NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _labels(y: np.ndarray, key: str, path: str) -> torch.Tensor:
+    if y.ndim != 1:
+        raise UserError(f"{path}: '{key}' must be 1-D integer labels [N], got shape {list(y.shape)}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise UserError(f"{path}: '{key}' must hold integer class labels, got dtype {y.dtype}")
+    if y.size and y.min() < 0:
+        raise UserError(f"{path}: '{key}' has negative labels (min {y.min()}); labels must be 0..K-1")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _pair(arrays: Dict[str, np.ndarray], x_key: str, y_key: str, path: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    x, y = _pixels(arrays[x_key], x_key, path), _labels(arrays[y_key], y_key, path)
+    if len(x) != len(y):
+        raise UserError(f"{path}: '{x_key}' has {len(x)} samples but '{y_key}' has {len(y)} labels")
+    if len(x) == 0:
+        raise UserError(f"{path}: '{x_key}' is empty")
+    return x, y
+
+
+@DATASETS.register("npz")
+def npz(root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
+    """Arrays from the ``.npz`` at ``path`` (see the module docstring); ``root``/``download`` are unused."""
+    arrays = _read_npz(path)
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise UserError(f"{path}: missing array '{key}' (found: {', '.join(sorted(arrays)) or 'none'})")
+    splits = {"train": _pair(arrays, "x", "y", path)}
+    for split in _OPTIONAL_SPLITS:
+        x_key, y_key = f"x_{split}", f"y_{split}"
+        if (x_key in arrays) != (y_key in arrays):
+            given, absent = (x_key, y_key) if x_key in arrays else (y_key, x_key)
+            raise UserError(f"{path}: '{given}' is given without '{absent}'")
+        if x_key in arrays:
+            splits[split] = _pair(arrays, x_key, y_key, path)
+            if splits[split][0].shape[1:] != splits["train"][0].shape[1:]:
+                raise UserError(
+                    f"{path}: '{x_key}' samples have shape {list(splits[split][0].shape[1:])} "
+                    f"but 'x' samples have {list(splits['train'][0].shape[1:])}"
+                )
+
+    carved = [split for split in _OPTIONAL_SPLITS if split not in splits]
+    if carved:
+        x, y = splits["train"]
+        *carved_idx, train_idx = seeded_split(len(y), (CARVE_FRACTION,) * len(carved) + (1.0,), seed=0)
+        for split, idx in zip(carved, carved_idx):
+            if len(idx) == 0:
+                raise UserError(
+                    f"{path}: {len(y)} samples in 'x' are too few to carve a {split} split; "
+                    f"give 'x_{split}'/'y_{split}' or more samples"
+                )
+            splits[split] = (x[idx], y[idx])
+        splits["train"] = (x[train_idx], y[train_idx])
+
+    num_classes = int(max(int(y.max()) for _, y in splits.values())) + 1
+    return DataSplits(
+        name="npz",
+        train=TensorDataset(*splits["train"]),
+        val=TensorDataset(*splits["val"]),
+        test=TensorDataset(*splits["test"]),
+        input_shape=tuple(splits["train"][0].shape[1:]),
+        num_classes=num_classes,
+        extra={"path": os.path.abspath(path), "carved": carved, "carve_fraction": CARVE_FRACTION,
+               "carve_seed": 0, "scaled_from_integer": not np.issubdtype(arrays["x"].dtype, np.floating)},
+    )

@@ -1,0 +1,256 @@
+"""The rccsnn checkpoint format: save and load, safely.
+
+A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` reads without running any code::
+
+    {
+      "format": "rccsnn-checkpoint", "format_version": 1, "rccsnn_version": "0.1.0",
+      "arch": "convsnn", "arch_args": {...},          # registry name (or "pkg.module:factory") and its arguments
+      "state_dict": {...},                             # tensors; masks are always baked (pruned weights are 0)
+      "data": {"name": "digits", "input_shape": [1, 8, 8], "num_classes": 10},
+      "T": 4, "encoding": "direct", "loss": "ce",
+      "neuron": {"beta": 0.5, "threshold": 1.0, "reset": "subtract", "surrogate": "atan", "surrogate_alpha": 2.0},
+      "metrics": {...},                                # e.g. {"val_accuracy": 0.98, "test_accuracy": 0.97}
+      "recipe": {...},                                 # the resolved configuration that produced it
+      "compression": {...},                            # only in compressed models: method, budgets, resources
+    }
+
+Models of the user's own design are supported two ways: a state_dict (bare or inside a dict) plus
+``model="package.module:factory"`` (the factory is called with no arguments and must return a multi-step
+network), or a whole pickled ``nn.Module``, which runs pickled code on load and therefore needs ``trust=True``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from rccsnn import __version__
+from rccsnn.errors import UserError
+from rccsnn.models import build_model
+from rccsnn.snn import ENCODERS, LOSSES, NeuronConfig
+
+FORMAT = "rccsnn-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelSpec:
+    """What it takes to rebuild and run a network, besides its weights."""
+
+    arch: str
+    input_shape: tuple
+    num_classes: int
+    data: str = "digits"
+    arch_args: Dict[str, Any] = field(default_factory=dict)
+    T: int = 4
+    encoding: str = "direct"
+    loss: str = "ce"
+    neuron: NeuronConfig = field(default_factory=NeuronConfig)
+
+
+@dataclass
+class LoadedModel:
+    """A network ready to run, with its spec and whatever else its file recorded."""
+
+    net: nn.Module
+    spec: ModelSpec
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    recipe: Dict[str, Any] = field(default_factory=dict)
+    compression: Optional[Dict[str, Any]] = None
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path,
+    net: nn.Module,
+    spec: ModelSpec,
+    metrics: Optional[Dict[str, Any]] = None,
+    recipe: Optional[Dict[str, Any]] = None,
+    compression: Optional[Dict[str, Any]] = None,
+) -> None:
+    """Write ``net`` (with masks already baked) and its spec in the checkpoint format, atomically."""
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "rccsnn_version": __version__,
+        "arch": spec.arch,
+        "arch_args": dict(spec.arch_args),
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "data": {"name": spec.data, "input_shape": list(spec.input_shape), "num_classes": spec.num_classes},
+        "T": spec.T,
+        "encoding": spec.encoding,
+        "loss": spec.loss,
+        "neuron": spec.neuron.to_dict(),
+        "metrics": dict(metrics or {}),
+        "recipe": dict(recipe or {}),
+    }
+    if compression is not None:
+        ckpt["compression"] = compression
+    atomic_save(ckpt, path)
+
+
+def import_factory(target: str):
+    """Import ``package.module:factory``; any failure is a one-line :class:`UserError`."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise UserError(f"--model expects package.module:factory, got '{target}'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of the user's module
+        raise UserError(f"--model {target}: cannot import '{module_name}': {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"--model {target}: '{module_name}' has no callable '{attr}'")
+    return factory
+
+
+def _build(spec: ModelSpec, model: Optional[str]) -> nn.Module:
+    if ":" in spec.arch:
+        if model is None:
+            raise UserError(
+                f"this checkpoint's architecture is user code ('{spec.arch}'); pass --model {spec.arch} to import it"
+            )
+        net = import_factory(model)()
+    elif model is not None:
+        net = import_factory(model)()
+    else:
+        net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
+    if not isinstance(net, nn.Module):
+        raise UserError(f"--model {model}: the factory returned {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def load_state(net: nn.Module, state: Dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` with a one-line error when the state does not fit the architecture."""
+    result = None
+    try:
+        result = net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        missing = [k for k in net.state_dict() if k not in state]
+        unexpected = [k for k in state if k not in net.state_dict()]
+        detail = []
+        if missing:
+            detail.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            detail.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        if not detail:
+            detail.append(str(exc).strip().splitlines()[-1].strip())
+        raise UserError(f"{source}: state does not fit the architecture ({'; '.join(detail)})") from None
+    return result
+
+
+def _raw_load(path: Path, trust: bool) -> Any:
+    if not path.exists():
+        raise UserError(f"no such file: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any pickled object that is not plain data (for example a whole nn.Module).
+        if not trust:
+            raise UserError(
+                f"{path} contains pickled Python objects, which run code when loaded; "
+                "pass --trust-checkpoint only if you trust where it came from"
+            ) from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:
+            raise UserError(f"{path}: cannot unpickle ({type(exc2).__name__}: {exc2})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or another format?): {first}") from None
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: Optional[str] = None,
+    trust: bool = False,
+    fallback: Optional[ModelSpec] = None,
+) -> LoadedModel:
+    """Load any model file rccsnn accepts and return the network in eval mode.
+
+    Args:
+        path: an rccsnn checkpoint, a bare state_dict (needs ``model``), or a pickled module (needs ``trust``).
+        model: ``package.module:factory`` for a user architecture; running it is the user's explicit choice.
+        trust: allow unpickling arbitrary objects (runs code from the file).
+        fallback: the spec to use for files that carry none (state_dicts and pickled modules).
+    """
+    path = Path(path)
+    raw = _raw_load(path, trust)
+    if isinstance(raw, nn.Module):
+        spec = fallback or ModelSpec(arch="pickled-module", input_shape=(), num_classes=0)
+        return LoadedModel(net=raw.eval(), spec=spec)
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} holds a {type(raw).__name__}, not a checkpoint, state_dict or module")
+    if raw.get("format") == FORMAT:
+        return _from_checkpoint(raw, path, model)
+    state = raw.get("state_dict", raw)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is a dict but neither an rccsnn checkpoint nor a state_dict of tensors")
+    if model is None:
+        raise UserError(f"{path} is a bare state_dict; pass --model package.module:factory to name its architecture")
+    spec = fallback or ModelSpec(arch=model, input_shape=(), num_classes=0)
+    spec.arch = model
+    net = _build(spec, model)
+    load_state(net, state, str(path))
+    return LoadedModel(net=net.eval(), spec=spec)
+
+
+def _from_checkpoint(raw: Dict[str, Any], path: Path, model: Optional[str]) -> LoadedModel:
+    version = raw.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format version {version} is newer than this rccsnn reads ({FORMAT_VERSION})")
+    try:
+        data = raw["data"]
+        spec = ModelSpec(
+            arch=raw["arch"],
+            arch_args=dict(raw.get("arch_args") or {}),
+            input_shape=tuple(data["input_shape"]),
+            num_classes=int(data["num_classes"]),
+            data=data["name"],
+            T=int(raw["T"]),
+            encoding=raw["encoding"],
+            loss=raw.get("loss", "ce"),
+            neuron=NeuronConfig(**raw["neuron"]),
+        )
+        state = raw["state_dict"]
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{path}: checkpoint is missing or has a malformed field ({exc})") from None
+    ENCODERS.get(spec.encoding)
+    LOSSES.get(spec.loss)
+    net = _build(spec, model)
+    load_state(net, state, str(path))
+    return LoadedModel(
+        net=net.eval(),
+        spec=spec,
+        metrics=dict(raw.get("metrics") or {}),
+        recipe=dict(raw.get("recipe") or {}),
+        compression=raw.get("compression"),
+    )
