@@ -5,13 +5,13 @@ Every mistake a user can make ends in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from rccsnn import __version__
 from rccsnn.errors import UserError
+from rccsnn.monitor import write_json
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -56,6 +56,15 @@ def add_model_file_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
+def budget_arg(text: str) -> float:
+    from rccsnn.config import check_budget
+
+    try:
+        return check_budget(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -92,22 +101,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=512)
     add_data_options(p, "default: the one recorded in the checkpoint")
     add_model_file_options(p)
+    p = sub.add_parser("compress", help="compress a model file to a hard resource budget")
+    p.add_argument("model_file", metavar="MODEL", nargs="?", help="the model to compress (or 'model:' in --config)")
+    p.add_argument("--budget", type=budget_arg, metavar="FRACTION",
+                   help="budget for --resource as a fraction of the dense cost, in (0, 1]")
+    p.add_argument("--resource", help="resource of --budget: params (default), macs, synops or energy")
+    p.add_argument("--constraint", action="append", default=[], metavar="RESOURCE=FRACTION",
+                   help="a budget on another resource (repeatable; each gets its own dual variable)")
+    p.add_argument("--method", help="minimax (default), magnitude or gmp")
+    p.add_argument("--schedule", help="joint (default) or sequential (the ablation)")
+    p.add_argument("--epochs", type=positive_int, help="total epochs, compression and finetuning (default 30)")
+    p.add_argument("--lr", type=float, help="Adam learning rate of the weights (default 1e-3)")
+    p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/compress)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set method.options.lr_z=40 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_data_options(p, "default: the one recorded in the checkpoint")
+    add_model_file_options(p)
+    p.set_defaults(device=None)
+
     return parser
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def write_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically-enough for a small file; an unwritable path is a :class:`UserError`."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-        tmp.replace(path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 def make_out_dir(path: str | Path) -> Path:
     """Create a run directory and check that it is writable."""
     out = Path(path)
@@ -145,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       "checkpoint": args.checkpoint, "device": args.device})
     cfg = load_config(TrainConfig, args.recipe, overrides)
     device = resolve_device(cfg.device)
-    data = load_data(cfg.data.name, root=cfg.data.root, download=cfg.data.download, path=cfg.data.path)
+    data = load_data(cfg.data.name or "digits", root=cfg.data.root, download=cfg.data.download, path=cfg.data.path)
     spec = ModelSpec(arch=cfg.model.arch, arch_args=cfg.model.args, input_shape=data.input_shape,
                      num_classes=data.num_classes, data=data.name, T=cfg.model.T, encoding=cfg.model.encoding,
                      loss=cfg.model.loss, neuron=cfg.model.neuron)
@@ -223,6 +242,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(["LIF layer", "firing rate"], [[k, v] for k, v in result["firing_rates"].items()]))
     if args.json:
         write_json(result, args.json)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- compress
+@command("compress")
+def cmd_compress(args: argparse.Namespace) -> int:
+    from rccsnn.compress import compress, summary_table
+    from rccsnn.config import CompressConfig, load_config, parse_assignment, parse_constraint, read_yaml
+
+    overrides = dict(parse_assignment(s) for s in args.set)
+    overrides.update(data_overrides(args))
+    overrides.update({"model": args.model_file, "method.name": args.method, "method.schedule": args.schedule,
+                      "optim.epochs": args.epochs, "optim.lr": args.lr, "seed": args.seed, "out": args.out,
+                      "device": args.device})
+    budgets = dict(read_yaml(args.config).get("budgets") or {}) if args.config else {}
+    if args.resource is not None and args.budget is None:
+        raise UserError("--resource needs --budget")
+    if args.budget is not None:
+        budgets[args.resource or "params"] = args.budget
+    for text in args.constraint:
+        name, value = parse_constraint(text)
+        budgets[name] = value
+    overrides["budgets"] = budgets or None
+    cfg = load_config(CompressConfig, args.config, overrides)
+    args.model_file = cfg.model
+    loaded = load_model_file(args)
+    result = compress(cfg, loaded, resume=args.resume, progress=not args.no_progress)
+    print(summary_table(result))
+    print(f"compressed model: {result.checkpoint}  ({result.wall_seconds:.1f} s)")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ C = TypeVar("C")
 class DataConfig:
     """Which data set, where it lives, and how it is batched."""
 
-    name: str = "digits"
+    name: Optional[str] = None  # None: digits for train, the checkpoint's data set for compress
     root: str = "data"
     download: bool = False
     path: Optional[str] = None
@@ -81,13 +82,48 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------ YAML
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads YAML 1.2 floats such as ``1e-3`` (YAML 1.1 wants ``1.0e-3``).
+
+    PyYAML follows YAML 1.1, where an exponent needs a dot and a signed exponent, so ``lr: 1e-3`` would be the
+    *string* ``'1e-3'``. Integers, ``.inf`` and ``.nan`` resolve as before.
+    """
+
+
+# Drop the YAML 1.1 float resolver and install one that also accepts a mantissa without a dot and an unsigned
+# exponent. Resolvers are tried in order per first character, so replacing (not appending) keeps ints as ints.
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with :class:`_Loader` (YAML 1.2 floats)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path: str | Path) -> Dict[str, Any]:
     """Parse a YAML mapping; a missing file or a syntax error is a one-line :class:`UserError`."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = _safe_load(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
@@ -183,7 +219,7 @@ def parse_assignment(text: str) -> tuple:
     if not sep or not key.strip():
         raise UserError(f"--set expects KEY=VALUE, got '{text}'")
     try:
-        value = yaml.safe_load(raw)
+        value = _safe_load(raw)
     except yaml.YAMLError:
         raise UserError(f"--set {key}: cannot parse value '{raw}'") from None
     return key.strip(), value
@@ -200,3 +236,86 @@ def load_config(cls: Type[C], path: Optional[str], overrides: Dict[str, Any]) ->
     if validate:
         validate()
     return cfg
+
+
+@dataclass
+class MethodConfig:
+    """The compression method, its schedule and its own options (passed to its constructor)."""
+
+    name: str = "minimax"
+    schedule: str = "joint"
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TargetsConfig:
+    """Which weights may be pruned: glob patterns on module names, or type names such as ``Linear``."""
+
+    include: List[str] = field(default_factory=list)
+    exclude: List[str] = field(default_factory=list)
+    exclude_first: bool = True
+
+
+@dataclass
+class CompressConfig:
+    """Everything ``rccsnn compress`` needs. ``budgets`` maps resource -> fraction of dense in (0, 1]."""
+
+    model: Optional[str] = None
+    budgets: Dict[str, Any] = field(default_factory=dict)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, epochs=30))
+    resources: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    out: str = "runs/compress"
+    device: str = "auto"
+
+    def validate(self) -> None:
+        from rccsnn.methods import METHODS
+        from rccsnn.resources import RESOURCES
+
+        if not self.model:
+            raise UserError("no model to compress: give MODEL.pt (or 'model:' in the config)")
+        if not self.budgets:
+            raise UserError("no budget: give --budget FRACTION (with --resource) or --constraint RESOURCE=FRACTION")
+        for name, budget in self.budgets.items():
+            RESOURCES.get(name)
+            check_budget(budget, f"budget for {name}")
+        for name, consts in self.resources.items():
+            RESOURCES.get(name)
+            if not isinstance(consts, dict):
+                raise UserError(f"'resources.{name}' must be a mapping of constants, got {consts!r}")
+        METHODS.get(self.method.name)
+        from rccsnn.methods.base import SCHEDULES
+
+        if self.method.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule '{self.method.schedule}'; choices: {', '.join(SCHEDULES)}")
+        if self.optim.epochs < 1:
+            raise UserError(f"optim.epochs must be at least 1, got {self.optim.epochs}")
+        if not (self.optim.lr > 0 and math.isfinite(self.optim.lr)):
+            raise UserError(f"optim.lr must be a positive number, got {self.optim.lr}")
+
+
+def check_budget(value: Any, what: str = "budget") -> float:
+    """A budget is a finite number in (0, 1]; anything else is a :class:`UserError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{what} must be a number in (0, 1], got {value!r}") from None
+    value = float(value)
+    if math.isnan(value) or not 0.0 < value <= 1.0:
+        raise UserError(f"{what} must be a number in (0, 1], got {value!r}")
+    return value
+
+
+def parse_constraint(text: str) -> tuple:
+    """``'synops=0.1'`` -> ``('synops', 0.1)``."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip() or not raw.strip():
+        raise UserError(f"--constraint expects RESOURCE=FRACTION (e.g. synops=0.1), got '{text}'")
+    from rccsnn.resources import RESOURCES
+
+    RESOURCES.get(name.strip())
+    return name.strip(), check_budget(raw.strip(), f"budget in --constraint {text}")

@@ -21,10 +21,44 @@ from torch import Tensor, nn
 from rccsnn.errors import UserError
 from rccsnn.registry import Registry
 
+class SurrogateSpike:
+    """Heaviside spike with a surrogate gradient: ``function.apply(x, alpha)`` of an snntorch autograd Function.
+
+    The same computation as the closures of ``snntorch.surrogate.atan(alpha)`` / ``fast_sigmoid(slope)`` /
+    ``sigmoid(slope)``, but a module-level class, so a network that holds one can be pickled whole
+    (``torch.save(net)``); snntorch's closures are local functions and cannot.
+    """
+
+    def __init__(self, function: type, alpha: float) -> None:
+        self.function = function
+        self.alpha = alpha
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.function.apply(x, self.alpha)
+
+    def __repr__(self) -> str:
+        return f"SurrogateSpike({self.function.__name__}, alpha={self.alpha})"
+
+
+def atan_surrogate(alpha: float = 2.0) -> SurrogateSpike:
+    """As ``snntorch.surrogate.atan(alpha)``."""
+    return SurrogateSpike(surrogate.ATan, alpha)
+
+
+def fast_sigmoid_surrogate(alpha: float = 25.0) -> SurrogateSpike:
+    """As ``snntorch.surrogate.fast_sigmoid(slope=alpha)``."""
+    return SurrogateSpike(surrogate.FastSigmoid, alpha)
+
+
+def sigmoid_surrogate(alpha: float = 25.0) -> SurrogateSpike:
+    """As ``snntorch.surrogate.sigmoid(slope=alpha)``."""
+    return SurrogateSpike(surrogate.Sigmoid, alpha)
+
+
 SURROGATES: Registry[Callable] = Registry("surrogate")
-SURROGATES.register("atan")(lambda alpha=2.0: surrogate.atan(alpha=alpha))
-SURROGATES.register("fast_sigmoid")(lambda alpha=25.0: surrogate.fast_sigmoid(slope=alpha))
-SURROGATES.register("sigmoid")(lambda alpha=25.0: surrogate.sigmoid(slope=alpha))
+SURROGATES.register("atan")(atan_surrogate)
+SURROGATES.register("fast_sigmoid")(fast_sigmoid_surrogate)
+SURROGATES.register("sigmoid")(sigmoid_surrogate)
 
 RESET_MECHANISMS = ("subtract", "zero", "none")
 

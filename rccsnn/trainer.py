@@ -17,6 +17,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from rccsnn.data import DataSplits
 from rccsnn.errors import UserError
@@ -33,9 +34,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device '{name}' requested, but no CUDA GPU is available (use --device cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise UserError(
+                f"device '{name}' requested, but only {count} CUDA GPU{'s' if count != 1 else ''} "
+                f"(cuda:0{f'..cuda:{count - 1}' if count > 1 else ''}) available"
+            )
+    return device
 
 
 def cosine(total_steps: int, min_factor: float = 0.0) -> Callable[[int], float]:
@@ -208,10 +219,11 @@ class Trainer:
                 self.epoch = epoch
                 t0 = time.perf_counter()
                 metrics = self.train_epoch(epoch)
+                # The method's epoch end may change the weights (a projection), so validation comes after it.
+                metrics.update(self.method.epoch_end(epoch, self))
                 val = self.evaluate("val", spikes=True)
                 metrics.update({"val/accuracy": val.accuracy, "val/loss": val.loss, "lr": self.lr})
                 metrics.update({f"firing_rate/{k}": v for k, v in val.monitor.firing_rates().items()})
-                metrics.update(self.method.epoch_end(epoch, self))
                 # Ties in accuracy (common on small validation sets) go to the lower validation loss.
                 if self.method.selectable() and (val.accuracy, -val.loss) > (self.best_val, -self.best_loss):
                     self.best_val, self.best_loss, self.best_epoch = val.accuracy, val.loss, epoch
@@ -220,6 +232,9 @@ class Trainer:
                 metrics["time/epoch_seconds"] = time.perf_counter() - t0
                 self.monitor.scalars(metrics, epoch + 1)
                 self.history = metrics
+                tqdm.write(f"epoch {epoch + 1}/{self.opt.epochs}: loss {metrics['train/loss']:.4f}, "
+                           f"train acc {metrics['train/accuracy']:.4f}, val acc {val.accuracy:.4f}"
+                           + ("" if self.method.selectable() else " (not selectable yet)"))
                 self.save_state(epoch + 1)
                 if stop["signal"] is not None:
                     raise Interrupted(signal.Signals(stop["signal"]).name)

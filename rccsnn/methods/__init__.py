@@ -1,4 +1,5 @@
 """Compression methods. A method is one file here with ``@METHODS.register("name")``; see :mod:`.base`."""
-from rccsnn.methods.base import METHODS, CompressionMethod
+from rccsnn.methods.base import METHODS, CompressionMethod, Constraint, PruningMethod
+from rccsnn.methods import gmp, magnitude, minimax  # noqa: E402,F401  (registers the methods)
 
-__all__ = ["METHODS", "CompressionMethod"]
+__all__ = ["METHODS", "CompressionMethod", "Constraint", "PruningMethod"]

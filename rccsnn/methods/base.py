@@ -17,9 +17,17 @@ The base class does nothing, which is dense training. The Trainer never asks whi
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from rccsnn.errors import UserError
+from rccsnn.masks import Target, apply_masks, set_straight_through
 from rccsnn.registry import Registry
+from rccsnn.resources import LayerStats, RateTracker, ResourceModel
 
 if TYPE_CHECKING:  # pragma: no cover
     from rccsnn.trainer import Trainer
@@ -65,3 +73,252 @@ class CompressionMethod:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+# ================================================================================================ pruning
+SCHEDULES = ("joint", "sequential")
+
+
+@dataclass
+class Constraint:
+    """``resource(model) <= budget``, the budget a fraction of the dense cost in (0, 1]."""
+
+    resource: ResourceModel
+    budget: float
+    dense: float  # the dense model's cost per inference, in the resource's unit (fixed at the start)
+
+
+def kept_counts(targets: Sequence[Target]) -> Tensor:
+    """``[L]`` float64: weights each target's mask keeps."""
+    return torch.tensor([float(t.mask.mask.sum()) if t.mask is not None else float(t.n) for t in targets],
+                        dtype=torch.float64)
+
+
+def resource_values(costs: Tensor, dense: Tensor, kept: Tensor) -> Tensor:
+    """``[J]`` fractions of dense: ``sum_l c_jl kept_l / D_j`` for costs ``[J, L]`` and dense costs ``D`` ``[J]``."""
+    return (costs * kept).sum(1) / dense.clamp_min(1e-300)
+
+
+@torch.no_grad()
+def project(targets: Sequence[Target], costs: Tensor, limits: Sequence[float],
+            scale: Optional[Tensor] = None) -> int:
+    """Prune further, lowest ``w^2 / (scale_l * c_jl)`` first, until every ``sum_l c_jl kept_l <= limit_j`` on the hard masks.
+
+    Exact: for the most violated constraint it sorts the kept weights of the layers that cost something under
+    that resource and removes the shortest prefix whose summed cost covers the excess; repeats until all hold
+    (pruning never raises any resource, so this ends). Returns the number of weights pruned.
+
+    Args:
+        targets: layers with masks attached.
+        costs: ``[J, L]`` cost of one kept weight of layer l under resource j.
+        limits: ``[J]`` largest allowed cost per inference (budget x dense cost), in each resource's unit.
+        scale: ``[L]`` unit of w^2 per layer (default 1: raw magnitudes, as in global magnitude pruning).
+    """
+    # The tiny slack keeps float rounding from leaving R a hair above B when measured as a ratio.
+    limit = torch.tensor(list(limits), dtype=torch.float64) * (1.0 - 1e-12)
+    pruned = 0
+    for _ in range(100 * len(limit) + 100):
+        kept = kept_counts(targets)
+        excess = (costs * kept).sum(1) - limit
+        if bool((excess <= 0).all()):
+            return pruned
+        j = int(torch.argmax(excess / limit.abs().clamp_min(1e-300)))
+        scores, cost, where = [], [], []
+        for l, t in enumerate(targets):
+            c = float(costs[j, l]) * (1.0 if scale is None else float(scale[l]))
+            if c <= 0:
+                continue
+            idx = torch.nonzero(t.mask.mask.flatten(), as_tuple=False).flatten()
+            w2 = t.weight.detach().flatten()[idx].double() ** 2
+            scores.append(w2 / c)
+            cost.append(torch.full_like(w2, float(costs[j, l])))
+            where.append((l, idx))
+        order = torch.argsort(torch.cat(scores))
+        cum = torch.cumsum(torch.cat(cost)[order], 0)
+        cut = min(int(torch.searchsorted(cum, excess[j].item())) + 1, len(order))
+        chosen = order[:cut]
+        offsets = torch.cumsum(torch.tensor([0] + [len(i) for _, i in where]), 0)
+        for (l, idx), lo, hi in zip(where, offsets[:-1], offsets[1:]):
+            sel = chosen[(chosen >= lo) & (chosen < hi)] - lo
+            if len(sel):
+                targets[l].mask.mask.view(-1)[idx[sel]] = 0.0
+        pruned += cut
+    raise RuntimeError("projection did not converge")  # unreachable: each round prunes at least one weight
+
+
+class PruningMethod(CompressionMethod):
+    """What every pruning method shares: constraints, phases, the exact projection and the budget guarantee.
+
+    The run has a compression phase (at most ``compress_fraction`` of all training steps) in which the subclass
+    moves the masks (:meth:`compress_step`), then a finetuning phase with frozen masks and a fresh cosine
+    schedule. If the compression phase ends before every constraint holds, :func:`project` prunes the rest.
+    With ``schedule="sequential"`` the task-loss gradient of the target weights is dropped during compression.
+    After the last epoch, :meth:`finalize` measures every constraint on the validation split with the final
+    weights and, while one is exceeded (possible for data-dependent resources), prunes further and finetunes.
+
+    Args:
+        schedule: ``joint`` or ``sequential``.
+        compress_fraction: the longest share of the run's steps spent compressing, in [0, 1].
+        guarantee_rounds: prune-and-finetune rounds in :meth:`finalize` before pruning without finetuning.
+    """
+
+    def __init__(self, schedule: str = "joint", compress_fraction: float = 0.5, guarantee_rounds: int = 3) -> None:
+        if schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule '{schedule}'; choices: {', '.join(SCHEDULES)}")
+        self.schedule = schedule
+        self.compress_fraction = compress_fraction
+        self.guarantee_rounds = guarantee_rounds
+        self.phase = "compress"
+        self.events: List[str] = []
+        self.projected = 0
+        self.scale: Optional[Tensor] = None  # per-target unit of w^2 in the projection (None: raw magnitude)
+
+    # --------------------------------------------------------------------------------------------- binding
+    def bind(self, targets: Sequence[Target], constraints: Sequence[Constraint], stats: LayerStats,
+             measure_stats: Callable[[], LayerStats]) -> None:
+        """Give the method its problem: the masked targets, the constraints and the initial layer statistics.
+
+        ``measure_stats`` measures exact statistics on the validation split with the current weights.
+        """
+        self.targets = list(targets)
+        self.constraints = list(constraints)
+        self.stats = stats
+        self.measure_stats = measure_stats
+        self.n = torch.tensor([t.n for t in self.targets], dtype=torch.float64)
+        self.budgets = torch.tensor([c.budget for c in self.constraints], dtype=torch.float64)
+        self.dense = torch.tensor([c.dense for c in self.constraints], dtype=torch.float64)
+        self.data_dependent = any(c.resource.data_dependent for c in self.constraints)
+
+    def costs(self) -> Tensor:
+        """``[J, L]`` cost of one kept weight, with the current firing-rate estimates."""
+        stats = self.stats.with_rates(self.tracker.rates()) if self.tracker else self.stats
+        return torch.stack([c.resource.coefficients(self.targets, stats) for c in self.constraints])
+
+    def values(self) -> Tensor:
+        """``[J]`` current resources on the hard masks, as fractions of dense."""
+        return resource_values(self.costs(), self.dense, kept_counts(self.targets))
+
+    def limits(self, margin: float = 0.0) -> Tensor:
+        """``[J]`` allowed cost per inference in each resource's unit: ``budget x dense x (1 - margin)``."""
+        return self.budgets * self.dense * (1.0 - margin)
+
+    def feasible(self) -> bool:
+        return bool((self.values() <= self.budgets).all())
+
+    def say(self, message: str) -> None:
+        self.events.append(message)
+        tqdm.write(f"[{self.name}] {message}")
+
+    # --------------------------------------------------------------------------------------------- hooks
+    def setup(self, trainer) -> None:
+        self.trainer = trainer
+        self.compress_steps = int(round(self.compress_fraction * trainer.total_steps))
+        self.tracker: Optional[RateTracker] = (
+            RateTracker(self.targets, self.stats.input_rate) if self.data_dependent else None
+        )
+        set_straight_through(self.targets, True)
+        self.start()
+        if self.phase == "compress" and self.compress_steps == 0:
+            self.end_compression()
+
+    def start(self) -> None:
+        """Called once at setup, before any step (a one-shot method prunes here)."""
+
+    def compress_step(self, step: int) -> None:
+        """One update of the masks during the compression phase, after ``optimizer.step()``."""
+
+    def after_backward(self, step: int) -> None:
+        if self.phase == "compress" and self.schedule == "sequential":
+            for t in self.targets:
+                t.weight.grad = None
+
+    def after_step(self, step: int) -> None:
+        if self.phase != "compress":
+            return
+        self.compress_step(step)
+        if self.phase == "compress" and step + 1 >= self.compress_steps:
+            self.end_compression()
+
+    def end_compression(self) -> None:
+        """Make the budget hold (projection if needed), freeze the masks and start finetuning."""
+        if not self.feasible():
+            pruned = project(self.targets, self.costs(), self.limits().tolist(), self.scale)
+            self.projected += pruned
+            self.say(f"compression phase ended before the budget held; projection pruned {pruned} more weights")
+        self.freeze()
+
+    def freeze(self) -> None:
+        apply_masks(self.targets)
+        set_straight_through(self.targets, False)
+        self.phase = "finetune"
+        remaining = self.trainer.total_steps - self.trainer.step - 1
+        self.trainer.restart_schedule(max(remaining, 1))
+        self.say(f"masks frozen at step {self.trainer.step + 1}: " + self.describe())
+
+    def describe(self) -> str:
+        return ", ".join(f"{c.resource.name}={v:.4f} (budget {c.budget:g})"
+                         for c, v in zip(self.constraints, self.values().tolist()))
+
+    def selectable(self) -> bool:
+        return self.phase == "finetune"
+
+    def epoch_end(self, epoch: int, trainer) -> Dict[str, float]:
+        scalars: Dict[str, float] = {}
+        for c, v in zip(self.constraints, self.values().tolist()):
+            scalars[f"resource/{c.resource.name}"] = v
+            scalars[f"budget/{c.resource.name}"] = c.budget
+        kept = kept_counts(self.targets)
+        for t, k in zip(self.targets, (kept / self.n).tolist()):
+            scalars[f"density/{t.name}"] = k
+        if self.tracker:
+            for t, r in zip(self.targets, self.tracker.rates().tolist()):
+                scalars[f"input_rate/{t.name}"] = r
+        scalars["phase/compressing"] = float(self.phase == "compress")
+        return scalars
+
+    def progress(self) -> Dict[str, str]:
+        return {c.resource.name: f"{v:.3f}" for c, v in zip(self.constraints, self.values().tolist())}
+
+    def finalize(self, trainer) -> None:
+        """Guarantee every budget on the validation split with the final weights."""
+        for round_ in range(self.guarantee_rounds + 1):
+            stats = self.measure_stats()
+            measured = [c.resource.absolute(self.targets, stats) / c.dense for c in self.constraints]
+            if all(m <= c.budget for m, c in zip(measured, self.constraints)):
+                return
+            if self.tracker:
+                self.tracker.set(stats.input_rate)
+            over = ", ".join(f"{c.resource.name}={m:.4f}>{c.budget:g}"
+                             for m, c in zip(measured, self.constraints) if m > c.budget)
+            if round_ == self.guarantee_rounds:
+                break
+            # Finetuning moves firing rates, so aim a little below the budget on each retry.
+            pruned = project(self.targets, self.costs(), self.limits(margin=0.02 * (round_ + 1)).tolist(), self.scale)
+            self.projected += pruned
+            self.say(f"measured on validation: {over}; pruned {pruned} more weights and finetuning one epoch")
+            apply_masks(self.targets)
+            trainer.train_epoch(trainer.epoch, desc="guarantee finetune")
+        # Last resort, without finetuning: prune, re-measure with the new weights, until everything holds.
+        while True:
+            stats = self.measure_stats()
+            if self.tracker:
+                self.tracker.set(stats.input_rate)
+            if all(c.resource.absolute(self.targets, stats) / c.dense <= c.budget for c in self.constraints):
+                return
+            # Masks count kept weights that may be zero, measurement counts nonzeros: this always prunes.
+            pruned = project(self.targets, self.costs(), self.limits().tolist(), self.scale)
+            if pruned == 0:
+                raise RuntimeError("budget exceeded on measurement but the projection found nothing to prune")
+            self.projected += pruned
+            apply_masks(self.targets)
+            self.say(f"pruned {pruned} more weights without finetuning to meet the budget")
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"phase": self.phase, "projected": self.projected, "events": list(self.events),
+                "rates": self.tracker.rates() if self.tracker else None}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.phase, self.projected, self.events = state["phase"], state["projected"], list(state["events"])
+        if self.tracker and state.get("rates") is not None:
+            self.tracker.set(state["rates"])
+        set_straight_through(self.targets, self.phase == "compress")

@@ -23,7 +23,9 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import pickletools
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +164,53 @@ def load_state(net: nn.Module, state: Dict[str, torch.Tensor], source: str) -> N
     return result
 
 
+# Phrases in torch's weights_only UnpicklingError messages that mean "the file names a Python global (a class or a
+# function) that is not on the allowlist", i.e. a pickle that would construct objects or run code when fully loaded.
+_GLOBAL_REFUSALS = (
+    "unsupported global",  # "Unsupported global: GLOBAL x.y was not an allowed global by default" / "... GLOBAL x.y whose module x is blocked"
+    "was not an allowed global",
+    "is blocked",
+    "trying to call reduce for unrecognized function",
+    "can only create new object for nn.parameter or classes allowlisted",
+    "can only build tensor, parameter, ordereddict or types allowlisted",
+)
+
+# Pickle opcodes that import a global or call/instantiate one: only these let a pickle run code when loaded.
+_CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
+
+
+def _names_globals(path: Path) -> bool:
+    """Whether ``path`` is one complete raw pickle stream that imports or calls Python globals.
+
+    Read with :func:`pickletools.genops`, which only decodes opcodes and never imports or runs anything. Needed
+    because torch's weights_only unpickler rejects protocol 4+ framing ("Unsupported operand 149") before it
+    reaches, and names, the globals of a raw ``pickle.dumps`` file.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            return False  # torch's own format: its weights_only message already names any global
+        seen = False
+        with path.open("rb") as fh:
+            for opcode, _arg, _pos in pickletools.genops(fh):
+                if opcode.name in _CODE_OPCODES:
+                    seen = True
+                if opcode.name == "STOP":
+                    return seen
+        return False  # no STOP: not a (complete) pickle
+    except Exception:  # not a pickle stream at all (text, garbage, truncated)
+        return False
+
+
+def _not_readable(path: Path, exc: BaseException) -> UserError:
+    text = str(exc).strip()
+    first = text.splitlines()[0].strip() if text else type(exc).__name__
+    if first.startswith("Weights only load failed"):
+        first = type(exc).__name__  # torch's long advice to set weights_only=False: wrong here, and not one line
+    elif not isinstance(exc, (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError)):
+        first = f"{type(exc).__name__}: {first}"  # e.g. a text file: "KeyError: 101" rather than a bare "101"
+    return UserError(f"{path} is not a readable PyTorch checkpoint (truncated or another format?): {first}")
+
+
 def _raw_load(path: Path, trust: bool) -> Any:
     if not path.exists():
         raise UserError(f"no such file: {path}")
@@ -170,21 +219,29 @@ def _raw_load(path: Path, trust: bool) -> Any:
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # weights_only refuses any pickled object that is not plain data (for example a whole nn.Module).
-        if not trust:
-            raise UserError(
-                f"{path} contains pickled Python objects, which run code when loaded; "
-                "pass --trust-checkpoint only if you trust where it came from"
-            ) from None
-        try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": stderr noise, not an error
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only=True runs no code from the file, so any failure means "cannot read it"
+        refused = isinstance(exc, pickle.UnpicklingError) and any(
+            phrase in str(exc).lower() for phrase in _GLOBAL_REFUSALS
+        )
+        if not refused and not (isinstance(exc, pickle.UnpicklingError) and _names_globals(path)):
+            raise _not_readable(path, exc) from None
+    # weights_only refused a pickled Python object that is not plain data (for example a whole nn.Module).
+    if not trust:
+        raise UserError(
+            f"{path} contains pickled Python objects, which run code when loaded; "
+            "pass --trust-checkpoint only if you trust where it came from"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:
-            raise UserError(f"{path}: cannot unpickle ({type(exc2).__name__}: {exc2})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or another format?): {first}") from None
+    except Exception as exc2:
+        text = str(exc2).strip()
+        first = text.splitlines()[0].strip() if text else ""
+        raise UserError(f"{path}: cannot unpickle ({type(exc2).__name__}: {first})") from None
 
 
 def load_checkpoint(

@@ -1,0 +1,160 @@
+"""``compress()``: the product's one call - a model file and budgets in, a model that fits them out.
+
+    load model -> measure dense -> find targets, attach masks -> Trainer(method) -> bake -> measure -> save
+
+Everything a user can get wrong (budgets, names, data that does not fit the model) is checked before the output
+directory is created, so a bad call leaves nothing behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from rccsnn.config import CompressConfig, write_yaml
+from rccsnn.data import DataSplits, load_data
+from rccsnn.errors import UserError
+from rccsnn.masks import attach_masks, bake, find_targets
+from rccsnn.methods import METHODS, Constraint, PruningMethod
+from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
+from rccsnn.monitor import Monitor, format_table, write_json
+from rccsnn.report import check_fit
+from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
+from rccsnn.trainer import Trainer, TrainerOptions, evaluate, resolve_device
+
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "model.pt"
+
+
+@dataclass
+class RunResult:
+    """What a compression run produced; ``summary()`` is the content of summary.json."""
+
+    method: str
+    schedule: str
+    budgets: Dict[str, float]
+    resources: Dict[str, Dict[str, float]]
+    accuracy: Dict[str, float]
+    epochs: int
+    wall_seconds: float
+    checkpoint: str
+    events: list = field(default_factory=list)
+
+    def summary(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_method(cfg: CompressConfig) -> PruningMethod:
+    """The configured method; an option it does not take is a one-line :class:`UserError`."""
+    factory = METHODS.get(cfg.method.name)
+    try:
+        return factory(schedule=cfg.method.schedule, **cfg.method.options)
+    except TypeError as exc:
+        raise UserError(f"method '{cfg.method.name}': bad options {cfg.method.options}: {exc}") from None
+
+
+def resource_table(targets, stats: LayerStats, options: Dict[str, Any]) -> Dict[str, float]:
+    """Absolute cost of the targets' nonzero weights per inference under every registered resource."""
+    return {name: create_resource(name, options).absolute(targets, stats) for name in RESOURCES.names()}
+
+
+def prepare(cfg: CompressConfig, loaded: LoadedModel) -> DataSplits:
+    """Validate everything that can be checked before any output is written; returns the data."""
+    cfg.validate()
+    for name in cfg.resources:
+        try:
+            create_resource(name, cfg.resources)
+        except TypeError as exc:
+            raise UserError(f"resources.{name}: {exc}") from None
+    data = load_data(cfg.data.name or loaded.spec.data, root=cfg.data.root, download=cfg.data.download,
+                     path=cfg.data.path)
+    check_fit(loaded, data)
+    return data
+
+
+def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, progress: bool = True) -> RunResult:
+    """Compress ``loaded`` to ``cfg.budgets`` and write the run directory ``cfg.out``.
+
+    The run directory gets ``model.pt`` (masks baked, the checkpoint format), ``config.yaml`` (resolved),
+    TensorBoard events, ``state.pt`` (resume state) and ``summary.json``.
+    """
+    t0 = time.perf_counter()
+    data = prepare(cfg, loaded)
+    method = build_method(cfg)
+    device = resolve_device(cfg.device)
+    spec, net = loaded.spec, loaded.net.to(device)
+    if spec.input_shape == ():
+        spec.input_shape, spec.num_classes = tuple(data.input_shape), data.num_classes
+    val_loader = DataLoader(data.val, batch_size=cfg.data.eval_batch_size, shuffle=False)
+    test_loader = DataLoader(data.test, batch_size=cfg.data.eval_batch_size, shuffle=False)
+    targets = find_targets(net, cfg.targets.include, cfg.targets.exclude, cfg.targets.exclude_first)
+    try:
+        dense_test = evaluate(net, test_loader, spec, device).accuracy
+    except RuntimeError as exc:
+        raise UserError(f"the model cannot run on data set '{data.name}': {str(exc).splitlines()[0]}") from None
+
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
+    write_yaml(cfg, out / "config.yaml")
+    torch.manual_seed(cfg.seed)
+
+    def stats_now() -> LayerStats:
+        return measure_stats(net, targets, val_loader, spec.T, spec.encoding, device)
+
+    dense_stats = stats_now()
+    dense = resource_table(targets, dense_stats, cfg.resources)
+    constraints = []
+    for name, budget in cfg.budgets.items():
+        model = create_resource(name, cfg.resources)
+        constraints.append(Constraint(resource=model, budget=float(budget), dense=dense[name]))
+    attach_masks(targets)
+    method.bind(targets, constraints, dense_stats, stats_now)
+
+    monitor = Monitor(out, progress=progress)
+    options = TrainerOptions(epochs=cfg.optim.epochs, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                             min_lr=cfg.optim.min_lr, batch_size=cfg.data.batch_size,
+                             eval_batch_size=cfg.data.eval_batch_size, workers=cfg.data.workers, seed=cfg.seed,
+                             progress=progress, desc=f"{method.name}/{method.schedule}")
+    trainer = Trainer(net=net, data=data, spec=spec, options=options, out_dir=out, monitor=monitor,
+                      method=method, device=device)
+    trainer.fit(resume=resume)
+
+    bake(net)
+    final_stats = stats_now()
+    compressed = resource_table(targets, final_stats, cfg.resources)
+    test_acc = evaluate(net, test_loader, spec, device).accuracy
+    resources = {name: {"dense": dense[name], "compressed": compressed[name],
+                        "ratio": compressed[name] / dense[name] if dense[name] > 0 else 0.0} for name in dense}
+    ckpt = out / CHECKPOINT_FILE
+    result = RunResult(method=method.name, schedule=method.schedule, budgets=dict(cfg.budgets),
+                       resources=resources, accuracy={"dense": dense_test, "compressed": test_acc},
+                       epochs=cfg.optim.epochs, wall_seconds=0.0, checkpoint=str(ckpt), events=method.events)
+    compression = {k: v for k, v in result.summary().items() if k not in ("checkpoint", "wall_seconds")}
+    save_checkpoint(ckpt, net, spec, metrics={"test_accuracy": test_acc, "val_accuracy": trainer.best_val},
+                    recipe=dataclasses.asdict(cfg), compression=compression)
+    monitor.hparams(
+        {"method": method.name, "schedule": method.schedule, "epochs": cfg.optim.epochs, "lr": cfg.optim.lr,
+         "seed": cfg.seed, **{f"budget_{k}": v for k, v in cfg.budgets.items()}},
+        {"test_accuracy": test_acc, **{f"ratio_{k}": v["ratio"] for k, v in resources.items()}},
+    )
+    monitor.close()
+    result.wall_seconds = time.perf_counter() - t0
+    write_json(result.summary(), out / SUMMARY_FILE)
+    return result
+
+
+def summary_table(result: RunResult) -> str:
+    """The closing console table: accuracy and every resource, dense against compressed."""
+    rows = [["accuracy (test)", result.accuracy["dense"], result.accuracy["compressed"], "", ""]]
+    for name, r in result.resources.items():
+        budget = result.budgets.get(name)
+        rows.append([name, r["dense"], r["compressed"], r["ratio"], "" if budget is None else budget])
+    return format_table(["", "dense", "compressed", "ratio", "budget"], rows)

@@ -1,0 +1,189 @@
+"""Resource models: what one kept weight costs per inference, and the cost of a model as a fraction of dense.
+
+    R(model) = sum_l c_l * nonzero_l / sum_l c_l * n_l          (dense = 1.0; sums over the prunable targets)
+
+| name    | c_l, the cost of one kept weight of target l per inference                                        |
+|---------|----------------------------------------------------------------------------------------------------|
+| params  | 1                                                                                                  |
+| macs    | positions_l * T  (H_out * W_out per time step for a conv, 1 for a linear layer)                    |
+| synops  | positions_l * T * input firing rate_l; a layer with analog input counts as MACs (rate 1)          |
+| energy  | E_MAC * macs cost for analog-input layers, E_AC * synops cost otherwise (pJ; 4.6 and 0.9 default) |
+
+Only weights that are really nonzero are counted. The data-dependent models (synops, energy) take the firing
+rates from :class:`LayerStats`, measured with the SpikeMonitor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from rccsnn.masks import Target
+from rccsnn.registry import Registry
+from rccsnn.snn import SpikeMonitor, simulate
+
+
+@dataclass
+class LayerStats:
+    """Per-target quantities the cost models need, each a float64 tensor ``[L]`` in target order.
+
+    Attributes:
+        positions: output positions per time step and sample (H_out * W_out for Conv2d, 1 for Linear).
+        input_rate: mean input per element per time step (the input firing rate for spiking inputs).
+        analog: 1.0 where the layer's input is analog (not spikes), else 0.0.
+        T: time steps per inference.
+    """
+
+    positions: Tensor
+    input_rate: Tensor
+    analog: Tensor
+    T: int
+
+    def with_rates(self, rates: Tensor) -> "LayerStats":
+        return LayerStats(self.positions, rates.to(torch.float64), self.analog, self.T)
+
+
+@torch.no_grad()
+def measure_stats(net: nn.Module, targets: Sequence[Target], loader: DataLoader, T: int, encoding: str,
+                  device: torch.device, max_batches: int | None = None) -> LayerStats:
+    """Run ``net`` in eval mode over ``loader`` (all of it unless ``max_batches``) and collect :class:`LayerStats`."""
+    was_training = net.training
+    net.eval()
+    with SpikeMonitor(net, T) as mon:
+        for i, (x, _) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            simulate(net, x.to(device), T, encoding)
+    net.train(was_training)
+    names = [t.name for t in targets]
+    rates = mon.input_rates()
+    return LayerStats(
+        positions=torch.tensor([float(mon.positions[n]) for n in names], dtype=torch.float64),
+        input_rate=torch.tensor([rates[n] for n in names], dtype=torch.float64),
+        analog=torch.tensor([float(mon.analog_input[n]) for n in names], dtype=torch.float64),
+        T=T,
+    )
+
+
+class RateTracker:
+    """Exponential moving average of each target's input rate over training batches (forward hooks).
+
+    Sums stay on the device; nothing synchronises with the host until :meth:`rates` is read.
+
+    Args:
+        targets: the layers to watch.
+        initial: starting rates ``[L]`` (from :func:`measure_stats`).
+        momentum: weight of the old estimate per batch.
+    """
+
+    def __init__(self, targets: Sequence[Target], initial: Tensor, momentum: float = 0.9) -> None:
+        self.momentum = momentum
+        self._rates: List[Tensor] = [r.clone() for r in initial.to(torch.float64)]
+        self._handles = [t.module.register_forward_hook(self._hook(i)) for i, t in enumerate(targets)]
+
+    def _hook(self, i: int):
+        def hook(module, inputs, output) -> None:
+            if module.training:
+                m = inputs[0].detach().mean(dtype=torch.float64)
+                self._rates[i] = self._rates[i].to(m.device) * self.momentum + m * (1.0 - self.momentum)
+
+        return hook
+
+    def rates(self) -> Tensor:
+        return torch.stack([r.cpu() for r in self._rates])
+
+    def set(self, rates: Tensor) -> None:
+        self._rates = [r.clone() for r in rates.to(torch.float64)]
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+class ResourceModel:
+    """Base class: per-target costs of one kept weight, and measurement as a fraction of dense."""
+
+    name = "resource"
+    unit = ""
+    data_dependent = False
+
+    def coefficients(self, targets: Sequence[Target], stats: LayerStats) -> Tensor:
+        """``[L]`` float64 cost of one kept weight of each target, per inference (in :attr:`unit`)."""
+        raise NotImplementedError
+
+    def dense(self, targets: Sequence[Target], stats: LayerStats) -> float:
+        """Cost of the dense targets per inference."""
+        n = torch.tensor([t.n for t in targets], dtype=torch.float64)
+        return float((self.coefficients(targets, stats) * n).sum())
+
+    def absolute(self, targets: Sequence[Target], stats: LayerStats) -> float:
+        """Cost of the targets' nonzero weights per inference."""
+        nz = torch.tensor([t.nonzero() for t in targets], dtype=torch.float64)
+        return float((self.coefficients(targets, stats) * nz).sum())
+
+    def measure(self, targets: Sequence[Target], stats: LayerStats) -> float:
+        """Cost of the nonzero weights as a fraction of dense (dense = 1.0)."""
+        dense = self.dense(targets, stats)
+        return self.absolute(targets, stats) / dense if dense > 0 else 0.0
+
+
+RESOURCES: Registry[ResourceModel] = Registry("resource")
+
+
+@RESOURCES.register("params")
+class Params(ResourceModel):
+    """Number of nonzero weights."""
+
+    name, unit = "params", "weights"
+
+    def coefficients(self, targets, stats):
+        return torch.ones(len(targets), dtype=torch.float64)
+
+
+@RESOURCES.register("macs")
+class MACs(ResourceModel):
+    """Multiply-accumulates per inference with nonzero weights (ANN-style count: every step, every weight)."""
+
+    name, unit = "macs", "MACs"
+
+    def coefficients(self, targets, stats):
+        return stats.positions * stats.T
+
+
+@RESOURCES.register("synops")
+class SynOps(ResourceModel):
+    """Synaptic operations per inference: a weight is used once per input spike (analog inputs: every step)."""
+
+    name, unit, data_dependent = "synops", "SynOps", True
+
+    def coefficients(self, targets, stats):
+        rate = torch.where(stats.analog > 0, torch.ones_like(stats.input_rate), stats.input_rate)
+        return stats.positions * stats.T * rate
+
+
+@RESOURCES.register("energy")
+class Energy(ResourceModel):
+    """Energy per inference in pJ: E_MAC per MAC on analog inputs, E_AC per accumulate on spikes.
+
+    Args:
+        e_mac: energy of one 32-bit float multiply-accumulate (pJ; 4.6 at 45 nm, Horowitz 2014).
+        e_ac: energy of one 32-bit float accumulate (pJ; 0.9 at 45 nm).
+    """
+
+    name, unit, data_dependent = "energy", "pJ", True
+
+    def __init__(self, e_mac: float = 4.6, e_ac: float = 0.9) -> None:
+        self.e_mac, self.e_ac = e_mac, e_ac
+
+    def coefficients(self, targets, stats):
+        macs = stats.positions * stats.T
+        return torch.where(stats.analog > 0, self.e_mac * macs, self.e_ac * macs * stats.input_rate)
+
+
+def create_resource(name: str, options: Dict[str, Dict[str, float]] | None = None) -> ResourceModel:
+    """Build a registered resource model; ``options[name]`` holds its constants (e.g. ``energy: {e_ac: 0.9}``)."""
+    return RESOURCES.create(name, **(options or {}).get(name, {}))

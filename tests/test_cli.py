@@ -1,0 +1,344 @@
+"""The command line, in-process: a tiny train -> evaluate round trip, resume, and one line on stderr with exit
+code 2 for every mistake a user can make."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rccsnn import __version__
+from rccsnn.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# convsnn channels [4], hidden 8 on digits (1x8x8, 10 classes), T = 2:
+#   conv 1->4 3x3 (36) + BN (8); pool 8x8 -> 4x4; FC 64 -> 8 (512 + 8); FC 8 -> 10 (80 + 10)
+TINY_RECIPE = """\
+data: {name: digits, batch_size: 64}
+model: {arch: convsnn, args: {channels: [4], hidden: 8}, T: 2}
+optim: {lr: 0.02, epochs: 1}
+seed: 0
+out: runs/should-not-be-used
+"""
+TINY_PARAMS = 36 + 8 + 512 + 8 + 80 + 10
+TINY_WEIGHTS = {"features.0.0": 36, "classifier.0.1": 512, "classifier.2.0": 80}
+TINY_POSITIONS = {"features.0.0": 8 * 8, "classifier.0.1": 1, "classifier.2.0": 1}
+DIGITS_TEST_SAMPLES = 1797 - round(0.7 * 1797) - round(0.15 * 1797)  # 269
+
+
+def run(capsys, *argv):
+    """``rccsnn ARGV`` in-process: (exit code, stdout, stderr). argparse errors exit through SystemExit."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected exactly one line on stderr, got {len(lines)}:\n{err}"
+    return lines[0]
+
+
+def assert_user_error(code, out, err, *needles):
+    assert code == 2, (code, out, err)
+    line = one_line(err)
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run shared by the evaluate tests: (recipe, run dir, checkpoint, train stdout)."""
+    root = tmp_path_factory.mktemp("trained")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    out, ckpt = root / "run", root / "ckpt" / "tiny.pt"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["train", str(recipe), "--out", str(out), "--checkpoint", str(ckpt), "--no-progress",
+                     "--device", "cpu"])
+    assert code == 0, stderr.getvalue()
+    return recipe, out, ckpt, stdout.getvalue()
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_RECIPE)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ train
+def test_train_writes_checkpoint_config_and_state(trained):
+    recipe, out, ckpt, stdout = trained
+    assert ckpt.is_file()
+    assert not (out / "model.pt").exists()  # --checkpoint puts the model elsewhere
+    assert (out / "state.pt").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
+    assert f"checkpoint: {ckpt}" in stdout
+    raw = torch.load(ckpt, weights_only=True)
+    assert raw["arch"] == "convsnn" and raw["arch_args"] == {"channels": [4], "hidden": 8}
+    assert raw["T"] == 2 and raw["data"] == {"name": "digits", "input_shape": [1, 8, 8], "num_classes": 10}
+    assert set(raw["metrics"]) == {"val_accuracy", "test_accuracy", "best_epoch", "epochs"}
+    assert raw["metrics"]["epochs"] == 1 and raw["metrics"]["best_epoch"] == 1
+    assert raw["recipe"]["out"] == str(out)  # the flag wins over the recipe's `out`
+
+    import yaml
+
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["out"] == str(out) and config["checkpoint"] == str(ckpt)
+    assert config["optim"]["epochs"] == 1 and config["optim"]["lr"] == 0.02
+    assert config["model"]["args"] == {"channels": [4], "hidden": 8}
+    assert config["model"]["neuron"] == {"beta": 0.5, "threshold": 1.0, "reset": "subtract", "surrogate": "atan",
+                                         "surrogate_alpha": 2.0}
+
+
+def test_evaluate_json_matches_training(trained, tmp_path, capsys):
+    _, _, ckpt, train_stdout = trained
+    code, out, err = run(capsys, "evaluate", ckpt, "--json", tmp_path / "eval" / "result.json", "--device", "cpu")
+    assert code == 0, err
+    result = json.loads((tmp_path / "eval" / "result.json").read_text())
+    assert set(result) == {"accuracy", "split", "samples", "params", "nonzero_params", "weights", "nonzero_weights",
+                           "macs", "dense_macs", "firing_rates"}
+    raw = torch.load(ckpt, weights_only=True)
+    test_accuracy = raw["metrics"]["test_accuracy"]
+    assert 0.0 <= result["accuracy"] <= 1.0
+    assert result["accuracy"] == test_accuracy
+    assert f"test_accuracy  {test_accuracy:.4g}" in train_stdout
+    assert result["accuracy"] * DIGITS_TEST_SAMPLES == pytest.approx(round(result["accuracy"] * DIGITS_TEST_SAMPLES))
+    assert result["split"] == "test" and result["samples"] == DIGITS_TEST_SAMPLES
+    assert result["params"] == TINY_PARAMS
+    state = raw["state_dict"]
+    params = [k for k in state if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+              and ".neuron." not in k]
+    assert result["nonzero_params"] == sum(int(torch.count_nonzero(state[k])) for k in params)
+    assert result["weights"] == sum(TINY_WEIGHTS.values())
+    nonzero = {n: int(torch.count_nonzero(state[f"{n}.weight"])) for n in TINY_WEIGHTS}
+    assert result["nonzero_weights"] == sum(nonzero.values())
+    assert result["dense_macs"] == sum(TINY_POSITIONS[n] * TINY_WEIGHTS[n] * 2 for n in TINY_WEIGHTS)  # T = 2
+    assert result["macs"] == sum(TINY_POSITIONS[n] * nonzero[n] * 2 for n in TINY_WEIGHTS)
+    assert set(result["firing_rates"]) == {"features.1", "classifier.1", "classifier.3"}
+    assert all(0.0 <= v <= 1.0 for v in result["firing_rates"].values())
+    assert "accuracy" in out and "features.1" in out
+    assert err == ""
+
+
+def test_evaluate_other_split(trained, tmp_path, capsys):
+    _, _, ckpt, _ = trained
+    code, _, err = run(capsys, "evaluate", ckpt, "--split", "val", "--json", tmp_path / "r.json", "--device", "cpu")
+    assert code == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["split"] == "val" and result["samples"] == round(0.15 * 1797)
+    assert result["accuracy"] == torch.load(ckpt, weights_only=True)["metrics"]["val_accuracy"]
+
+
+def test_resume_after_a_finished_run(trained, tmp_path, capsys):
+    recipe, out, ckpt, _ = trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(out, run_dir)
+    code, stdout, err = run(capsys, "train", recipe, "--out", run_dir, "--resume", "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    # Nothing left to train: the best weights come back from state.pt, and the default checkpoint is OUT/model.pt.
+    resumed = torch.load(run_dir / "model.pt", weights_only=True)
+    original = torch.load(ckpt, weights_only=True)
+    assert resumed["metrics"] == original["metrics"]
+    for key, value in original["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+
+
+def test_resume_continues_with_more_epochs(trained, tmp_path, capsys):
+    recipe, out, _, _ = trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(out, run_dir)
+    assert torch.load(run_dir / "state.pt", weights_only=True)["next_epoch"] == 1
+    code, _, err = run(capsys, "train", recipe, "--out", run_dir, "--resume", "--epochs", 2, "--no-progress",
+                       "--device", "cpu")
+    assert code == 0, err
+    state = torch.load(run_dir / "state.pt", weights_only=True)
+    assert state["next_epoch"] == 2
+    metrics = torch.load(run_dir / "model.pt", weights_only=True)["metrics"]
+    assert metrics["epochs"] == 2 and metrics["best_epoch"] in (1, 2)
+
+
+def test_resume_without_state_is_a_user_error(recipe, tmp_path, capsys):
+    code, out, err = run(capsys, "train", recipe, "--out", tmp_path / "fresh", "--resume", "--no-progress")
+    assert_user_error(code, out, err, "nothing to resume", "state.pt")
+
+
+# ------------------------------------------------------------------------------------------------ train errors
+BAD_TRAIN = {
+    "missing recipe": (None, [], ["config file not found", "missing.yaml"]),
+    "yaml syntax": ("data:\n  name: digits\n   batch_size: 3\n", [], ["recipe.yaml:3:", "YAML syntax error"]),
+    "unknown key": ("optim: {epoch: 1}\n", [], ["unknown key 'optim.epoch'", "did you mean 'optim.epochs'"]),
+    "wrong type": ("optim: {lr: fast}\n", [], ["'optim.lr' must be a number"]),
+    "unknown data set": (TINY_RECIPE, ["--data", "mnsit"], ["unknown data set 'mnsit'", "did you mean 'mnist'",
+                                                              "choices:", "digits", "npz", "cifar10"]),
+    "unknown architecture": (TINY_RECIPE, ["--set", "model.arch=convnet"],
+                             ["unknown architecture 'convnet'", "choices:", "convsnn", "resnet19", "vgg16"]),
+    "bad arch args": (TINY_RECIPE, ["--set", "model.args={chanels: [4]}"], ["architecture 'convsnn': bad arguments"]),
+    "bad --set": (TINY_RECIPE, ["--set", "model.T"], ["--set expects KEY=VALUE, got 'model.T'"]),
+    "bad --set value": (TINY_RECIPE, ["--set", "model.args={a: [1"], ["--set model.args: cannot parse value"]),
+    "unknown --set key": (TINY_RECIPE, ["--set", "modle.T=3"], ["unknown key 'modle'", "did you mean 'model'"]),
+    "unknown encoding": (TINY_RECIPE, ["--set", "model.encoding=poisson"], ["unknown encoding 'poisson'"]),
+    "unknown loss": (TINY_RECIPE, ["--set", "model.loss=hinge"], ["unknown loss 'hinge'"]),
+    "bad neuron": (TINY_RECIPE, ["--set", "model.neuron.reset=soft"], ["neuron.reset must be one of"]),
+    "bad epochs in recipe": ("optim: {epochs: 0}\n", [], ["optim.epochs must be at least 1, got 0"]),
+    "npz without path": (TINY_RECIPE, ["--data", "npz"], ["needs --data-path"]),
+    "unknown device": (TINY_RECIPE, ["--device", "tpu"], ["unknown device 'tpu'"]),
+    "device that is not there": (TINY_RECIPE, ["--device", "cuda:99"], ["cuda:99"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TRAIN))
+def test_train_user_errors_are_one_line_and_create_nothing(case, tmp_path, capsys):
+    text, extra, needles = BAD_TRAIN[case]
+    path = tmp_path / ("missing.yaml" if text is None else "recipe.yaml")
+    if text is not None:
+        path.write_text(text)
+    out_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", path, "--out", out_dir, "--no-progress", *extra)
+    line = assert_user_error(code, out, err, *needles)
+    assert line.startswith("rccsnn train: error: ")
+    assert not out_dir.exists(), "a run directory was created for a bad run"
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "r.yaml", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train"], "the following arguments are required: recipe"),
+        (["train", "r.yaml", "--epochs", "0"], "expected a positive integer, got '0'"),
+        (["train", "r.yaml", "--lr", "fast"], "invalid float value: 'fast'"),
+        (["evaluate", "m.pt", "--split", "dev"], "invalid choice: 'dev'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_argparse_errors_are_one_line(argv, needle, capsys):
+    code, out, err = run(capsys, *argv)
+    assert_user_error(code, out, err, needle)
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    code, out, err = run(capsys)
+    assert code == 2 and "train" in out and "evaluate" in out
+
+
+# ------------------------------------------------------------------------------------------------ evaluate errors
+def test_evaluate_missing_file(tmp_path, capsys):
+    code, out, err = run(capsys, "evaluate", tmp_path / "nope.pt")
+    assert_user_error(code, out, err, "rccsnn evaluate: error: no such file", "nope.pt")
+
+
+@pytest.mark.parametrize("kind", ["text", "npz", "truncated", "directory", "empty"])
+def test_evaluate_non_checkpoint_file(kind, trained, tmp_path, capsys):
+    path = tmp_path / f"model-{kind}"
+    if kind == "text":
+        path.write_text("hello world\n")
+    elif kind == "npz":
+        with open(path, "wb") as fh:
+            np.savez(fh, x=np.zeros(3))
+    elif kind == "truncated":
+        data = trained[2].read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"")
+    code, out, err = run(capsys, "evaluate", path)
+    assert_user_error(code, out, err, str(path))
+
+
+def test_evaluate_pickled_module_needs_trust(tmp_path, capsys, user_models):
+    torch.save(user_models.PickledNet(), tmp_path / "whole.pt")
+    code, out, err = run(capsys, "evaluate", tmp_path / "whole.pt")
+    assert_user_error(code, out, err, "--trust-checkpoint")
+
+    code, out, err = run(capsys, "evaluate", tmp_path / "whole.pt", "--trust-checkpoint", "--T", 2,
+                         "--json", tmp_path / "r.json", "--device", "cpu")
+    assert code == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["params"] == 64 * 10 + 10 and result["samples"] == DIGITS_TEST_SAMPLES
+    assert result["dense_macs"] == 64 * 10 * 2 and result["firing_rates"] == {}
+
+
+def test_evaluate_state_dict_with_model(tmp_path, capsys, user_models):
+    torch.save(user_models.tiny_net().state_dict(), tmp_path / "sd.pt")
+    code, out, err = run(capsys, "evaluate", tmp_path / "sd.pt")
+    assert_user_error(code, out, err, "--model")
+    code, out, err = run(capsys, "evaluate", tmp_path / "sd.pt", "--model", "user_models:tiny_net",
+                         "--json", tmp_path / "r.json", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["params"] == 64 * 10 + 10
+
+
+def test_evaluate_malicious_pickle_runs_no_code(tmp_path, capsys, user_models):
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": user_models.Evil(str(marker))}, tmp_path / "evil.pt")
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(user_models.Evil(str(marker))))
+    for name in ("evil.pt", "evil.pkl"):
+        for extra in ([], ["--model", "user_models:tiny_net"]):
+            code, out, err = run(capsys, "evaluate", tmp_path / name, *extra)
+            assert_user_error(code, out, err, "--trust-checkpoint")
+            assert not marker.exists(), f"evaluate {name} {extra} ran code from the file"
+
+
+def test_evaluate_malicious_pickle_in_a_real_process(tmp_path, user_models):
+    # Out of process, so that warnings printed by torch.load count as stderr lines too.
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(user_models.Evil(str(marker))))
+    proc = subprocess.run([sys.executable, "-m", "rccsnn", "evaluate", str(tmp_path / "evil.pkl")],
+                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert not marker.exists()
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "--trust-checkpoint" in one_line(proc.stderr)
+
+
+def test_evaluate_data_of_another_shape(trained, tmp_path, capsys):
+    _, _, ckpt, _ = trained
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "mnist-like.npz"
+    np.savez(npz, x=rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8), y=np.arange(40) % 10)
+    code, out, err = run(capsys, "evaluate", ckpt, "--data", "npz", "--data-path", npz)
+    assert_user_error(code, out, err, "(1, 28, 28)", "(1, 8, 8)", "--data")
+
+
+def test_evaluate_unknown_data_set(trained, capsys):
+    code, out, err = run(capsys, "evaluate", trained[2], "--data", "imagenet")
+    assert_user_error(code, out, err, "unknown data set 'imagenet'", "choices:", "digits")
+
+
+def test_evaluate_unknown_encoding(trained, capsys):
+    code, out, err = run(capsys, "evaluate", trained[2], "--encoding", "poisson")
+    assert_user_error(code, out, err, "unknown encoding 'poisson'")
+
+
+def test_evaluate_unwritable_json(trained, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, out, err = run(capsys, "evaluate", trained[2], "--json", blocker / "r.json", "--device", "cpu")
+    assert_user_error(code, out, err, "cannot write")
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+def test_version_in_a_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "rccsnn", "--version"], cwd=REPO_ROOT,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"rccsnn {__version__}\n"
