@@ -22,7 +22,7 @@ the masks freeze.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -45,11 +45,13 @@ class MinimaxEngine:
         lr_s, lr_y, lr_z: step sizes per phase of s, y and z.
         y0, z0: initial duals.
         s_max: largest fraction of a target that may be pruned.
+        normalize: unit of w^2 per target, ``layer`` or ``global``.
+        s_rate: the most any s may move per phase (a trust region: 2 means 0 -> 1 takes half the phase).
     """
 
     def __init__(self, targets: Sequence[Target], num_constraints: int, *, allocation: str, steps: int,
                  lr_s: float, lr_y: float, lr_z: float, y0: float, z0: float, s_max: float,
-                 normalize: str = "layer") -> None:
+                 normalize: str = "layer", s_rate: float = 2.0) -> None:
         self.targets = list(targets)
         self.allocation = allocation
         self.n = torch.tensor([t.n for t in targets], dtype=torch.float64)
@@ -60,6 +62,7 @@ class MinimaxEngine:
         self.z = torch.full((num_constraints,), float(z0), dtype=torch.float64)
         P = max(steps, 1)
         self.lr_s, self.lr_y, self.lr_z = lr_s / P, lr_y / P, lr_z / P
+        self.max_ds = s_rate / P
         self.s_max = s_max
         with torch.no_grad():
             sq = [t.weight.detach().double().pow(2) for t in targets]
@@ -131,7 +134,10 @@ class MinimaxEngine:
         if self.allocation == "global":
             pull = (pull * self.n).sum(0, keepdim=True) / self.N
         grad = self.y * v - pull  # v is already in units of the layer's mean square
-        self.s = (self.s - self.lr_s * grad).clamp(0.0, self.s_max)
+        # A trust region on s: no layer's pruned fraction moves faster than s_rate per phase, which leaves the
+        # weights time to adapt (and firing-rate estimates time to follow) however hard the duals push.
+        ds = (-self.lr_s * grad).clamp(-self.max_ds, self.max_ds)
+        self.s = (self.s + ds).clamp(0.0, self.s_max)
         # 4. duals ascend, projected onto >= 0
         self.penalty = float(S.sum()) / self.N
         self.y = max(0.0, self.y + self.lr_y * self.penalty)
@@ -158,7 +164,11 @@ class Minimax(PruningMethod):
         allocation: ``global`` (params only), ``layerwise``, or ``auto`` (global when every constraint is params).
         lr_s, lr_y, lr_z: step sizes of s, y, z per compression phase.
         y0, z0: initial duals.
-        s_max: largest fraction of any target that may be pruned.
+        s_max: largest fraction of any target that may be pruned; by default ``1 - min_density * min_j B_j``,
+            so no layer is cut below half the tightest budget (the magnitude ranking alone would otherwise empty
+            a layer whose weights cost much more than the rest, killing the network).
+        min_density: see ``s_max``.
+        s_rate: trust region of s per compression phase (2: a layer goes from dense to empty in half a phase).
         nodes: intermediate budgets (fractions, decreasing, e.g. [0.25, 0.12]); at each the masks are held for
             ``node_fraction`` of the compression phase while the weights finetune.
         node_fraction: share of the compression phase spent at each node.
@@ -170,8 +180,9 @@ class Minimax(PruningMethod):
 
     def __init__(self, schedule: str = "joint", compress_fraction: float = 0.5, allocation: str = "auto",
                  lr_s: float = 1.0, lr_y: float = 1.0, lr_z: float = 20.0, y0: float = 1.0, z0: float = 1.0,
-                 s_max: float = 1.0, nodes: Sequence[float] = (), node_fraction: float = 0.1,
-                 normalize: str = "layer", guarantee_rounds: int = 3) -> None:
+                 s_max: Optional[float] = None, min_density: float = 0.5, s_rate: float = 2.0,
+                 nodes: Sequence[float] = (), node_fraction: float = 0.1, normalize: str = "layer",
+                 guarantee_rounds: int = 3) -> None:
         super().__init__(schedule=schedule, compress_fraction=compress_fraction, guarantee_rounds=guarantee_rounds)
         if allocation not in ALLOCATIONS:
             raise UserError(f"unknown allocation '{allocation}'; choices: {', '.join(ALLOCATIONS)}")
@@ -180,7 +191,8 @@ class Minimax(PruningMethod):
         self.allocation = allocation
         if normalize not in ("layer", "global"):
             raise UserError(f"unknown normalize '{normalize}'; choices: layer, global")
-        self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, s_max=s_max, normalize=normalize)
+        self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, normalize=normalize, s_rate=s_rate)
+        self.s_max, self.min_density = s_max, min_density
         self.nodes: List[float] = list(nodes)
         self.node_fraction = node_fraction
         self.stage = 0
@@ -193,8 +205,9 @@ class Minimax(PruningMethod):
         if allocation == "global" and any(c.resource.name != "params" for c in self.constraints):
             raise UserError("allocation 'global' ranks all weights as equals, so it needs params-only "
                             "constraints; use allocation layerwise for weighted resources")
+        s_max = self.s_max if self.s_max is not None else 1.0 - self.min_density * float(self.budgets.min())
         self.engine = MinimaxEngine(self.targets, len(self.constraints), allocation=allocation,
-                                    steps=self.compress_steps, **self.hyper)
+                                    steps=self.compress_steps, s_max=s_max, **self.hyper)
         self.engine.set_masks()
         self.scale = self.engine.scale
     def stage_budgets(self) -> torch.Tensor:
