@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from rccsnn import __version__
 from rccsnn.errors import UserError
-from rccsnn.monitor import write_json
+from rccsnn.rundir import prepare_run_dir, write_json
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, help="total epochs, compression and finetuning (default 30)")
     p.add_argument("--lr", type=float, help="Adam learning rate of the weights (default 1e-3)")
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/compress)")
+    p.add_argument("--out", metavar="DIR",
+                   help="run directory (default runs/compress/<model>-<budgets>-<method>-<schedule>-seed<seed>)")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set method.options.lr_z=40 (repeatable)")
@@ -127,22 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def make_out_dir(path: str | Path) -> Path:
-    """Create a run directory and check that it is writable."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
-    probe = out / ".rccsnn-write-test"
-    try:
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
-    return out
-
-
 def data_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     return {"data.name": args.data, "data.root": args.data_root, "data.path": args.data_path,
             "data.download": args.download}
@@ -174,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     LOSSES.get(spec.loss)
     net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
 
-    out = make_out_dir(cfg.out)
+    out = prepare_run_dir(cfg.out, resume=args.resume)
     write_yaml(cfg, out / "config.yaml")
     monitor = Monitor(out, progress=not args.no_progress)
     options = TrainerOptions(epochs=cfg.optim.epochs, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,

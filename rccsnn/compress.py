@@ -22,7 +22,8 @@ from rccsnn.errors import UserError
 from rccsnn.masks import attach_masks, bake, find_targets
 from rccsnn.methods import METHODS, Constraint, PruningMethod
 from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
-from rccsnn.monitor import Monitor, format_table, write_json
+from rccsnn.monitor import Monitor, format_table
+from rccsnn.rundir import prepare_run_dir, write_json
 from rccsnn.report import check_fit
 from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
 from rccsnn.trainer import Trainer, TrainerOptions, evaluate, resolve_device
@@ -98,11 +99,8 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
     except RuntimeError as exc:
         raise UserError(f"the model cannot run on data set '{data.name}': {str(exc).splitlines()[0]}") from None
 
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
+    cfg.out = cfg.out or str(Path("runs") / "compress" / cfg.run_name())
+    out = prepare_run_dir(cfg.out, resume=resume)
     write_yaml(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
 

@@ -268,8 +268,13 @@ class CompressConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, epochs=30))
     resources: Dict[str, Any] = field(default_factory=dict)
     seed: int = 0
-    out: str = "runs/compress"
+    out: Optional[str] = None  # None: runs/compress/<model>-<budgets>-<method>-<schedule>-seed<seed>
     device: str = "auto"
+
+    def run_name(self) -> str:
+        """A directory name that tells the run's settings apart."""
+        budgets = "-".join(f"{k}{v:g}" for k, v in self.budgets.items())
+        return f"{Path(self.model or 'model').stem}-{budgets}-{self.method.name}-{self.method.schedule}-seed{self.seed}"
 
     def validate(self) -> None:
         from rccsnn.methods import METHODS

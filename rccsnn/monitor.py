@@ -1,7 +1,6 @@
 """What a run shows: TensorBoard scalars and hparams, tqdm progress bars, and the closing console table."""
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -9,7 +8,6 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from rccsnn.errors import UserError
 
 
 class Monitor:
@@ -77,14 +75,3 @@ def print_metrics(title: str, metrics: Dict[str, Any]) -> None:
     print(title)
     print(format_table(["metric", "value"], [[k, v] for k, v in metrics.items()]))
 
-
-def write_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically-enough for a small file; an unwritable path is a :class:`UserError`."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-        tmp.replace(path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None

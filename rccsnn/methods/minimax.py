@@ -137,7 +137,7 @@ class MinimaxEngine:
         # A trust region on s: no layer's pruned fraction moves faster than s_rate per phase, which leaves the
         # weights time to adapt (and firing-rate estimates time to follow) however hard the duals push.
         ds = (-self.lr_s * grad).clamp(-self.max_ds, self.max_ds)
-        self.s = (self.s + ds).clamp(0.0, self.s_max)
+        self.s = self._land(self.s, (self.s + ds).clamp(0.0, self.s_max), costs, dense, budgets)
         # 4. duals ascend, projected onto >= 0
         self.penalty = float(S.sum()) / self.N
         self.y = max(0.0, self.y + self.lr_y * self.penalty)
@@ -145,6 +145,33 @@ class MinimaxEngine:
         # 5. masks from the new s and W
         self.set_masks()
         return {"penalty": self.penalty, "y": self.y, **{f"z{j}": float(z) for j, z in enumerate(self.z)}}
+
+    def _resources(self, s: Tensor, costs: Tensor, dense: Tensor) -> Tensor:
+        """``[J]`` resources that the sparsity levels ``s`` would give, from the counts ``k = ceil(s n)``."""
+        if self.allocation == "global":  # global is params-only: every weight costs the same
+            kept = self.N - float(torch.minimum(torch.ceil(s * self.N - 1e-9), torch.tensor(self.N)))
+            return costs[:, 0] * kept / dense.clamp_min(1e-300)
+        kept = self.n - torch.minimum(torch.ceil(s * self.n - 1e-9), self.n)
+        return resource_values(costs, dense, kept)
+
+    def _land(self, old: Tensor, new: Tensor, costs: Tensor, dense: Tensor, budgets: Tensor) -> Tensor:
+        """Shorten the step ``old -> new`` to the first point where every budget holds, if it gets there.
+
+        Without this the last step before the masks freeze could overshoot the budget by a whole step of s,
+        which near a small budget is a large share of the weights left.
+        """
+        if not bool((self._resources(new, costs, dense) <= budgets).all()):
+            return new
+        if bool((self._resources(old, costs, dense) <= budgets).all()):
+            return new
+        lo, hi = 0.0, 1.0  # infeasible at lo, feasible at hi
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            if bool((self._resources(old + mid * (new - old), costs, dense) <= budgets).all()):
+                hi = mid
+            else:
+                lo = mid
+        return old + hi * (new - old)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"s": self.s.clone(), "y": self.y, "z": self.z.clone(), "penalty": self.penalty}
