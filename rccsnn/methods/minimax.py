@@ -33,6 +33,9 @@ from rccsnn.methods.base import METHODS, PruningMethod, kept_counts, resource_va
 
 ALLOCATIONS = ("auto", "global", "layerwise")
 
+#: Default step sizes per compression phase and initial duals (see the module docstring).
+DEFAULTS = dict(lr_s=1.0, lr_y=1.0, lr_z=5.0, y0=1.0, z0=1.0)
+
 
 class MinimaxEngine:
     """The primal-dual state (``s``, ``y``, ``z``) and one update of METHOD.md's compression step.
@@ -141,7 +144,9 @@ class MinimaxEngine:
         # 4. duals ascend, projected onto >= 0
         self.penalty = float(S.sum()) / self.N
         self.y = max(0.0, self.y + self.lr_y * self.penalty)
-        self.z = (self.z + self.lr_z * (R - budgets)).clamp_min(0.0)
+        # The violation enters relative to the budget, (R - B) / B, so that the dual's speed does not depend on
+        # how small the budget is (R - B is tiny in absolute terms near a budget of 0.5 %).
+        self.z = (self.z + self.lr_z * (R - budgets) / budgets).clamp_min(0.0)
         # 5. masks from the new s and W
         self.set_masks()
         return {"penalty": self.penalty, "y": self.y, **{f"z{j}": float(z) for j, z in enumerate(self.z)}}
@@ -206,7 +211,7 @@ class Minimax(PruningMethod):
     name = "minimax"
 
     def __init__(self, schedule: str = "joint", compress_fraction: float = 0.5, allocation: str = "auto",
-                 lr_s: float = 1.0, lr_y: float = 1.0, lr_z: float = 20.0, y0: float = 1.0, z0: float = 1.0,
+                 lr_s: float = 1.0, lr_y: float = 1.0, lr_z: float = 5.0, y0: float = 1.0, z0: float = 1.0,
                  s_max: Optional[float] = None, min_density: float = 0.5, s_rate: float = 2.0,
                  nodes: Sequence[float] = (), node_fraction: float = 0.1, normalize: str = "layer",
                  guarantee_rounds: int = 3) -> None:
