@@ -132,7 +132,7 @@ class Trainer:
         )
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = self.steps_per_epoch * options.epochs
-        self.lr_factor: Callable[[int], float] = cosine(self.total_steps, options.min_lr / options.lr)
+        self.schedule = (0, self.total_steps)  # (first step, length) of the current cosine decay
         self.step = 0
         self.epoch = 0
         self.best_val = -1.0
@@ -144,8 +144,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- schedule
     def restart_schedule(self, steps: int) -> None:
         """Start a new cosine decay of ``steps`` steps from the current step (used when finetuning begins)."""
-        start, base = self.step, cosine(max(steps, 1), self.opt.min_lr / self.opt.lr)
-        self.lr_factor = lambda step: base(step - start)
+        self.schedule = (self.step, max(int(steps), 1))
+
+    def lr_factor(self, step: int) -> float:
+        """Learning-rate factor at ``step``: a pure function of the step and the current schedule."""
+        start, length = self.schedule
+        return cosine(length, self.opt.min_lr / self.opt.lr)(step - start)
 
     @property
     def lr(self) -> float:
@@ -255,6 +259,7 @@ class Trainer:
             {
                 "next_epoch": next_epoch,
                 "step": self.step,
+                "schedule": list(self.schedule),
                 "net": self.net.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "best_val": self.best_val,
@@ -281,6 +286,7 @@ class Trainer:
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
+        self.schedule = tuple(state["schedule"])
         self.best_val, self.best_loss = state["best_val"], state["best_loss"]
         self.best_epoch, self.best_state = state["best_epoch"], state["best_state"]
         torch.set_rng_state(state["rng"].cpu())

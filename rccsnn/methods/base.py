@@ -297,6 +297,7 @@ class PruningMethod(CompressionMethod):
             self.projected += pruned
             self.say(f"measured on validation: {over}; pruned {pruned} more weights and finetuning one epoch")
             apply_masks(self.targets)
+            trainer.restart_schedule(trainer.steps_per_epoch)
             trainer.train_epoch(trainer.epoch, desc="guarantee finetune")
         # Last resort, without finetuning: prune, re-measure with the new weights, until everything holds.
         while True:
