@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from rccsnn.config import CompressConfig, write_yaml
+from rccsnn.config import CompressConfig, typed_kwargs, write_yaml
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.masks import attach_masks, bake, find_targets
@@ -53,10 +53,9 @@ class RunResult:
 def build_method(cfg: CompressConfig) -> PruningMethod:
     """The configured method; an option it does not take is a one-line :class:`UserError`."""
     factory = METHODS.get(cfg.method.name)
-    try:
-        return factory(schedule=cfg.method.schedule, **cfg.method.options)
-    except TypeError as exc:
-        raise UserError(f"method '{cfg.method.name}': bad options {cfg.method.options}: {exc}") from None
+    options = typed_kwargs(factory, cfg.method.options, "method.options.")
+    options.pop("schedule", None)
+    return factory(schedule=cfg.method.schedule, **options)
 
 
 def resource_table(targets, stats: LayerStats, options: Dict[str, Any]) -> Dict[str, float]:
@@ -67,11 +66,8 @@ def resource_table(targets, stats: LayerStats, options: Dict[str, Any]) -> Dict[
 def prepare(cfg: CompressConfig, loaded: LoadedModel) -> DataSplits:
     """Validate everything that can be checked before any output is written; returns the data."""
     cfg.validate()
-    for name in cfg.resources:
-        try:
-            create_resource(name, cfg.resources)
-        except TypeError as exc:
-            raise UserError(f"resources.{name}: {exc}") from None
+    for name, consts in cfg.resources.items():
+        RESOURCES.create(name, **typed_kwargs(RESOURCES.get(name), consts, f"resources.{name}."))
     data = load_data(cfg.data.name or loaded.spec.data, root=cfg.data.root, download=cfg.data.download,
                      path=cfg.data.path)
     check_fit(loaded, data)
@@ -99,9 +95,6 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
     except RuntimeError as exc:
         raise UserError(f"the model cannot run on data set '{data.name}': {str(exc).splitlines()[0]}") from None
 
-    cfg.out = cfg.out or str(Path("runs") / "compress" / cfg.run_name())
-    out = prepare_run_dir(cfg.out, resume=resume)
-    write_yaml(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
 
     def stats_now() -> LayerStats:
@@ -111,8 +104,16 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
     dense = resource_table(targets, dense_stats, cfg.resources)
     constraints = []
     for name, budget in cfg.budgets.items():
+        if not dense[name] > 0:
+            raise UserError(f"the dense model costs 0 {name} on the validation split (no target layer receives "
+                            f"a spike), so a {name} budget has nothing to limit; constrain params or macs instead")
         model = create_resource(name, cfg.resources)
         constraints.append(Constraint(resource=model, budget=float(budget), dense=dense[name]))
+    method.check(constraints)
+
+    cfg.out = cfg.out or str(Path("runs") / "compress" / cfg.run_name())
+    out = prepare_run_dir(cfg.out, resume=resume)
+    write_yaml(cfg, out / "config.yaml")
     attach_masks(targets)
     method.bind(targets, constraints, dense_stats, stats_now)
 

@@ -5,7 +5,9 @@ Only this module and ``cli.py`` know about YAML and argparse. Unknown keys and v
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import inspect
 import difflib
 import math
 import re
@@ -158,7 +160,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise UserError(f"'{key}' must be a mapping, got {value!r}")
         return from_dict(tp, value, prefix=f"{key}.")
-    if origin in (list, List):
+    if origin in (list, List, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             raise UserError(f"'{key}' must be a list, got {value!r}")
         (item,) = typing.get_args(tp) or (Any,)
@@ -200,6 +202,26 @@ def from_dict(cls: Type[C], data: Dict[str, Any], prefix: str = "") -> C:
             raise UserError(f"unknown key '{prefix}{key}'{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     return cls(**kwargs)
+
+
+def typed_kwargs(fn: Any, options: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    """Check ``options`` against the keyword parameters of ``fn`` (names and annotated types).
+
+    Used for the free-form option mappings of the config (``method.options``, ``resources.<name>``), so that a
+    misspelt or mistyped option is a one-line :class:`UserError` before anything runs.
+    """
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    hints = typing.get_type_hints(target)
+    params = [n for n, p in inspect.signature(target).parameters.items()
+              if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    out = {}
+    for key, value in options.items():
+        if key not in params:
+            close = difflib.get_close_matches(str(key), params, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid: {', '.join(params)}"
+            raise UserError(f"unknown option '{prefix}{key}'{hint}")
+        out[key] = _coerce(value, hints.get(key, Any), f"{prefix}{key}")
+    return out
 
 
 def set_path(data: Dict[str, Any], dotted: str, value: Any) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from rccsnn.errors import UserError
 from rccsnn.masks import Target
 from rccsnn.registry import Registry
 from rccsnn.snn import SpikeMonitor, simulate
@@ -177,7 +178,10 @@ class Energy(ResourceModel):
     name, unit, data_dependent = "energy", "pJ", True
 
     def __init__(self, e_mac: float = 4.6, e_ac: float = 0.9) -> None:
-        self.e_mac, self.e_ac = e_mac, e_ac
+        for key, value in (("e_mac", e_mac), ("e_ac", e_ac)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
+                raise UserError(f"resources.energy.{key} must be a positive number of pJ, got {value!r}")
+        self.e_mac, self.e_ac = float(e_mac), float(e_ac)
 
     def coefficients(self, targets, stats):
         macs = stats.positions * stats.T

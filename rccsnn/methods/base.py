@@ -165,6 +165,10 @@ class PruningMethod(CompressionMethod):
     def __init__(self, schedule: str = "joint", compress_fraction: float = 0.5, guarantee_rounds: int = 3) -> None:
         if schedule not in SCHEDULES:
             raise UserError(f"unknown schedule '{schedule}'; choices: {', '.join(SCHEDULES)}")
+        if not 0.0 <= compress_fraction <= 1.0:
+            raise UserError(f"method option compress_fraction must be in [0, 1], got {compress_fraction}")
+        if guarantee_rounds < 0:
+            raise UserError(f"method option guarantee_rounds must be >= 0, got {guarantee_rounds}")
         self.schedule = schedule
         self.compress_fraction = compress_fraction
         self.guarantee_rounds = guarantee_rounds
@@ -174,6 +178,9 @@ class PruningMethod(CompressionMethod):
         self.scale: Optional[Tensor] = None  # per-target unit of w^2 in the projection (None: raw magnitude)
 
     # --------------------------------------------------------------------------------------------- binding
+    def check(self, constraints: Sequence[Constraint]) -> None:
+        """Reject constraints this method cannot serve (a one-line :class:`UserError`), before any output."""
+
     def bind(self, targets: Sequence[Target], constraints: Sequence[Constraint], stats: LayerStats,
              measure_stats: Callable[[], LayerStats]) -> None:
         """Give the method its problem: the masked targets, the constraints and the initial layer statistics.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from rccsnn.errors import UserError
 from rccsnn.methods.base import METHODS, PruningMethod, project
 
 
@@ -35,7 +36,9 @@ class GMP(PruningMethod):
     def __init__(self, schedule: str = "joint", compress_fraction: float = 0.5, updates: int = 20,
                  guarantee_rounds: int = 3) -> None:
         super().__init__(schedule=schedule, compress_fraction=compress_fraction, guarantee_rounds=guarantee_rounds)
-        self.updates = max(int(updates), 1)
+        if updates < 1:
+            raise UserError(f"method option updates must be at least 1, got {updates}")
+        self.updates = updates
 
     def compress_step(self, step: int) -> None:
         interval = max(self.compress_steps // self.updates, 1)

@@ -1,4 +1,4 @@
-"""``magnitude``: one-shot pruning of the smallest weights to exactly the budget, then finetuning.
+"""``magnitude``: one-shot pruning of the smallest weights down to the budget, then finetuning.
 
 Smallest ``|w|`` over all targets at once for params (what ``torch.nn.utils.prune.global_unstructured`` does), and
 smallest ``w^2 / c_l`` (importance per unit of cost) for the other resources, through the same exact projection

@@ -22,6 +22,7 @@ the masks freeze.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -221,6 +222,14 @@ class Minimax(PruningMethod):
         if any(not 0 < b <= 1 for b in nodes) or list(nodes) != sorted(nodes, reverse=True):
             raise UserError(f"nodes must be decreasing fractions in (0, 1], got {list(nodes)}")
         self.allocation = allocation
+        for key, value in (("lr_s", lr_s), ("lr_y", lr_y), ("lr_z", lr_z), ("y0", y0), ("z0", z0),
+                           ("s_rate", s_rate), ("node_fraction", node_fraction)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise UserError(f"method option {key} must be a finite number >= 0, got {value}")
+        if s_max is not None and not 0.0 <= s_max <= 1.0:
+            raise UserError(f"method option s_max must be in [0, 1], got {s_max}")
+        if not 0.0 <= min_density <= 1.0:
+            raise UserError(f"method option min_density must be in [0, 1], got {min_density}")
         if normalize not in ("layer", "global"):
             raise UserError(f"unknown normalize '{normalize}'; choices: layer, global")
         self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, normalize=normalize, s_rate=s_rate)
@@ -230,13 +239,16 @@ class Minimax(PruningMethod):
         self.stage = 0
         self.hold = 0
 
+    def check(self, constraints) -> None:
+        if self.allocation == "global" and any(c.resource.name != "params" for c in constraints):
+            raise UserError("allocation 'global' ranks all weights as equals, so it needs params-only "
+                            "constraints; use allocation layerwise for weighted resources")
+
     def start(self) -> None:
+        self.check(self.constraints)
         allocation = self.allocation
         if allocation == "auto":
             allocation = "global" if all(c.resource.name == "params" for c in self.constraints) else "layerwise"
-        if allocation == "global" and any(c.resource.name != "params" for c in self.constraints):
-            raise UserError("allocation 'global' ranks all weights as equals, so it needs params-only "
-                            "constraints; use allocation layerwise for weighted resources")
         s_max = self.s_max if self.s_max is not None else 1.0 - self.min_density * float(self.budgets.min())
         self.engine = MinimaxEngine(self.targets, len(self.constraints), allocation=allocation,
                                     steps=self.compress_steps, s_max=s_max, **self.hyper)
