@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_file_options(p)
     p.set_defaults(device=None)
 
+    p = sub.add_parser("sweep", help="run a YAML grid of compression settings; results table and Pareto plot")
+    p.add_argument("sweep_file", metavar="SWEEP.yaml", help="sweep file: base, grid, runs (see experiments/)")
+    p.add_argument("--out", metavar="DIR", help="sweep directory (default: the file's 'out', else "
+                                                "runs/sweeps/<file stem>)")
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                   help="points run in parallel processes, sharing the CPU cores (default 1)")
+    p.add_argument("--dry-run", action="store_true", help="list the points and what would run, then exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     return parser
 
 
@@ -259,6 +268,30 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- sweep
+@command("sweep")
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rccsnn.sweep import dry_run_table, load_sweep, run_sweep, write_results
+
+    sweep = load_sweep(args.sweep_file, out=args.out, check_files=not args.dry_run)
+    if args.dry_run:
+        print(dry_run_table(sweep))
+        return 0
+    outcome = run_sweep(sweep, jobs=args.jobs, progress=not args.no_progress)
+    print()
+    print(write_results(sweep))
+    print(f"sweep directory: {sweep.out} (results.csv, results.md, pareto.png; "
+          f"tensorboard --logdir {sweep.out / 'hparams'})")
+    if outcome.interrupted:
+        print("rccsnn sweep: interrupted; rerun the same command to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if outcome.failed:
+        print(f"rccsnn sweep: {len(outcome.failed)} of {len(sweep.points)} points failed (see error.txt in their "
+              f"run directories); rerun the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
@@ -280,3 +313,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"rccsnn {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our output went away (`rccsnn ... | head`): stop quietly, as Unix tools do.
+        sys.stderr.close()
+        return 0

@@ -1,0 +1,337 @@
+"""``rccsnn sweep``: grid expansion and names, validation before anything runs, a tiny real sweep (results agree
+with the runs' summary.json files), skip / resume / retry, a failing point, and the aggregation over seeds."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from rccsnn.cli import main
+from rccsnn.config import TrainConfig, load_config, write_yaml
+from rccsnn.sweep import (ERROR_FILE, LOG_FILE, POINT_FILE, SUMMARY_FILE, child_env, collect_results, load_sweep,
+                          point_command, point_status, threads_per_job, write_results)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESOURCES = ("params", "macs", "synops", "energy")
+
+TINY_RECIPE = """\
+data: {name: digits, batch_size: 64}
+model: {arch: convsnn, args: {channels: [4], hidden: 8}, T: 2}
+optim: {lr: 0.02, epochs: 1}
+seed: 0
+"""
+
+
+def call(*argv):
+    """``rccsnn ARGV`` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def read_csv(path: Path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def mtimes(sweep_dir: Path, name: str):
+    return {p.parent.name: p.stat().st_mtime_ns for p in sorted(sweep_dir.glob(f"*/{name}"))}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A convsnn with channels [4], hidden 8, T = 2, trained for one epoch on digits."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "tiny.yaml").write_text(TINY_RECIPE)
+    ckpt = root / "tiny.pt"
+    code, _, err = call("train", root / "tiny.yaml", "--out", root / "train", "--checkpoint", ckpt, "--no-progress",
+                        "--device", "cpu")
+    assert code == 0, err
+    return ckpt
+
+
+def sweep_file(path: Path, model: Path, grid: str, extra: str = "") -> Path:
+    path.write_text(f"base:\n  model: {model}\n  optim: {{epochs: 1}}\n  device: cpu\ngrid:\n{grid}{extra}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------- expansion, names
+def test_shipped_digits_sweep_has_72_named_points():
+    sweep = load_sweep(REPO_ROOT / "experiments" / "digits_budgets.yaml", check_files=False)
+    assert len(sweep.points) == 72
+    names = [p.name for p in sweep.points]
+    assert len(set(names)) == 72
+    assert names[0] == "params0.5-minimax-joint-seed0"
+    assert {"params0.05-minimax-joint-seed0", "params0.05-minimax-sequential-seed2",
+            "params0.01-magnitude-joint-seed1", "params0.02-gmp-joint-seed0"} <= set(names)
+    variants = {(p.config.method.name, p.config.method.schedule) for p in sweep.points}
+    assert variants == {("minimax", "joint"), ("minimax", "sequential"), ("magnitude", "joint"), ("gmp", "joint")}
+    assert sorted({p.config.budgets["params"] for p in sweep.points}) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+    assert {p.config.seed for p in sweep.points} == {0, 1, 2}
+    assert {p.config.optim.epochs for p in sweep.points} == {30}
+    assert all(p.config.model == "checkpoints/digits_convsnn.pt" and p.resource == "params" for p in sweep.points)
+    assert sweep.out == Path("runs/sweeps/digits_budgets")
+
+
+def test_shipped_cifar_sweep_and_recipe():
+    sweep = load_sweep(REPO_ROOT / "experiments" / "cifar10_cifar10net.yaml", check_files=False)
+    assert len(sweep.points) == 5 * 4 * 3
+    assert sorted({p.config.budgets["params"] for p in sweep.points}) == [0.0073, 0.0235, 0.05, 0.12, 0.25]
+    cfg = sweep.points[0].config
+    assert (cfg.data.name, cfg.data.batch_size, cfg.optim.lr) == ("cifar10", 16, 1e-4)
+    recipe = load_config(TrainConfig, str(REPO_ROOT / "experiments" / "pretrain_cifar10.yaml"), {})
+    assert (recipe.model.arch, recipe.model.T, recipe.model.loss) == ("cifar10net", 8, "mse")
+    assert (recipe.model.neuron.beta, recipe.model.neuron.reset, recipe.model.neuron.surrogate) == (0.5, "zero", "atan")
+    assert (recipe.optim.lr, recipe.data.batch_size, recipe.data.name) == (1e-4, 16, "cifar10")
+    assert recipe.checkpoint == cfg.model
+
+
+def test_shorthands_paths_groups_runs_and_unique_names(tmp_path, tiny_model):
+    path = sweep_file(tmp_path / "s.yaml", tiny_model,
+                      "  resource: [synops]\n  budget: [0.1, 0.05]\n  epochs: [1, 2]\n"
+                      "  method.options.lr_z: [5, 40]\n",
+                      "runs:\n"
+                      "  - {budget: 0.1, resource: synops, epochs: 1, method.options.lr_z: 5}\n"  # a grid point again
+                      "  - {budgets.params: 0.3, method: gmp, optim: {lr: 0.01}}\n"
+                      "  - {budget: 0.2, model: a/m.pt}\n"
+                      "  - {budget: 0.2, model: b/m.pt}\n")
+    sweep = load_sweep(path, out=tmp_path / "sw", check_files=False)
+    names = [p.name for p in sweep.points]
+    assert len(names) == 2 * 2 * 2 + 3  # the repeated grid point runs once
+    assert names[:2] == ["synops0.1-minimax-joint-seed0-epochs1-lr_z5", "synops0.1-minimax-joint-seed0-epochs1-lr_z40"]
+    assert names[-3] == "params0.3-gmp-joint-seed0-lr0.01"
+    assert names[-2:] == ["params0.2-minimax-joint-seed0-modelm", "params0.2-minimax-joint-seed0-modelm-2"]
+    first = sweep.points[0]
+    assert first.config.budgets == {"synops": 0.1} and first.resource == "synops"
+    assert first.config.method.options == {"lr_z": 5} and first.config.optim.epochs == 1
+    assert first.run_dir == tmp_path / "sw" / names[0]
+    gmp = sweep.points[-3].config
+    assert (gmp.method.name, gmp.optim.lr, gmp.optim.epochs, gmp.device) == ("gmp", 0.01, 1, "cpu")  # merged
+    assert sweep.extra_keys == ["optim.epochs", "method.options.lr_z", "optim.lr", "model"]
+
+
+def test_child_env_and_command(tmp_path, tiny_model):
+    env = child_env(2)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == str(max(1, threads_per_job(1) // 2))
+    assert env["PYTHONUNBUFFERED"] == "1"
+    sweep = load_sweep(sweep_file(tmp_path / "s.yaml", tiny_model, "  budget: [0.5]\n"), out=tmp_path / "sw")
+    cmd = point_command(sweep.points[0], resume=True)
+    assert cmd[1:4] == ["-m", "rccsnn", "compress"] and cmd[-2:] == ["--no-progress", "--resume"]
+    assert str(tmp_path / "sw" / "params0.5-minimax-joint-seed0" / POINT_FILE) in cmd
+
+
+def test_dry_run_runs_nothing(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = sweep_file(tmp_path / "s.yaml", tiny_model, "  budget: [0.5, 0.2]\n  method: [minimax, gmp]\n")
+    code, out, err = call("sweep", path, "--dry-run")
+    assert code == 0, err
+    assert "4 points (4 new)" in out and "params0.2-gmp-joint-seed0" in out
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------- malformed files
+MALFORMED = {
+    "yaml": ("base: {model: MODEL\ngrid: [\n", ["YAML syntax error"]),
+    "top-level": ("base: {model: MODEL}\ngrdi: {budget: [0.1]}\n", ["unknown top-level key 'grdi'", "'grid'"]),
+    "base": ("base: {model: MODEL, optm: {epochs: 1}}\ngrid: {budget: [0.1]}\n",
+             ["unknown key 'base.optm'", "did you mean 'base.optim'"]),
+    "base-nested": ("base: {model: MODEL, optim: {epoch: 1}}\ngrid: {budget: [0.1]}\n",
+                    ["unknown key 'base.optim.epoch'", "'base.optim.epochs'"]),
+    "base-out": ("base: {model: MODEL, out: x}\ngrid: {budget: [0.1]}\n", ["base.out", "top-level 'out'"]),
+    "grid-key": ("base: {model: MODEL}\ngrid: {budget: [0.1], sed: [0, 1]}\n",
+                 ["unknown key 'sed'", "did you mean 'seed'"]),
+    "grid-path": ("base: {model: MODEL}\ngrid: {budget: [0.1], optim.lrr: [0.1]}\n",
+                  ["unknown key 'optim.lrr'", "did you mean 'optim.lr'"]),
+    "group-key": ("base: {model: MODEL}\ngrid: {budget: [0.1], v: [{method: gmp, shedule: joint}]}\n",
+                  ["grid.v[0]", "unknown key 'shedule'", "'schedule'"]),
+    "runs-key": ("base: {model: MODEL}\nruns: [{budget: 0.1, methd: gmp}]\n", ["runs[0]", "'method'"]),
+    "empty": ("base: {model: MODEL}\ngrid: {budget: [0.1], seed: []}\n", ["grid.seed is an empty list"]),
+    "budget-type": ("base: {model: MODEL}\ngrid: {budget: [0.1, abc]}\n", ["grid.budget[1]", "must be a number"]),
+    "budget-range": ("base: {model: MODEL}\ngrid: {budget: [1.5]}\n", ["grid.budget[0]", "(0, 1]"]),
+    "not-a-list": ("base: {model: MODEL}\ngrid: {budget: 0.1}\n", ["grid.budget must be a list"]),
+    "seed-type": ("base: {model: MODEL}\ngrid: {budget: [0.1], seed: [0, 1.5]}\n",
+                  ["grid.seed[1]", "'seed' must be an integer, got 1.5"]),
+    "method": ("base: {model: MODEL}\ngrid: {budget: [0.1], method: [minmax]}\n",
+               ["method=minmax", "unknown method 'minmax'", "'minimax'"]),
+    "epochs": ("base: {model: MODEL}\ngrid: {budget: [0.1], epochs: [0]}\n", ["optim.epochs must be at least 1"]),
+    "no-budget": ("base: {model: MODEL}\ngrid: {seed: [0]}\n", ["no budget"]),
+    "conflict": ("base: {model: MODEL}\ngrid: {budget: [0.1], method: [gmp], v: [{method: minimax}]}\n",
+                 ["both set 'method.name'"]),
+    "no-model": ("base: {model: nowhere/model.pt}\ngrid: {budget: [0.1]}\n", ["model file not found"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_sweep_is_one_line_exit_2_and_creates_nothing(case, tmp_path, tiny_model):
+    text, needles = MALFORMED[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.replace("MODEL", str(tiny_model)))
+    code, out, err = call("sweep", path, "--out", tmp_path / "sweep")
+    assert code == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not (tmp_path / "sweep").exists()
+
+
+# ------------------------------------------------------------------------------------------- a real tiny sweep
+@pytest.fixture(scope="module")
+def finished(tiny_model, tmp_path_factory):
+    """2 budgets x 2 methods x 1 seed, one epoch each, two at a time: (sweep file, sweep dir, stdout)."""
+    root = tmp_path_factory.mktemp("sweep")
+    path = sweep_file(root / "tiny_sweep.yaml", tiny_model, "  budget: [0.5, 0.2]\n  method: [minimax, magnitude]\n")
+    out = root / "out"
+    code, stdout, err = call("sweep", path, "--out", out, "--jobs", 2, "--no-progress")
+    assert code == 0, stdout + err
+    return path, out, stdout
+
+
+def test_results_agree_with_summaries(finished):
+    _, out, stdout = finished
+    rows = read_csv(out / "results.csv")
+    assert [r["name"] for r in rows] == ["params0.5-minimax-joint-seed0", "params0.5-magnitude-joint-seed0",
+                                         "params0.2-minimax-joint-seed0", "params0.2-magnitude-joint-seed0"]
+    markdown = (out / "results.md").read_text()
+    for row in rows:
+        summary = json.loads((Path(row["run_dir"]) / SUMMARY_FILE).read_text())
+        assert row["status"] == "ok"
+        assert (row["method"], row["schedule"]) == (summary["method"], summary["schedule"])
+        assert float(row["budget_params"]) == summary["budgets"]["params"]
+        assert row["resource"] == "params" and row["seed"] == "0" and row["epochs"] == "1"
+        for r in RESOURCES:
+            assert float(row[f"ratio_{r}"]) == summary["resources"][r]["ratio"]
+        assert float(row["accuracy"]) == summary["accuracy"]["compressed"]
+        assert float(row["dense_accuracy"]) == summary["accuracy"]["dense"]
+        assert float(row["wall_seconds"]) == summary["wall_seconds"]
+        assert summary["resources"]["params"]["ratio"] <= summary["budgets"]["params"] + 1e-12
+        budget = f"params {float(row['budget_params']):g}"
+        line = next(l for l in markdown.splitlines() if l.startswith(f"| {row['method']} | joint | {budget} |"))
+        assert f"| 1 | {summary['accuracy']['compressed']:.4f} | {summary['accuracy']['dense']:.4f} |" in line
+        assert f"{summary['resources']['synops']['ratio']:.4g}" in line
+        assert (out / "hparams" / row["name"]).is_dir()
+        assert any((out / "hparams" / row["name"]).rglob("events.out.tfevents.*"))
+    assert "4 of 4 points finished" in markdown
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert markdown.strip() in stdout and f"sweep directory: {out}" in stdout
+    assert "2 at a time" in stdout
+
+
+def test_second_invocation_runs_nothing(finished):
+    path, out, _ = finished
+    before, logs = mtimes(out, SUMMARY_FILE), mtimes(out, LOG_FILE)
+    t0 = time.perf_counter()
+    code, stdout, err = call("sweep", path, "--out", out, "--no-progress")
+    assert code == 0, err
+    assert time.perf_counter() - t0 < 15
+    assert "4 finished, 0 to run" in stdout
+    assert mtimes(out, SUMMARY_FILE) == before and mtimes(out, LOG_FILE) == logs
+    assert len(read_csv(out / "results.csv")) == 4
+
+
+def test_interrupted_point_resumes_alone(finished):
+    path, out, _ = finished
+    victim = out / "params0.2-minimax-joint-seed0"
+    (victim / SUMMARY_FILE).unlink()  # what a run stopped after its last saved epoch leaves: state.pt, no summary
+    assert (victim / "state.pt").is_file()
+    code, dry, _ = call("sweep", path, "--out", out, "--dry-run")
+    assert code == 0 and "3 done, 1 resume" in dry
+    before = mtimes(out, SUMMARY_FILE)
+    code, stdout, err = call("sweep", path, "--out", out, "--no-progress")
+    assert code == 0, stdout + err
+    assert "1 to run (1 resume)" in stdout
+    after = mtimes(out, SUMMARY_FILE)
+    assert set(after) == set(before) | {victim.name} and {k: after[k] for k in before} == before
+    assert (victim / LOG_FILE).read_text().splitlines()[-1] != ""
+    assert "--resume" in [l for l in (victim / LOG_FILE).read_text().splitlines() if l.startswith("===")][-1]
+    assert all(r["status"] == "ok" for r in read_csv(out / "results.csv"))
+
+
+def test_failing_point_is_recorded_and_the_others_go_on(tmp_path, tiny_model):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a checkpoint")  # passes validation (the file exists), fails inside rccsnn compress
+    path = sweep_file(tmp_path / "s.yaml", tiny_model, f"  budget: [0.5]\n  model: [{bad}, {tiny_model}]\n")
+    out = tmp_path / "out"
+    code, stdout, err = call("sweep", path, "--out", out, "--jobs", 1, "--no-progress")
+    assert code == 1, stdout + err
+    assert "1 of 2 points failed" in err.splitlines()[-1]
+    failed, good = out / "params0.5-minimax-joint-seed0-modelcorrupt", out / "params0.5-minimax-joint-seed0-modeltiny"
+    assert (good / SUMMARY_FILE).is_file() and not (good / ERROR_FILE).exists()  # ran after the failure
+    error = (failed / ERROR_FILE).read_text()
+    assert "rccsnn compress: error:" in error and "corrupt.pt" in error and len(error.splitlines()) == 1
+    rows = {r["name"]: r for r in read_csv(out / "results.csv")}
+    assert rows[good.name]["status"] == "ok" and rows[failed.name]["status"] == "failed"
+    assert rows[failed.name]["error"] == error.strip()
+    assert "1 of 2 points finished, 1 failed" in (out / "results.md").read_text()
+
+    # Rerunning retries the failed point only.
+    before = mtimes(out, SUMMARY_FILE)
+    code, stdout, err = call("sweep", path, "--out", out, "--no-progress")
+    assert code == 1, stdout + err
+    assert "1 finished, 1 to run (1 failed)" in stdout
+    assert mtimes(out, SUMMARY_FILE) == before
+    assert (failed / ERROR_FILE).read_text() == error
+    assert (failed / LOG_FILE).read_text().count("=== rccsnn sweep") == 2
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+def fake_summary(point, accuracy: float, ratio: float) -> dict:
+    resources = {r: {"dense": 100.0, "compressed": 100.0 * ratio, "ratio": ratio} for r in RESOURCES}
+    return {"method": point.config.method.name, "schedule": point.config.method.schedule,
+            "budgets": point.config.budgets, "resources": resources,
+            "accuracy": {"dense": 0.9, "compressed": accuracy}, "epochs": 1, "wall_seconds": 1.5,
+            "checkpoint": str(point.run_dir / "model.pt"), "events": []}
+
+
+def test_results_aggregate_over_seeds(tmp_path, tiny_model):
+    """Made-up run directories: means and standard deviations over seeds, failed and missing points, stale runs."""
+    path = sweep_file(tmp_path / "s.yaml", tiny_model, "  budget: [0.5, 0.2]\n  seed: [0, 1, 2]\n")
+    sweep = load_sweep(path, out=tmp_path / "out")
+    values = {}
+    for i, point in enumerate(sweep.points):
+        point.run_dir.mkdir(parents=True)
+        write_yaml(point.config, point.run_dir / POINT_FILE)
+        if point.config.seed == 2 and point.config.budgets["params"] == 0.2:
+            (point.run_dir / ERROR_FILE).write_text("boom\n")
+            continue
+        values[point.name] = (0.5 + 0.01 * i * i, point.config.budgets["params"] - 0.001 * i)
+        (point.run_dir / SUMMARY_FILE).write_text(json.dumps(fake_summary(point, *values[point.name])))
+    markdown = write_results(sweep)
+    assert markdown == (sweep.out / "results.md").read_text()
+    for budget, n in ((0.5, 3), (0.2, 2)):
+        accs = [a for name, (a, _) in values.items() if name.startswith(f"params{budget:g}-")]
+        ratios = [r for name, (_, r) in values.items() if name.startswith(f"params{budget:g}-")]
+        assert len(accs) == n
+        line = next(l for l in markdown.splitlines() if l.startswith(f"| minimax | joint | params {budget:g} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[3] == str(n)
+        assert cells[4] == f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}"
+        assert cells[5] == "0.9000"
+        assert cells[6] == f"{statistics.mean(ratios):.4g} ± {statistics.stdev(ratios):.2g}"
+    assert "5 of 6 points finished, 1 failed" in markdown and "params0.2-minimax-joint-seed2" in markdown
+    rows = read_csv(sweep.out / "results.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "ok", "ok", "failed"]
+    assert rows[-1]["error"] == "boom"
+    assert (sweep.out / "pareto.png").stat().st_size > 1000
+
+    # A run directory whose settings differ from the sweep's is stale: not counted, and rerun afresh.
+    stale = sweep.points[0]
+    write_yaml({**stale.config_dict(), "seed": 7}, stale.run_dir / POINT_FILE)
+    assert point_status(stale) == "changed"
+    assert collect_results(sweep)[0]["status"] == "missing"
+    # Moving the sweep directory changes nothing.
+    moved = load_sweep(path, out=tmp_path / "elsewhere")
+    shutil.copytree(sweep.out, moved.out)
+    assert [point_status(p) for p in moved.points][1:] == ["done"] * 4 + ["failed"]
