@@ -145,12 +145,12 @@ def data_overrides(args: argparse.Namespace) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------------- train
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
-    from rccsnn.config import TrainConfig, load_config, parse_assignment, write_yaml
+    from rccsnn.config import TrainConfig, load_config, parse_assignment, trainer_options, write_yaml
     from rccsnn.data import load_data
     from rccsnn.models import build_model
     from rccsnn.models.checkpoint import ModelSpec, save_checkpoint
     from rccsnn.monitor import Monitor, print_metrics
-    from rccsnn.trainer import Trainer, TrainerOptions, resolve_device
+    from rccsnn.trainer import Trainer, resolve_device
 
     overrides = dict(parse_assignment(s) for s in args.set)
     overrides.update(data_overrides(args))
@@ -171,10 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = prepare_run_dir(cfg.out, resume=args.resume)
     write_yaml(cfg, out / "config.yaml")
     monitor = Monitor(out, progress=not args.no_progress)
-    options = TrainerOptions(epochs=cfg.optim.epochs, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                             min_lr=cfg.optim.min_lr, batch_size=cfg.data.batch_size,
-                             eval_batch_size=cfg.data.eval_batch_size, workers=cfg.data.workers, seed=cfg.seed,
-                             progress=not args.no_progress, desc="train")
+    options = trainer_options(cfg.optim, cfg.data, cfg.seed, not args.no_progress, desc="train")
     trainer = Trainer(net=net, data=data, spec=spec, options=options, out_dir=out, monitor=monitor, device=device)
     fit = trainer.fit(resume=args.resume)
     test = trainer.evaluate("test")

@@ -11,12 +11,12 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from torch.utils.data import DataLoader
 
-from rccsnn.config import CompressConfig, typed_kwargs, write_yaml
+from rccsnn.config import CompressConfig, trainer_options, typed_kwargs, write_yaml
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.masks import attach_masks, bake, find_targets
@@ -26,7 +26,7 @@ from rccsnn.monitor import Monitor, format_table
 from rccsnn.rundir import prepare_run_dir, write_json
 from rccsnn.report import check_fit
 from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
-from rccsnn.trainer import Trainer, TrainerOptions, evaluate, resolve_device
+from rccsnn.trainer import Trainer, evaluate, resolve_device
 
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "model.pt"
@@ -118,10 +118,7 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
     method.bind(targets, constraints, dense_stats, stats_now)
 
     monitor = Monitor(out, progress=progress)
-    options = TrainerOptions(epochs=cfg.optim.epochs, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                             min_lr=cfg.optim.min_lr, batch_size=cfg.data.batch_size,
-                             eval_batch_size=cfg.data.eval_batch_size, workers=cfg.data.workers, seed=cfg.seed,
-                             progress=progress, desc=f"{method.name}/{method.schedule}")
+    options = trainer_options(cfg.optim, cfg.data, cfg.seed, progress, desc=f"{method.name}/{method.schedule}")
     trainer = Trainer(net=net, data=data, spec=spec, options=options, out_dir=out, monitor=monitor,
                       method=method, device=device)
     trainer.fit(resume=resume)

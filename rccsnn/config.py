@@ -190,18 +190,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {_type_name(tp)} for '{key}'")
 
 
-def from_dict(cls: Type[C], data: Dict[str, Any], prefix: str = "") -> C:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a suggestion."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
+def _checked(values: Dict[str, Any], names: List[str], hints: Dict[str, Any], prefix: str,
+             what: str) -> Dict[str, Any]:
+    """``values`` with each key checked against ``names`` (suggesting the closest) and its type against ``hints``."""
+    out = {}
+    for key, value in values.items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid keys: {', '.join(names)}"
-            raise UserError(f"unknown key '{prefix}{key}'{hint}")
-        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
-    return cls(**kwargs)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid {what}s: {', '.join(names)}"
+            raise UserError(f"unknown {what} '{prefix}{key}'{hint}")
+        out[key] = _coerce(value, hints.get(key, Any), f"{prefix}{key}")
+    return out
+
+
+def from_dict(cls: Type[C], data: Dict[str, Any], prefix: str = "") -> C:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a suggestion."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**_checked(data, names, typing.get_type_hints(cls), prefix, "key"))
 
 
 def typed_kwargs(fn: Any, options: Dict[str, Any], prefix: str) -> Dict[str, Any]:
@@ -211,17 +216,18 @@ def typed_kwargs(fn: Any, options: Dict[str, Any], prefix: str) -> Dict[str, Any
     misspelt or mistyped option is a one-line :class:`UserError` before anything runs.
     """
     target = fn.__init__ if inspect.isclass(fn) else fn
-    hints = typing.get_type_hints(target)
     params = [n for n, p in inspect.signature(target).parameters.items()
               if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    out = {}
-    for key, value in options.items():
-        if key not in params:
-            close = difflib.get_close_matches(str(key), params, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid: {', '.join(params)}"
-            raise UserError(f"unknown option '{prefix}{key}'{hint}")
-        out[key] = _coerce(value, hints.get(key, Any), f"{prefix}{key}")
-    return out
+    return _checked(options, params, typing.get_type_hints(target), prefix, "option")
+
+
+def trainer_options(optim: OptimConfig, data: DataConfig, seed: int, progress: bool, desc: str):
+    """The Trainer's typed options from the optimisation and data sections of a config."""
+    from rccsnn.trainer import TrainerOptions
+
+    return TrainerOptions(epochs=optim.epochs, lr=optim.lr, weight_decay=optim.weight_decay, min_lr=optim.min_lr,
+                          batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, workers=data.workers,
+                          seed=seed, progress=progress, desc=desc)
 
 
 def set_path(data: Dict[str, Any], dotted: str, value: Any) -> None:

@@ -19,6 +19,8 @@ import torch
 from rccsnn import __version__
 from rccsnn.cli import main
 
+from helpers import cli, one_line
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # convsnn channels [4], hidden 8 on digits (1x8x8, 10 classes), T = 2:
@@ -36,20 +38,8 @@ TINY_POSITIONS = {"features.0.0": 8 * 8, "classifier.0.1": 1, "classifier.2.0": 
 DIGITS_TEST_SAMPLES = 1797 - round(0.7 * 1797) - round(0.15 * 1797)  # 269
 
 
-def run(capsys, *argv):
-    """``rccsnn ARGV`` in-process: (exit code, stdout, stderr). argparse errors exit through SystemExit."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def one_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected exactly one line on stderr, got {len(lines)}:\n{err}"
-    return lines[0]
 
 
 def assert_user_error(code, out, err, *needles):
@@ -109,7 +99,7 @@ def test_train_writes_checkpoint_config_and_state(trained):
 
 def test_evaluate_json_matches_training(trained, tmp_path, capsys):
     _, _, ckpt, train_stdout = trained
-    code, out, err = run(capsys, "evaluate", ckpt, "--json", tmp_path / "eval" / "result.json", "--device", "cpu")
+    code, out, err = cli("evaluate", ckpt, "--json", tmp_path / "eval" / "result.json", "--device", "cpu")
     assert code == 0, err
     result = json.loads((tmp_path / "eval" / "result.json").read_text())
     assert set(result) == {"accuracy", "split", "samples", "params", "nonzero_params", "weights", "nonzero_weights",
@@ -139,7 +129,7 @@ def test_evaluate_json_matches_training(trained, tmp_path, capsys):
 
 def test_evaluate_other_split(trained, tmp_path, capsys):
     _, _, ckpt, _ = trained
-    code, _, err = run(capsys, "evaluate", ckpt, "--split", "val", "--json", tmp_path / "r.json", "--device", "cpu")
+    code, _, err = cli("evaluate", ckpt, "--split", "val", "--json", tmp_path / "r.json", "--device", "cpu")
     assert code == 0, err
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["split"] == "val" and result["samples"] == round(0.15 * 1797)
@@ -150,7 +140,7 @@ def test_resume_after_a_finished_run(trained, tmp_path, capsys):
     recipe, out, ckpt, _ = trained
     run_dir = tmp_path / "run"
     shutil.copytree(out, run_dir)
-    code, stdout, err = run(capsys, "train", recipe, "--out", run_dir, "--resume", "--no-progress", "--device", "cpu")
+    code, stdout, err = cli("train", recipe, "--out", run_dir, "--resume", "--no-progress", "--device", "cpu")
     assert code == 0, err
     # Nothing left to train: the best weights come back from state.pt, and the default checkpoint is OUT/model.pt.
     resumed = torch.load(run_dir / "model.pt", weights_only=True)
@@ -165,7 +155,7 @@ def test_resume_continues_with_more_epochs(trained, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(out, run_dir)
     assert torch.load(run_dir / "state.pt", weights_only=True)["next_epoch"] == 1
-    code, _, err = run(capsys, "train", recipe, "--out", run_dir, "--resume", "--epochs", 2, "--no-progress",
+    code, _, err = cli("train", recipe, "--out", run_dir, "--resume", "--epochs", 2, "--no-progress",
                        "--device", "cpu")
     assert code == 0, err
     state = torch.load(run_dir / "state.pt", weights_only=True)
@@ -175,7 +165,7 @@ def test_resume_continues_with_more_epochs(trained, tmp_path, capsys):
 
 
 def test_resume_without_state_is_a_user_error(recipe, tmp_path, capsys):
-    code, out, err = run(capsys, "train", recipe, "--out", tmp_path / "fresh", "--resume", "--no-progress")
+    code, out, err = cli("train", recipe, "--out", tmp_path / "fresh", "--resume", "--no-progress")
     assert_user_error(code, out, err, "nothing to resume", "state.pt")
 
 
@@ -210,7 +200,7 @@ def test_train_user_errors_are_one_line_and_create_nothing(case, tmp_path, capsy
     if text is not None:
         path.write_text(text)
     out_dir = tmp_path / "run"
-    code, out, err = run(capsys, "train", path, "--out", out_dir, "--no-progress", *extra)
+    code, out, err = cli("train", path, "--out", out_dir, "--no-progress", *extra)
     line = assert_user_error(code, out, err, *needles)
     assert line.startswith("rccsnn train: error: ")
     assert not out_dir.exists(), "a run directory was created for a bad run"
@@ -228,18 +218,18 @@ def test_train_user_errors_are_one_line_and_create_nothing(case, tmp_path, capsy
     ],
 )
 def test_argparse_errors_are_one_line(argv, needle, capsys):
-    code, out, err = run(capsys, *argv)
+    code, out, err = cli(*argv)
     assert_user_error(code, out, err, needle)
 
 
 def test_no_command_prints_help_and_exits_2(capsys):
-    code, out, err = run(capsys)
+    code, out, err = cli()
     assert code == 2 and "train" in out and "evaluate" in out
 
 
 # ------------------------------------------------------------------------------------------------ evaluate errors
 def test_evaluate_missing_file(tmp_path, capsys):
-    code, out, err = run(capsys, "evaluate", tmp_path / "nope.pt")
+    code, out, err = cli("evaluate", tmp_path / "nope.pt")
     assert_user_error(code, out, err, "rccsnn evaluate: error: no such file", "nope.pt")
 
 
@@ -258,16 +248,16 @@ def test_evaluate_non_checkpoint_file(kind, trained, tmp_path, capsys):
         path.mkdir()
     else:
         path.write_bytes(b"")
-    code, out, err = run(capsys, "evaluate", path)
+    code, out, err = cli("evaluate", path)
     assert_user_error(code, out, err, str(path))
 
 
 def test_evaluate_pickled_module_needs_trust(tmp_path, capsys, user_models):
     torch.save(user_models.PickledNet(), tmp_path / "whole.pt")
-    code, out, err = run(capsys, "evaluate", tmp_path / "whole.pt")
+    code, out, err = cli("evaluate", tmp_path / "whole.pt")
     assert_user_error(code, out, err, "--trust-checkpoint")
 
-    code, out, err = run(capsys, "evaluate", tmp_path / "whole.pt", "--trust-checkpoint", "--T", 2,
+    code, out, err = cli("evaluate", tmp_path / "whole.pt", "--trust-checkpoint", "--T", 2,
                          "--json", tmp_path / "r.json", "--device", "cpu")
     assert code == 0, err
     result = json.loads((tmp_path / "r.json").read_text())
@@ -277,9 +267,9 @@ def test_evaluate_pickled_module_needs_trust(tmp_path, capsys, user_models):
 
 def test_evaluate_state_dict_with_model(tmp_path, capsys, user_models):
     torch.save(user_models.tiny_net().state_dict(), tmp_path / "sd.pt")
-    code, out, err = run(capsys, "evaluate", tmp_path / "sd.pt")
+    code, out, err = cli("evaluate", tmp_path / "sd.pt")
     assert_user_error(code, out, err, "--model")
-    code, out, err = run(capsys, "evaluate", tmp_path / "sd.pt", "--model", "user_models:tiny_net",
+    code, out, err = cli("evaluate", tmp_path / "sd.pt", "--model", "user_models:tiny_net",
                          "--json", tmp_path / "r.json", "--device", "cpu")
     assert code == 0, err
     assert json.loads((tmp_path / "r.json").read_text())["params"] == 64 * 10 + 10
@@ -291,7 +281,7 @@ def test_evaluate_malicious_pickle_runs_no_code(tmp_path, capsys, user_models):
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps(user_models.Evil(str(marker))))
     for name in ("evil.pt", "evil.pkl"):
         for extra in ([], ["--model", "user_models:tiny_net"]):
-            code, out, err = run(capsys, "evaluate", tmp_path / name, *extra)
+            code, out, err = cli("evaluate", tmp_path / name, *extra)
             assert_user_error(code, out, err, "--trust-checkpoint")
             assert not marker.exists(), f"evaluate {name} {extra} ran code from the file"
 
@@ -314,24 +304,24 @@ def test_evaluate_data_of_another_shape(trained, tmp_path, capsys):
     rng = np.random.default_rng(0)
     npz = tmp_path / "mnist-like.npz"
     np.savez(npz, x=rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8), y=np.arange(40) % 10)
-    code, out, err = run(capsys, "evaluate", ckpt, "--data", "npz", "--data-path", npz)
+    code, out, err = cli("evaluate", ckpt, "--data", "npz", "--data-path", npz)
     assert_user_error(code, out, err, "(1, 28, 28)", "(1, 8, 8)", "--data")
 
 
 def test_evaluate_unknown_data_set(trained, capsys):
-    code, out, err = run(capsys, "evaluate", trained[2], "--data", "imagenet")
+    code, out, err = cli("evaluate", trained[2], "--data", "imagenet")
     assert_user_error(code, out, err, "unknown data set 'imagenet'", "choices:", "digits")
 
 
 def test_evaluate_unknown_encoding(trained, capsys):
-    code, out, err = run(capsys, "evaluate", trained[2], "--encoding", "poisson")
+    code, out, err = cli("evaluate", trained[2], "--encoding", "poisson")
     assert_user_error(code, out, err, "unknown encoding 'poisson'")
 
 
 def test_evaluate_unwritable_json(trained, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, out, err = run(capsys, "evaluate", trained[2], "--json", blocker / "r.json", "--device", "cpu")
+    code, out, err = cli("evaluate", trained[2], "--json", blocker / "r.json", "--device", "cpu")
     assert_user_error(code, out, err, "cannot write")
 
 

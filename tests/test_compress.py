@@ -11,8 +11,6 @@ The tiny model (trained once per session, 2 epochs): convsnn channels [4, 8], hi
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from pathlib import Path
@@ -25,7 +23,8 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from rccsnn.cli import main
+
+from helpers import cli, one_line
 from rccsnn.compress import compress
 from rccsnn.config import CompressConfig, DataConfig, MethodConfig, OptimConfig, TargetsConfig
 from rccsnn.data import load_data
@@ -52,30 +51,10 @@ seed: 0
 """
 
 
-def quiet_main(argv):
-    """``rccsnn ARGV`` in-process with stdout/stderr captured: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def one_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected exactly one line on stderr, got {len(lines)}:\n{err}"
-    return lines[0]
 
 
 @pytest.fixture(scope="session")
@@ -83,14 +62,14 @@ def tiny(tmp_path_factory):
     """The tiny digits model: (checkpoint path, its raw checkpoint dict)."""
     root = tmp_path_factory.mktemp("tiny")
     (root / "tiny.yaml").write_text(RECIPE)
-    code, _, err = quiet_main(["train", root / "tiny.yaml", "--out", root / "run", "--no-progress", "--device", "cpu"])
+    code, _, err = cli("train", root / "tiny.yaml", "--out", root / "run", "--no-progress", "--device", "cpu")
     assert code == 0, err
     ckpt = root / "run" / "model.pt"
     return ckpt, torch.load(ckpt, weights_only=True)
 
 
 def compress_cli(ckpt, out, *extra):
-    code, stdout, err = quiet_main(["compress", ckpt, "--out", out, "--no-progress", "--device", "cpu", *extra])
+    code, stdout, err = cli("compress", ckpt, "--out", out, "--no-progress", "--device", "cpu", *extra)
     assert code == 0, err
     return json.loads((Path(out) / "summary.json").read_text()), stdout
 
@@ -209,7 +188,7 @@ def test_saved_checkpoint_is_plain_weights_that_meet_the_budget(joint_run):
 
 def test_evaluate_loads_the_compressed_checkpoint(joint_run, tmp_path, capsys):
     out, summary, _ = joint_run
-    code, stdout, err = run(capsys, "evaluate", out / "model.pt", "--json", tmp_path / "r.json", "--device", "cpu")
+    code, stdout, err = cli("evaluate", out / "model.pt", "--json", tmp_path / "r.json", "--device", "cpu")
     assert code == 0, err
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["accuracy"] == summary["accuracy"]["compressed"]
@@ -256,9 +235,9 @@ def test_config_yaml_with_flags_on_top(tiny, tmp_path):
         "out": str(tmp_path / "from-yaml"),
         "seed": 3,
     }))
-    code, _, err = quiet_main(["compress", "--config", config, "--budget", "0.25", "--epochs", "1",
-                               "--out", tmp_path / "from-flags", "--set", "method.options.compress_fraction=0.4",
-                               "--no-progress", "--device", "cpu"])
+    code, _, err = cli("compress", "--config", config, "--budget", "0.25", "--epochs", "1",
+                       "--out", tmp_path / "from-flags", "--set", "method.options.compress_fraction=0.4",
+                       "--no-progress", "--device", "cpu")
     assert code == 0, err
     assert not (tmp_path / "from-yaml").exists()
     out = tmp_path / "from-flags"
@@ -306,7 +285,7 @@ def small_digits(tmp_path_factory):
                 "data": {"name": "npz", "path": str(path), "batch_size": 32},
                 "model": {"arch": "convsnn", "args": {"channels": list(channels), "hidden": hidden}, "T": 2},
                 "optim": {"lr": 0.02, "epochs": 1}, "seed": 0}))
-            code, _, err = quiet_main(["train", d / "r.yaml", "--out", d / "run", "--no-progress", "--device", "cpu"])
+            code, _, err = cli("train", d / "r.yaml", "--out", d / "run", "--no-progress", "--device", "cpu")
             assert code == 0, err
             models[key] = d / "run" / "model.pt"
         return models[key]
@@ -403,7 +382,7 @@ def assert_bad_compress(case_table, case, ckpt, tmp_path, capsys):
     argv, needles = case_table[case]
     out = tmp_path / "run"
     # "--epochs 1" first: a later "--epochs" in argv wins
-    code, stdout, err = run(capsys, "compress", ckpt, "--out", out, "--epochs", "1", "--no-progress", "--device",
+    code, stdout, err = cli("compress", ckpt, "--out", out, "--epochs", "1", "--no-progress", "--device",
                             "cpu", *argv)
     assert code == 2, (code, stdout, err[-3000:])
     line = one_line(err)
@@ -428,7 +407,7 @@ def test_data_of_another_shape(tiny, tmp_path, capsys):
     npz = tmp_path / "mnist-like.npz"
     np.savez(npz, x=rng.integers(0, 256, size=(60, 28, 28), dtype=np.uint8), y=np.arange(60) % 10)
     out = tmp_path / "run"
-    code, stdout, err = run(capsys, "compress", tiny[0], "--budget", "0.1", "--data", "npz", "--data-path", npz,
+    code, stdout, err = cli("compress", tiny[0], "--budget", "0.1", "--data", "npz", "--data-path", npz,
                             "--out", out, "--epochs", "1", "--no-progress", "--device", "cpu")
     assert code == 2, (code, stdout, err)
     line = one_line(err)
@@ -440,7 +419,7 @@ def test_unknown_yaml_key_in_config(tiny, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(f"model: {tiny[0]}\nbudgets: {{params: 0.2}}\nmethod: {{nmae: gmp}}\n")
     out = tmp_path / "run"
-    code, stdout, err = run(capsys, "compress", "--config", config, "--out", out, "--no-progress")
+    code, stdout, err = cli("compress", "--config", config, "--out", out, "--no-progress")
     assert code == 2, (code, stdout, err)
     line = one_line(err)
     assert "unknown key 'method.nmae'" in line and "did you mean 'method.name'" in line
@@ -451,7 +430,7 @@ def test_bad_budget_in_config_yaml(tiny, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(f"model: {tiny[0]}\nbudgets: {{synops: 1.5}}\n")
     out = tmp_path / "run"
-    code, stdout, err = run(capsys, "compress", "--config", config, "--out", out, "--no-progress")
+    code, stdout, err = cli("compress", "--config", config, "--out", out, "--no-progress")
     assert code == 2, (code, stdout, err)
     assert "budget for synops" in one_line(err)
     assert not out.exists()
@@ -468,7 +447,7 @@ def test_a_model_silent_at_every_target_is_not_a_traceback(tiny, tmp_path, capsy
     silent = tmp_path / "silent.pt"
     torch.save(raw, silent)
     out = tmp_path / "run"
-    code, stdout, err = run(capsys, "compress", silent, "--resource", "synops", "--budget", "0.5", "--out", out,
+    code, stdout, err = cli("compress", silent, "--resource", "synops", "--budget", "0.5", "--out", out,
                             "--epochs", "1", "--no-progress", "--device", "cpu")
     assert code in (0, 2), (code, err[-2000:])
     if code == 2:

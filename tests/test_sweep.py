@@ -2,11 +2,8 @@
 with the runs' summary.json files), skip / resume / retry, a failing point, and the aggregation over seeds."""
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
-import os
 import shutil
 import statistics
 import time
@@ -14,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rccsnn.cli import main
+
+from helpers import cli as call
 from rccsnn.config import TrainConfig, load_config, write_yaml
 from rccsnn.sweep import (ERROR_FILE, LOG_FILE, POINT_FILE, SUMMARY_FILE, child_env, collect_results, load_sweep,
                           point_command, point_status, threads_per_job, write_results)
@@ -30,15 +28,6 @@ seed: 0
 """
 
 
-def call(*argv):
-    """``rccsnn ARGV`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def read_csv(path: Path):

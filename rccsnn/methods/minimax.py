@@ -30,7 +30,7 @@ from torch import Tensor
 
 from rccsnn.errors import UserError
 from rccsnn.masks import Target, apply_masks, set_straight_through
-from rccsnn.methods.base import METHODS, PruningMethod, kept_counts, resource_values
+from rccsnn.methods.base import METHODS, PruningMethod, resource_values
 
 ALLOCATIONS = ("auto", "global", "layerwise")
 

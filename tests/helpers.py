@@ -1,0 +1,28 @@
+"""Helpers shared by the CLI-level tests (importable because pytest puts tests/ on sys.path)."""
+from __future__ import annotations
+
+import contextlib
+import io
+
+from rccsnn.cli import main
+
+
+def cli(*argv):
+    """``rccsnn ARGV`` in-process with stdout and stderr captured: ``(exit code, stdout, stderr)``.
+
+    argparse errors leave through SystemExit; its code is returned like any other.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def one_line(err: str) -> str:
+    """The single line of ``err``; fails the test when there is not exactly one."""
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected exactly one line on stderr, got {len(lines)}:\n{err}"
+    return lines[0]
