@@ -83,33 +83,39 @@ class MinimaxEngine:
         return torch.minimum(torch.ceil(self.s * n - 1e-9), n)
 
     @staticmethod
-    def _select(w2: Tensor, k: int) -> tuple:
-        """Pruned set (w2 <= k-th smallest; ties pruned too), its sum, and v = the (k+1)-th smallest."""
+    def _select(w2: Tensor, k: int, marginal: bool = True) -> tuple:
+        """Pruned set (w2 <= k-th smallest; ties pruned too), its sum, and v = the smallest kept value.
+
+        One selection (``kthvalue``, linear time) per call; v is a masked minimum, not a second selection.
+        """
         if k <= 0:
-            return torch.zeros_like(w2, dtype=torch.bool), 0.0, float(w2.min())
+            return torch.zeros_like(w2, dtype=torch.bool), 0.0, float(w2.min()) if marginal else 0.0
         thr = torch.kthvalue(w2, k).values
         pruned = w2 <= thr
-        v = torch.kthvalue(w2, k + 1).values if k < w2.numel() else thr
-        return pruned, float(w2[pruned].sum()), float(v)
+        if not marginal:
+            return pruned, 0.0, 0.0
+        v = float(w2.masked_fill(pruned, float("inf")).min()) if k < w2.numel() else float(thr)
+        return pruned, float((w2 * pruned).sum()), v
 
     @torch.no_grad()
-    def _rank(self) -> tuple:
+    def _rank(self, marginal: bool = True) -> tuple:
         """Pruned sets per target, penalty sums S_l ``[L]`` and marginal values v ``[L or 1]`` for the current s."""
         w2 = [t.weight.detach().flatten().pow(2) / float(e) for t, e in zip(self.targets, self.scale)]
         k = self.k()
         if self.allocation == "global":
-            pruned_all, S_total, v = self._select(torch.cat(w2), int(k[0]))
+            pruned_all, _, v = self._select(torch.cat(w2), int(k[0]), marginal)
             pruned = list(torch.split(pruned_all, [len(w) for w in w2]))
-            S = torch.tensor([float(w[p].sum()) for w, p in zip(w2, pruned)], dtype=torch.float64)
+            S = torch.tensor([float((w * p).sum()) for w, p in zip(w2, pruned)] if marginal else [0.0] * len(w2),
+                             dtype=torch.float64)
             return pruned, S, torch.tensor([v], dtype=torch.float64)
-        out = [self._select(w, int(kl)) for w, kl in zip(w2, k)]
+        out = [self._select(w, int(kl), marginal) for w, kl in zip(w2, k)]
         return ([o[0] for o in out], torch.tensor([o[1] for o in out], dtype=torch.float64),
                 torch.tensor([o[2] for o in out], dtype=torch.float64))
 
     @torch.no_grad()
     def set_masks(self) -> None:
         """Step 5: masks from the current s and W."""
-        pruned, _, _ = self._rank()
+        pruned, _, _ = self._rank(marginal=False)
         for t, p in zip(self.targets, pruned):
             t.mask.mask.copy_((~p).reshape(t.shape).to(t.mask.mask.dtype))
 
@@ -127,7 +133,8 @@ class MinimaxEngine:
         # 2. proximal step of the y-term on the pruned sets
         rho = lr_w / self.layer_energy.sqrt()
         for t, p, r in zip(self.targets, pruned, rho.tolist()):
-            t.weight.view(-1)[p.flatten()] /= 1.0 + 2.0 * r * self.y
+            shrink = 1.0 / (1.0 + 2.0 * r * self.y)  # w <- w * shrink on the pruned set, 1 elsewhere
+            t.weight.view(-1).mul_(p.to(t.weight.dtype).mul_(shrink - 1.0).add_(1.0))
         # R_j on the hard masks of this step
         kept = self.n - torch.tensor([float(p.sum()) for p in pruned], dtype=torch.float64)
         R = resource_values(costs, dense, kept)
