@@ -23,7 +23,7 @@ from rccsnn.masks import attach_masks, bake, find_targets
 from rccsnn.methods import METHODS, Constraint, PruningMethod
 from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
 from rccsnn.monitor import Monitor, format_table
-from rccsnn.rundir import prepare_run_dir, write_json
+from rccsnn.rundir import prepare_run_dir, write_error, write_json
 from rccsnn.report import check_fit
 from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
 from rccsnn.trainer import Trainer, evaluate, resolve_device
@@ -113,7 +113,10 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
 
     cfg.out = cfg.out or str(Path("runs") / "compress" / cfg.run_name())
     out = prepare_run_dir(cfg.out, resume=resume)
-    write_yaml(cfg, out / "config.yaml")
+    try:
+        write_yaml(cfg, out / "config.yaml")
+    except OSError as exc:
+        raise write_error(out / "config.yaml", exc) from None
     attach_masks(targets)
     method.bind(targets, constraints, dense_stats, stats_now)
 

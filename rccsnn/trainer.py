@@ -10,6 +10,7 @@ import copy
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -86,7 +87,16 @@ class TrainerOptions:
 
 
 class Interrupted(Exception):
-    """Raised inside the loop on SIGINT/SIGTERM after the epoch state has been saved."""
+    """Raised inside the loop on SIGINT/SIGTERM after the epoch state has been saved.
+
+    ``str()`` says what happened and where the state is, e.g. ``stopped by SIGTERM after saving epoch 3 of 30 to
+    runs/x/state.pt``; the CLI adds the command that continues the run.
+    """
+
+    def __init__(self, signal_name: str, next_epoch: int, epochs: int, state_path: Optional[Path]) -> None:
+        where = f" to {state_path}" if state_path is not None else ""
+        super().__init__(f"stopped by {signal_name} after saving epoch {next_epoch} of {epochs}{where}")
+        self.signal_name, self.next_epoch, self.epochs, self.state_path = signal_name, next_epoch, epochs, state_path
 
 
 class Trainer:
@@ -140,6 +150,7 @@ class Trainer:
         self.best_epoch = -1
         self.best_state: Optional[Dict[str, torch.Tensor]] = None
         self.history: Dict[str, float] = {}
+        self.saved_epoch = 0  # epochs finished and saved in out_dir/state.pt (the last good state)
 
     # ------------------------------------------------------------------------------------------- schedule
     def restart_schedule(self, steps: int) -> None:
@@ -178,10 +189,7 @@ class Trainer:
             counts = simulate(self.net, x, self.spec.T, self.spec.encoding)
             loss = self.loss_fn(counts, y, self.spec.T)
             if not torch.isfinite(loss):
-                raise UserError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {self.step}; "
-                    "lower the learning rate (the last good state is kept)"
-                )
+                raise self.diverged(f"the loss became {loss.item()} at epoch {epoch + 1}, step {self.step}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.method.after_backward(self.step)
@@ -195,6 +203,26 @@ class Trainer:
                 bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                                 **self.method.progress())
         return {"train/loss": total_loss.item() / max(seen, 1), "train/accuracy": correct.item() / max(seen, 1)}
+
+    def diverged(self, what: str) -> UserError:
+        """The one-line error for a run whose loss or weights stopped being finite (nothing is saved after it)."""
+        advice = "lower the learning rate (--lr) and rerun"
+        if self.out_dir is not None and self.saved_epoch > 0:
+            advice += (f"; {self.out_dir / STATE_FILE} keeps the last good epoch ({self.saved_epoch}), "
+                       "--resume continues from it")
+        return UserError(f"training diverged: {what}; {advice}")
+
+    def check_finite(self, when: str) -> None:
+        """Refuse to go on (and to save) with weights that are NaN or infinite.
+
+        The loss check in :meth:`train_epoch` alone misses them: a NaN membrane potential never crosses the
+        threshold, so a network with NaN weights is silent and its spike-count loss stays finite.
+        """
+        with torch.no_grad():
+            bad = [name for name, p in self.net.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise self.diverged(f"weights became NaN or infinite {when} ({bad[0]}"
+                                + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") + ")")
 
     def fit(self, resume: bool = False) -> Dict[str, float]:
         """Run all epochs (from the saved state when ``resume``), keep the best validated weights.
@@ -223,6 +251,7 @@ class Trainer:
                 self.epoch = epoch
                 t0 = time.perf_counter()
                 metrics = self.train_epoch(epoch)
+                self.check_finite(f"in epoch {epoch + 1}")
                 # The method's epoch end may change the weights (a projection), so validation comes after it.
                 metrics.update(self.method.epoch_end(epoch, self))
                 val = self.evaluate("val", spikes=True)
@@ -241,23 +270,32 @@ class Trainer:
                            + ("" if self.method.selectable() else " (not selectable yet)"))
                 self.save_state(epoch + 1)
                 if stop["signal"] is not None:
-                    raise Interrupted(signal.Signals(stop["signal"]).name)
+                    raise Interrupted(signal.Signals(stop["signal"]).name, epoch + 1, self.opt.epochs,
+                                      self.out_dir / STATE_FILE if self.out_dir is not None else None)
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
         if self.best_state is not None:
             self.net.load_state_dict(self.best_state)
         self.method.finalize(self)
+        self.check_finite("while finalizing (the budget guarantee's finetuning)")
         return {**self.history, "best_val": self.best_val, "best_epoch": self.best_epoch}
 
     # ------------------------------------------------------------------------------------------- resume
     def save_state(self, next_epoch: int) -> None:
-        """Write everything needed to continue at ``next_epoch`` to ``out_dir/state.pt``, atomically."""
+        """Write everything needed to continue at ``next_epoch`` to ``out_dir/state.pt``, atomically.
+
+        Together with the configuration this is the whole run: weights with their masks, Adam's moments, the
+        step and the cosine schedule, the best weights so far, the method's state (phase, duals, sparsity levels,
+        rate estimates, events) and the global RNG. The data order needs no state: the loader's generator is
+        reseeded from (seed, epoch) at the start of every epoch.
+        """
         if self.out_dir is None:
             return
         atomic_save(
             {
                 "next_epoch": next_epoch,
+                "epochs": self.opt.epochs,
                 "step": self.step,
                 "schedule": list(self.schedule),
                 "net": self.net.state_dict(),
@@ -267,32 +305,63 @@ class Trainer:
                 "best_epoch": self.best_epoch,
                 "best_state": self.best_state,
                 "method": self.method.state_dict(),
+                "history": {k: float(v) for k, v in self.history.items()},
                 "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
             self.out_dir / STATE_FILE,
         )
+        self.saved_epoch = next_epoch
 
     def load_state(self) -> int:
-        """Restore ``out_dir/state.pt``; returns the epoch to continue with."""
+        """Restore ``out_dir/state.pt``; returns the epoch to continue with.
+
+        A file that cannot be read, or that was written by a run with another model, method or budget set (its
+        tensors or keys do not fit), is a one-line :class:`UserError`.
+        """
         path = (self.out_dir or Path(".")) / STATE_FILE
         if not path.is_file():
-            raise UserError(f"nothing to resume: {path} does not exist")
+            raise UserError(f"nothing to resume: {path} does not exist (run the command once without --resume)")
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:
-            raise UserError(f"cannot resume from {path}: {type(exc).__name__}: {exc}") from None
-        self.method.load_state_dict(state["method"])
-        self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = state["step"]
-        self.schedule = tuple(state["schedule"])
-        self.best_val, self.best_loss = state["best_val"], state["best_loss"]
-        self.best_epoch, self.best_state = state["best_epoch"], state["best_state"]
-        torch.set_rng_state(state["rng"].cpu())
-        if state["cuda_rng"] and torch.cuda.is_available():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # weights_only: a pickle that names code is refused here, never run
+            text = str(exc).strip()
+            first = text.splitlines()[0].strip() if text else ""
+            if not first or first.startswith("Weights only load failed"):
+                first = "it holds more than tensors and plain data"
+            raise UserError(f"cannot resume from {path}: not a readable state file ({type(exc).__name__}: "
+                            f"{first}); rerun without --resume to start afresh") from None
+        try:
+            self.method.load_state_dict(state["method"])
+            self.net.load_state_dict(state["net"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+            self.schedule = tuple(int(v) for v in state["schedule"])
+            self.best_val, self.best_loss = state["best_val"], state["best_loss"]
+            self.best_epoch, self.best_state = state["best_epoch"], state["best_state"]
+            if self.best_state is not None:  # check it fits now rather than after the last epoch
+                differ = set(self.net.state_dict()) ^ set(self.best_state)
+                if differ:
+                    raise KeyError(f"best_state key {sorted(differ)[0]}")
+            next_epoch = int(state["next_epoch"])
+            self.history = dict(state.get("history") or {})
+            rng = state["rng"].cpu()
+            torch.set_rng_state(rng)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            detail = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, KeyError):
+                detail = f"no {detail}"
+            raise UserError(f"cannot resume from {path}: it does not fit this run ({detail[:200]}); resume with "
+                            f"the settings that started it, or rerun without --resume to start afresh") from None
+        if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        return int(state["next_epoch"])
+        # The epoch whose state this is: the guarantee finetuning in ``method.finalize`` reseeds the data order
+        # from it, so a run resumed after its last epoch finalizes exactly as an uninterrupted one.
+        self.epoch = max(next_epoch - 1, 0)
+        self.saved_epoch = next_epoch
+        return next_epoch
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ network), or a whole pickled ``nn.Module``, which runs pickled code on load and 
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import pickle
 import pickletools
@@ -37,6 +38,7 @@ from torch import nn
 from rccsnn import __version__
 from rccsnn.errors import UserError
 from rccsnn.models import build_model
+from rccsnn.rundir import fsync_directory, write_error
 from rccsnn.snn import ENCODERS, LOSSES, NeuronConfig
 
 FORMAT = "rccsnn-checkpoint"
@@ -70,19 +72,37 @@ class LoadedModel:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    ``path`` is always either the previous file or the complete new one. Any failure (a full disk, an unwritable
+    directory, Ctrl-C) removes the temporary file; a full disk or an unwritable path is a one-line
+    :class:`UserError` ("no space left on device writing PATH; ...").
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Serialise in memory first, so that every byte reaches the disk through one plain file write: on a full disk
+    # that is an OSError with errno ENOSPC, whereas torch's zip writer turns it into "RuntimeError: [enforce fail
+    # at inline_container.cc] unexpected pos" when it closes the archive.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    tmp: Optional[str] = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            fh.write(buffer.getbuffer())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        if tmp is not None:
+            try:
+                Path(tmp).unlink(missing_ok=True)
+            except OSError:
+                pass
+    fsync_directory(path.parent)
 
 
 def save_checkpoint(
