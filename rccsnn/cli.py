@@ -133,6 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the points and what would run, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("export", help="write a deployable file: compact sparse weights, or a NIR graph")
+    p.add_argument("model_file", metavar="MODEL", help="rccsnn checkpoint or compact file (or state_dict + --model)")
+    p.add_argument("--format", choices=("compact", "nir"), default="compact",
+                   help="compact (default): nonzero values + bitmask or delta-coded indices; nir: a NIR graph "
+                        "(needs pip install 'rccsnn[nir]')")
+    p.add_argument("--out", metavar="FILE", required=True, help="the file to write")
+    p.add_argument("--dtype", choices=("float32", "float16", "int8"), default="float32",
+                   help="stored weight values (compact only; default float32, which loads back exactly)")
+    p.add_argument("--per-channel", action="store_true", help="int8: one scale per output channel")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test",
+                   help="split of the accuracy check before/after (default: test)")
+    p.add_argument("--no-eval", action="store_true", help="skip the accuracy check")
+    p.add_argument("--batch-size", type=positive_int, default=512)
+    add_data_options(p, "default: the one recorded in the checkpoint")
+    add_model_file_options(p)
+
+    p = sub.add_parser("report", help="per-layer weights, MACs, SynOps, energy and bytes of a model file")
+    p.add_argument("model_file", metavar="MODEL", help="rccsnn checkpoint or compact file (or state_dict + --model)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="val",
+                   help="split the firing rates and accuracy are measured on (default: val, as the budgets)")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--batch-size", type=positive_int, default=512)
+    add_data_options(p, "default: the one recorded in the checkpoint")
+    add_model_file_options(p)
+
     return parser
 
 
@@ -166,6 +191,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     ENCODERS.get(spec.encoding)
     LOSSES.get(spec.loss)
+    import torch
+
+    torch.manual_seed(cfg.seed)  # the initial weights, too, come from the run's seed
     net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
 
     out = prepare_run_dir(cfg.out, resume=args.resume)
@@ -201,7 +229,12 @@ def load_model_file(args: argparse.Namespace):
         data = load_data(name, root=args.data_root or "data", download=bool(args.download), path=args.data_path)
         fallback = ModelSpec(arch=args.model or "pickled-module", input_shape=(), num_classes=data.num_classes,
                              data=name, T=args.T or 4, encoding=args.encoding or "direct")
-    loaded = load_checkpoint(args.model_file, model=args.model, trust=args.trust_checkpoint, fallback=fallback)
+    from rccsnn.export import is_compact_file, load_compact
+
+    if args.model_file is not None and is_compact_file(args.model_file):
+        loaded = load_compact(args.model_file, model=args.model)
+    else:
+        loaded = load_checkpoint(args.model_file, model=args.model, trust=args.trust_checkpoint, fallback=fallback)
     if args.T:
         loaded.spec.T = args.T
     if args.encoding:
@@ -289,28 +322,143 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- export
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    from rccsnn.export import (decoded, export_nir, file_bytes, percent, plan_compact, require_nir, same_state,
+                               save_compact, load_compact)
+    from rccsnn.monitor import format_table
+    from rccsnn.report import accuracy
+    from rccsnn.trainer import resolve_device
+
+    if args.format == "nir":
+        if args.dtype != "float32" or args.per_channel:
+            raise UserError("--dtype and --per-channel apply to --format compact only")
+        require_nir()
+        loaded = load_model_file(args)
+        if not loaded.spec.input_shape:  # a bare state_dict + --model: the data set says what goes in
+            loaded.spec.input_shape = tuple(load_data_for(args, loaded).input_shape)
+        result = export_nir(loaded, args.out)
+        for note in result.notes:
+            print(f"note: {note}")
+        graph = result.graph
+        print(f"NIR graph: {args.out} ({len(graph.nodes)} nodes, {len(graph.edges)} edges, "
+              f"{file_bytes(args.out)} bytes); one time step, run it for T = {loaded.spec.T} steps")
+        return 0
+
+    loaded = load_model_file(args)
+    data = None if args.no_eval and loaded.spec.input_shape else load_data_for(args, loaded)
+    if not loaded.spec.input_shape and data is not None:
+        loaded.spec.input_shape = tuple(data.input_shape)
+    plan = plan_compact(loaded, dtype=args.dtype, per_channel=args.per_channel)
+    after = decoded(plan, model=args.model)
+    if data is not None and not args.no_eval:
+        device = resolve_device(args.device)
+        before_acc = accuracy(loaded, data, args.split, device, args.batch_size)
+        after_acc = accuracy(after, data, args.split, device, args.batch_size)
+        plan.contents["export"]["accuracy"] = {"split": args.split, "before": before_acc, "after": after_acc}
+    save_compact(plan, args.out)
+    if not same_state(load_compact(args.out, model=args.model).net, after.net):
+        raise RuntimeError(f"{args.out} does not load back to the exported weights")  # a bug, not a user error
+    weights = [r for r in plan.records if r.encoding != "raw"]
+    others = [r for r in plan.records if r.encoding == "raw"]
+    rows = [[r.name, "x".join(map(str, r.shape)), f"{100 * r.nonzero / r.numel:.2f}" if r.numel else "-",
+             r.encoding, r.dense_bytes, r.stored_bytes] for r in weights]
+    rows.append([f"{len(others)} other tensors", "", "", "raw", sum(r.dense_bytes for r in others),
+                 sum(r.stored_bytes for r in others)])
+    print(format_table(["tensor", "shape", "density %", "stored as", "dense bytes", "stored bytes"], rows))
+    print()
+    size = file_bytes(args.out)
+    print(f"compact file: {args.out} ({args.dtype}{', per channel' if args.per_channel else ''})")
+    print(f"tensor payload: {plan.payload_bytes} bytes = {percent(plan.payload_bytes, plan.dense_bytes)} of the dense "
+          f"state_dict's {plan.dense_bytes} bytes; whole file {size} bytes = {percent(size, plan.dense_bytes)}")
+    acc = plan.contents["export"]["accuracy"]
+    if acc:
+        print(f"{acc['split']} accuracy: before {acc['before']:.4f}, after {acc['after']:.4f} "
+              f"(change {100 * (acc['after'] - acc['before']):+.2f} points)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- report
+@command("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from rccsnn.export import compact_tensor_bytes, is_compact_file
+    from rccsnn.report import cost_report, report_table
+    from rccsnn.snn import ENCODERS
+    from rccsnn.trainer import resolve_device
+
+    loaded = load_model_file(args)
+    ENCODERS.get(loaded.spec.encoding)
+    data = load_data_for(args, loaded)
+    stored = compact_tensor_bytes(args.model_file) if is_compact_file(args.model_file) else None
+    result = cost_report(loaded, data, args.split, resolve_device(args.device), batch_size=args.batch_size,
+                         file=args.model_file, stored_bytes=stored)
+    print(f"{args.model_file}: {result['split']} accuracy {result['accuracy']:.4f} on {result['samples']} samples "
+          f"of {result['data']}, T = {result['T']}; energy per inference (45 nm, Horowitz 2014)")
+    print(report_table(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one subcommand; returns the exit code (0, 1 for failed sweep points, 2 for a user error, 130 when
+    interrupted). Every error the user can cause is one line on stderr, never a traceback."""
+    import errno
+    import shlex
+    import signal
+
     parser = build_parser()
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return EXIT_USER_ERROR
+    from rccsnn.rundir import NO_SPACE, no_space_message
     from rccsnn.trainer import Interrupted
 
+    # The exact command that continues an interrupted run (the same run directory, from its state.pt).
+    again = shlex.join(["rccsnn", *argv, *([] if "--resume" in argv else ["--resume"])])
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt  # outside the epoch loop (which saves its epoch first) SIGTERM stops like Ctrl-C
+
+    try:
+        previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+        if previous_sigterm is None:  # installed outside Python: the default is the closest we can restore
+            previous_sigterm = signal.SIG_DFL
+    except ValueError:  # not the main thread: leave the signal alone
+        previous_sigterm = None
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"rccsnn {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Interrupted as exc:
-        print(f"rccsnn {args.command}: stopped by {exc} after saving the state of the last finished epoch; "
-              f"continue with the same command plus --resume", file=sys.stderr)
+        print(f"rccsnn {args.command}: {exc}; continue with: {again}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print(f"rccsnn {args.command}: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command in ("train", "compress"):
+            hint = f" (epochs that finished are saved in the run's state.pt; continue with: {again})"
+        print(f"rccsnn {args.command}: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader of our output went away (`rccsnn ... | head`): stop quietly, as Unix tools do.
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        # Writes that rccsnn does not route through its own checks (TensorBoard, YAML, plots): a full disk or a
+        # path the user may not write is still the user's to fix, in one line.
+        if exc.errno in NO_SPACE:
+            message = no_space_message(exc.filename)
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
+            message = f"{exc.strerror}: {exc.filename}"
+        else:
+            raise
+        print(f"rccsnn {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)

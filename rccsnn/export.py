@@ -1,0 +1,699 @@
+"""Deployable output: the compact sparse file format, and NIR graphs.
+
+**Compact format.** A compact file is written with ``torch.save`` and holds only tensors and plain data, so
+``torch.load(path, weights_only=True)`` reads it without running code. It is the checkpoint dict with
+``state_dict`` replaced by ``tensors``::
+
+    {
+      "format": "rccsnn-compact", "format_version": 1,        # always the first key (see is_compact_file)
+      "rccsnn_version": "0.1.0", "checkpoint_format_version": 1,
+      "arch", "arch_args", "data", "T", "encoding", "loss", "neuron", "metrics", "recipe", ["compression"],
+                                                             # as in the checkpoint (metrics: the source's)
+      "export": {"dtype": "float32", "per_channel": False,
+                 "accuracy": {"split": "test", "before": 0.99, "after": 0.99} | None},
+      "tensors": {state_dict key: entry},
+      "checksum": "<sha256 hex of every entry, see tensor_digest>",
+    }
+
+Every conv/linear weight is an entry with ``shape`` and ``dtype`` (of the decoded tensor), ``values`` (1-D,
+float32, float16 or int8) and one of three ``encoding`` s, whichever stores fewer bytes:
+
+* ``dense``: ``values`` holds every element in C order.
+* ``bitmask``: ``values`` holds the nonzero elements in C order; ``bitmask`` (uint8, ``ceil(n / 8)`` bytes) is
+  ``np.packbits`` of the flattened mask ``W != 0`` (big-endian bit order, zero padding bits).
+* ``delta``: ``values`` as for bitmask; ``deltas`` (uint8, uint16 or uint32, the cheapest for this tensor) codes
+  the sorted flat indices ``i_0 < i_1 < ...`` of the nonzeros by their gaps ``g_k = i_k - i_{k-1} - 1``
+  (``i_{-1} = -1``). A gap is written as ``g // M`` escape codes ``M`` (the dtype's maximum) followed by
+  ``g % M``; so every code below ``M`` ends one index and ``i_k = (sum of all codes up to it) + k``.
+
+With ``int8`` values an entry also has ``scale`` (float32; a scalar, or one per output channel, i.e. per index of
+dim 0, with ``--per-channel``): ``w = q * scale``, symmetric, ``scale = max |w| / 127``. Every other tensor
+(biases, BatchNorm, counters) is stored as it is: ``{"encoding": "raw", "value": tensor}``.
+
+**NIR.** :func:`nir_graph` writes the network one time step at a time as a graph of ``nir`` nodes (the optional
+extra ``rccsnn[nir]``): Conv2d with BatchNorm folded in, Linear/Affine, Flatten, AvgPool2d, MaxPool2d on spikes
+as SumPool2d followed by Threshold(0.5), and LIF with ``dt = 1e-4`` (snntorch's convention:
+``tau = dt / (1 - beta)``, ``r = tau / dt``, ``v_leak = v_reset = 0``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickletools
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rccsnn import __version__
+from rccsnn.errors import UserError
+from rccsnn.models.checkpoint import FORMAT, FORMAT_VERSION, LoadedModel, _from_checkpoint, _raw_load, atomic_save
+from rccsnn.snn import ENCODERS, LIF, SeqDropout, weight_layers
+
+COMPACT_FORMAT = "rccsnn-compact"
+COMPACT_VERSION = 1
+VALUE_DTYPES: Dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
+#: Widths a delta-coded index list may use, tried in this order; the cheapest wins.
+DELTA_DTYPES = (np.uint8, np.uint16, np.uint32)
+_DELTA_TORCH = {torch.uint8: np.uint8, torch.uint16: np.uint16, torch.uint32: np.uint32}
+INDEX_ENCODINGS = ("bitmask", "delta")
+#: The time step NIR's continuous-time LIF is discretised with (snntorch's export/import convention).
+NIR_DT = 1e-4
+
+
+# ============================================================================================ index coding
+def delta_encode(indices: np.ndarray, dtype=np.uint8) -> np.ndarray:
+    """Sorted, distinct flat indices ``[k]`` -> gap codes of ``dtype`` with escapes (see the module docstring)."""
+    top = int(np.iinfo(dtype).max)
+    gaps = np.diff(np.asarray(indices, dtype=np.int64), prepend=-1) - 1
+    escapes = gaps // top
+    lengths = escapes + 1
+    codes = np.full(int(lengths.sum()), top, dtype=dtype)
+    codes[np.cumsum(lengths) - 1] = gaps - escapes * top
+    return codes
+
+
+def delta_decode(codes: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of :func:`delta_encode`: int64 flat indices; ``ValueError`` if they do not fit ``n`` elements."""
+    top = int(np.iinfo(codes.dtype).max)
+    if codes.size and int(codes[-1]) == top:
+        raise ValueError("the index list ends inside an escape")
+    ends = np.flatnonzero(codes != top)
+    indices = np.cumsum(codes, dtype=np.int64)[ends] + np.arange(ends.size, dtype=np.int64)
+    if indices.size and int(indices[-1]) >= n:
+        raise ValueError(f"index {int(indices[-1])} beyond the tensor's {n} elements")
+    return indices
+
+
+def delta_nbytes(indices: np.ndarray, dtype) -> int:
+    """Bytes :func:`delta_encode` would write, without writing them."""
+    top = int(np.iinfo(dtype).max)
+    gaps = np.diff(np.asarray(indices, dtype=np.int64), prepend=-1) - 1
+    return int(indices.size + (gaps // top).sum()) * np.dtype(dtype).itemsize
+
+
+@dataclass
+class IndexCode:
+    """Where the nonzeros of a tensor are: ``kind`` ``bitmask`` (``data`` = packed bits) or ``delta`` (gap codes)."""
+
+    kind: str
+    data: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+
+def encode_mask(mask: np.ndarray) -> IndexCode:
+    """The cheaper of a bitmask and a delta-coded index list (uint8/16/32) for a boolean mask of any shape.
+
+    Ties go to the bitmask. Costs: bitmask ``ceil(n / 8)`` bytes; delta ``(k + escapes) * width``.
+    """
+    flat = np.ascontiguousarray(mask, dtype=bool).reshape(-1)
+    indices = np.flatnonzero(flat)
+    best_kind, best_dtype, best = "bitmask", None, (flat.size + 7) // 8
+    for dtype in DELTA_DTYPES:
+        size = delta_nbytes(indices, dtype)
+        if size < best:
+            best_kind, best_dtype, best = "delta", dtype, size
+    if best_kind == "bitmask":
+        return IndexCode("bitmask", np.packbits(flat))
+    return IndexCode("delta", delta_encode(indices, best_dtype))
+
+
+def decode_mask(code: IndexCode, n: int) -> np.ndarray:
+    """Sorted int64 flat indices of the nonzeros; ``ValueError`` on codes that do not fit ``n``."""
+    if code.kind == "bitmask":
+        if code.data.dtype != np.uint8 or code.data.ndim != 1 or code.data.size != (n + 7) // 8:
+            raise ValueError(f"bitmask of {code.data.size} bytes does not fit {n} elements")
+        bits = np.unpackbits(code.data)
+        if bits[n:].any():
+            raise ValueError("bitmask has padding bits set")
+        return np.flatnonzero(bits[:n]).astype(np.int64)
+    if code.kind == "delta":
+        if code.data.dtype.type not in DELTA_DTYPES or code.data.ndim != 1:
+            raise ValueError(f"delta codes must be a 1-D uint8/16/32 array, got {code.data.dtype}")
+        return delta_decode(code.data, n)
+    raise ValueError(f"unknown index encoding '{code.kind}'")
+
+
+# ============================================================================================ tensor entries
+def _channels_of(positions: np.ndarray, shape: Sequence[int]) -> Tensor:
+    n = int(np.prod(shape, dtype=np.int64))
+    per_channel = n // shape[0] if n else 1
+    return torch.from_numpy(positions // per_channel)
+
+
+def _quantize(values: Tensor, positions: np.ndarray, weight: Tensor, dtype: str, per_channel: bool):
+    """Stored values (and int8 scale) of the float32 ``values`` found at ``positions`` of ``weight``."""
+    if dtype == "float32":
+        return values.to(torch.float32), None
+    if dtype == "float16":
+        half = values.to(torch.float16)
+        if not torch.isfinite(half).all() and torch.isfinite(values).all():
+            raise UserError(f"weights up to {values.abs().max().item():.3g} do not fit float16 (max 65504)")
+        return half, None
+    if per_channel:
+        c = weight.shape[0]
+        peak = weight.detach().float().reshape(c, -1).abs().amax(1) if weight.numel() else torch.zeros(c)
+        scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak)).to(torch.float32)
+        per_value = scale[_channels_of(positions, weight.shape)]
+    else:
+        peak = weight.detach().float().abs().max() if weight.numel() else torch.zeros(())
+        scale = (peak / 127.0 if peak > 0 else torch.ones(())).to(torch.float32).reshape(())
+        per_value = scale
+    q = torch.round(values.to(torch.float32) / per_value).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def encode_weight(weight: Tensor, dtype: str = "float32", per_channel: bool = False) -> Dict[str, Any]:
+    """A weight tensor as a compact entry: dense, or nonzero values + the cheaper index code, whichever is smaller."""
+    if dtype not in VALUE_DTYPES:
+        raise UserError(f"unknown value dtype '{dtype}' (use {', '.join(VALUE_DTYPES)})")
+    w = weight.detach().cpu().contiguous()
+    flat = w.reshape(-1)
+    n = flat.numel()
+    mask = (flat != 0).numpy()
+    itemsize = torch.empty((), dtype=VALUE_DTYPES[dtype]).element_size()
+    code = encode_mask(mask)
+    nonzero = int(mask.sum())
+    if code.nbytes + nonzero * itemsize < n * itemsize:
+        positions = np.flatnonzero(mask).astype(np.int64)
+        encoding = code.kind
+    else:
+        positions = np.arange(n, dtype=np.int64)
+        encoding = "dense"
+    values, scale = _quantize(flat[torch.from_numpy(positions)], positions, w, dtype, per_channel)
+    entry: Dict[str, Any] = {"encoding": encoding, "shape": list(w.shape), "dtype": str(w.dtype).replace("torch.", ""),
+                             "values": values}
+    if scale is not None:
+        entry["scale"] = scale
+    if encoding == "bitmask":
+        entry["bitmask"] = torch.from_numpy(code.data)
+    elif encoding == "delta":
+        entry["deltas"] = torch.from_numpy(code.data)
+    return entry
+
+
+def entry_nbytes(entry: Dict[str, Any]) -> int:
+    """Bytes of the tensors of one entry (values, index, scale; or the raw tensor)."""
+    return sum(v.numel() * v.element_size() for v in entry.values() if isinstance(v, Tensor))
+
+
+def decode_entry(entry: Any) -> Tensor:
+    """The tensor an entry stands for; ``ValueError`` with the reason when the entry is malformed."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"entry is a {type(entry).__name__}, not a dict")
+    encoding = entry.get("encoding")
+    if encoding == "raw":
+        value = entry.get("value")
+        if not isinstance(value, Tensor):
+            raise ValueError("raw entry without a tensor")
+        return value
+    if encoding not in ("dense",) + INDEX_ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}")
+    shape, dtype_name, values = entry.get("shape"), entry.get("dtype"), entry.get("values")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                               for s in shape):
+        raise ValueError(f"bad shape {shape!r}")
+    dtype = getattr(torch, dtype_name, None) if isinstance(dtype_name, str) else None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"bad dtype {dtype_name!r}")
+    if not isinstance(values, Tensor) or values.dim() != 1 or values.dtype not in VALUE_DTYPES.values():
+        raise ValueError("values must be a 1-D float32, float16 or int8 tensor")
+    n = int(np.prod(shape, dtype=np.int64))
+    if encoding == "dense":
+        positions = np.arange(n, dtype=np.int64)
+    else:
+        key = "bitmask" if encoding == "bitmask" else "deltas"
+        data = entry.get(key)
+        if not isinstance(data, Tensor) or (encoding == "bitmask" and data.dtype != torch.uint8) or (
+                encoding == "delta" and data.dtype not in _DELTA_TORCH):
+            raise ValueError(f"missing or mistyped '{key}'")
+        positions = decode_mask(IndexCode(encoding, data.numpy()), n)
+    if positions.size != values.numel():
+        raise ValueError(f"{values.numel()} values for {positions.size} positions")
+    scale = entry.get("scale")
+    if values.dtype == torch.int8:
+        if not isinstance(scale, Tensor) or scale.dtype != torch.float32 or not (
+                scale.dim() == 0 or (len(shape) > 0 and tuple(scale.shape) == (shape[0],))):
+            raise ValueError("int8 values need a float32 scale (a scalar or one per output channel)")
+        per_value = scale if scale.dim() == 0 else scale[_channels_of(positions, shape)]
+        floats = values.to(torch.float32) * per_value
+    else:
+        if scale is not None:
+            raise ValueError("a scale belongs to int8 values only")
+        floats = values
+    if encoding == "dense":
+        return floats.to(dtype).reshape(shape)
+    out = torch.zeros(n, dtype=dtype)
+    out[torch.from_numpy(positions)] = floats.to(dtype)
+    return out.reshape(shape)
+
+
+def tensor_digest(tensors: Dict[str, Any]) -> str:
+    """sha256 over every entry (names, fields, dtypes, shapes and bytes), in sorted order.
+
+    torch's zip reader does not verify CRCs, so without this a flipped byte in a tensor would load silently.
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        entry = tensors[name]
+        items = sorted(entry.items()) if isinstance(entry, dict) else [("", entry)]
+        for key, value in items:
+            if isinstance(value, Tensor):
+                h.update(f"{name}\0{key}\0{value.dtype}\0{tuple(value.shape)}\0".encode())
+                h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            else:
+                h.update(f"{name}\0{key}\0{value!r}\0".encode())
+    return h.hexdigest()
+
+
+# ============================================================================================ files
+@dataclass
+class TensorRecord:
+    """How one state_dict tensor was stored."""
+
+    name: str
+    shape: Tuple[int, ...]
+    nonzero: int
+    encoding: str
+    dense_bytes: int  # the source tensor's bytes
+    stored_bytes: int  # bytes of the entry's tensors
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
+class CompactPlan:
+    """A compact file in memory: the dict to save and what each tensor became."""
+
+    contents: Dict[str, Any]
+    records: List[TensorRecord] = field(default_factory=list)
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(r.stored_bytes for r in self.records)
+
+    @property
+    def dense_bytes(self) -> int:
+        return sum(r.dense_bytes for r in self.records)
+
+
+def weight_keys(net: nn.Module) -> List[str]:
+    """state_dict keys of every conv/linear weight (the tensors the compact format compresses)."""
+    return [f"{name}.weight" if name else "weight" for name, _ in weight_layers(net)]
+
+
+def plan_compact(loaded: LoadedModel, dtype: str = "float32", per_channel: bool = False) -> CompactPlan:
+    """Encode ``loaded`` (masks baked) in the compact format, in memory."""
+    if dtype not in VALUE_DTYPES:
+        raise UserError(f"unknown --dtype '{dtype}' (use {', '.join(VALUE_DTYPES)})")
+    if per_channel and dtype != "int8":
+        raise UserError("--per-channel applies to --dtype int8 only")
+    spec = loaded.spec
+    if spec.arch == "pickled-module":
+        raise UserError("a pickled module cannot be exported: rccsnn rebuilds models from their architecture; "
+                        "save it as a state_dict and pass --model package.module:factory")
+    compressible = set(weight_keys(loaded.net))
+    tensors: Dict[str, Dict[str, Any]] = {}
+    records: List[TensorRecord] = []
+    for key, value in loaded.net.state_dict().items():
+        t = value.detach().cpu()
+        if key in compressible and t.is_floating_point() and t.dim() >= 2:
+            entry = encode_weight(t, dtype, per_channel)
+        else:
+            entry = {"encoding": "raw", "value": t.clone()}
+        tensors[key] = entry
+        records.append(TensorRecord(key, tuple(t.shape), int(torch.count_nonzero(t)), entry["encoding"],
+                                    t.numel() * t.element_size(), entry_nbytes(entry)))
+    contents: Dict[str, Any] = {
+        "format": COMPACT_FORMAT,  # first key: is_compact_file reads it without loading the file
+        "format_version": COMPACT_VERSION,
+        "rccsnn_version": __version__,
+        "checkpoint_format_version": FORMAT_VERSION,
+        "arch": spec.arch,
+        "arch_args": dict(spec.arch_args),
+        "data": {"name": spec.data, "input_shape": list(spec.input_shape), "num_classes": spec.num_classes},
+        "T": spec.T,
+        "encoding": spec.encoding,
+        "loss": spec.loss,
+        "neuron": spec.neuron.to_dict(),
+        "metrics": dict(loaded.metrics),
+        "recipe": dict(loaded.recipe),
+    }
+    if loaded.compression is not None:
+        contents["compression"] = loaded.compression
+    contents["export"] = {"dtype": dtype, "per_channel": per_channel, "accuracy": None}
+    contents["tensors"] = tensors
+    contents["checksum"] = tensor_digest(tensors)
+    return CompactPlan(contents, records)
+
+
+def _to_loaded(raw: Dict[str, Any], source: str, model: Optional[str]) -> LoadedModel:
+    """Decode a compact dict (already read) into a network, through the checkpoint loader."""
+    version = raw.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > COMPACT_VERSION:
+        raise UserError(f"{source}: compact format version {version} is newer than this rccsnn reads "
+                        f"({COMPACT_VERSION})")
+    tensors = raw.get("tensors")
+    if not isinstance(tensors, dict):
+        raise UserError(f"{source}: corrupt compact file: no tensors")
+    if raw.get("checksum") != tensor_digest(tensors):
+        raise UserError(f"{source}: corrupt compact file: checksum mismatch (the tensors were altered or damaged)")
+    state = {}
+    for name, entry in tensors.items():
+        try:
+            state[name] = decode_entry(entry)
+        except (ValueError, TypeError, RuntimeError, IndexError) as exc:
+            raise UserError(f"{source}: corrupt compact file: tensor '{name}': {exc}") from None
+    ckpt = {k: v for k, v in raw.items() if k not in ("format", "format_version", "tensors", "checksum", "export")}
+    ckpt.update({"format": FORMAT, "format_version": raw.get("checkpoint_format_version"), "state_dict": state})
+    return _from_checkpoint(ckpt, Path(source), model)
+
+
+def is_compact_file(path: str | Path) -> bool:
+    """Whether ``path`` is a compact file, judged from the first two strings of its pickle, never unpickled.
+
+    Anything unreadable answers False, so the checkpoint loader reports the problem.
+    """
+    try:
+        path = Path(path)
+        if not path.is_file() or not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            if not pickles:
+                return False
+            strings: List[str] = []
+            with archive.open(pickles[0]) as fh:
+                for opcode, arg, _pos in pickletools.genops(fh):
+                    if isinstance(arg, str) and "UNICODE" in opcode.name:
+                        strings.append(arg)
+                        if len(strings) == 2:
+                            break
+            return strings == ["format", COMPACT_FORMAT]
+    except Exception:  # a damaged archive is the checkpoint loader's to report
+        return False
+
+
+def read_compact(path: str | Path) -> Dict[str, Any]:
+    """The raw dict of a compact file (``weights_only=True``); one-line :class:`UserError` if unreadable."""
+    path = Path(path)
+    raw = _raw_load(path, trust=False)
+    if not isinstance(raw, dict) or raw.get("format") != COMPACT_FORMAT:
+        raise UserError(f"{path} is not an rccsnn compact file")
+    return raw
+
+
+def load_compact(path: str | Path, model: Optional[str] = None) -> LoadedModel:
+    """Load a compact file as a network in eval mode (float32 files reproduce the baked model exactly)."""
+    return _to_loaded(read_compact(path), str(path), model)
+
+
+def compact_tensor_bytes(path: str | Path) -> Dict[str, int]:
+    """Stored bytes of every state_dict tensor of a compact file (values + index + scale, or the raw tensor)."""
+    tensors = read_compact(path).get("tensors") or {}
+    return {name: entry_nbytes(entry) for name, entry in tensors.items() if isinstance(entry, dict)}
+
+
+def save_compact(plan: CompactPlan, path: str | Path) -> None:
+    """Write the plan through a temporary file and a rename; an unwritable path is a :class:`UserError`."""
+    try:
+        atomic_save(plan.contents, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def decoded(plan: CompactPlan, model: Optional[str] = None) -> LoadedModel:
+    """The network a compact plan stands for, decoded in memory exactly as loading the file would."""
+    return _to_loaded(plan.contents, "<compact>", model)
+
+
+def same_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ============================================================================================ NIR
+def require_nir():
+    """The ``nir`` module, or a one-line :class:`UserError` naming the extra to install."""
+    try:
+        import nir
+    except ImportError:
+        raise UserError("--format nir needs the optional packages nir and nirtorch: pip install 'rccsnn[nir]'") \
+            from None
+    return nir
+
+
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    inp: Tensor
+    out: Tensor
+
+
+def _units(net: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """LIF layers and every leaf module outside them, in registration order."""
+    found: List[Tuple[str, nn.Module]] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}.{name}" if prefix else name
+            if isinstance(child, LIF) or not any(True for _ in child.children()):
+                found.append((full, child))
+            else:
+                walk(child, full)
+
+    walk(net, "")
+    return found
+
+
+def _trace(net: nn.Module, input_shape: Sequence[int], T: int, encoding: str, batch: int = 3):
+    """Run one small batch and record, in call order, every unit's input and output; check they form a chain."""
+    calls: List[_Call] = []
+    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: calls.append(_Call(name, mod, inp[0], out)))
+               for name, m in _units(net)]
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            x = ENCODERS.get(encoding)(torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(0)), T)
+            x = x.to(device)
+            y = net(x)
+    finally:
+        for h in handles:
+            h.remove()
+        net.train(was_training)
+
+    def same(a: Tensor, b: Tensor) -> bool:
+        return a.numel() == b.numel() and (a.data_ptr() == b.data_ptr() or torch.equal(a.reshape(-1), b.reshape(-1)))
+
+    names = [c.name for c in calls]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"NIR export supports chains of layers; layer '{twice}' runs more than once per step")
+    previous = x
+    for call in calls:
+        if not isinstance(call.inp, Tensor) or not isinstance(call.out, Tensor) or not same(previous, call.inp):
+            raise UserError(f"NIR export supports chains of layers only; '{call.name}' "
+                            f"({type(call.module).__name__}) does not take the previous layer's output "
+                            "(residual or branching networks are not supported)")
+        previous = call.out
+    if not same(previous, y):
+        raise UserError("NIR export supports chains of layers only; the network's output is not its last layer's")
+    return calls, batch
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().to(torch.float32).numpy().copy()
+
+
+def _pair(v) -> Tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _fold_bn(weight: Tensor, bias: Optional[Tensor], bn: nn.Module, name: str) -> Tuple[Tensor, Tensor]:
+    """``BN(conv(x))`` as one conv: ``W' = W * s``, ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise UserError(f"NIR export: BatchNorm '{name}' keeps no running statistics and cannot be folded")
+    w = weight.detach().double()
+    b = bias.detach().double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(b)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(b)
+    s = gamma / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    return w * s.reshape(-1, *([1] * (w.dim() - 1))), (b - bn.running_mean.detach().double()) * s + beta
+
+
+@dataclass
+class NirExport:
+    graph: Any
+    notes: List[str]
+
+
+def nir_graph(loaded: LoadedModel) -> NirExport:
+    """The network of ``loaded`` for one time step, as a ``nir.NIRGraph`` (see the module docstring)."""
+    nir = require_nir()
+    spec = loaded.spec
+    if not spec.input_shape:
+        raise UserError("NIR export needs the model's input shape; this file does not record it")
+    net = loaded.net
+    calls, batch = _trace(net, spec.input_shape, spec.T, spec.encoding)
+
+    def per_sample(t: Tensor) -> Tuple[int, ...]:
+        return tuple(t.shape[1:]) if t.shape[0] == spec.T * batch else tuple(t.shape[2:])
+
+    def stepwise(call: _Call) -> None:
+        if call.inp.shape[0] != spec.T * batch:
+            raise UserError(f"NIR export: '{call.name}' ({type(call.module).__name__}) is not applied per time step "
+                            "(wrap stateless layers in PerStep)")
+
+    nodes: Dict[str, Any] = {"input": nir.Input(input_type=np.array(spec.input_shape))}
+    edges: List[Tuple[str, str]] = []
+    notes: List[str] = []
+    last = "input"
+    spikes = spec.encoding == "rate"  # whether the signal at this point is binary spikes
+    resets = set()
+
+    def add(name: str, node) -> None:
+        nonlocal last
+        nodes[name] = node
+        edges.append((last, name))
+        last = name
+
+    i = 0
+    while i < len(calls):
+        call = calls[i]
+        m, name = call.module, call.name
+        following = calls[i + 1].module if i + 1 < len(calls) else None
+        if isinstance(m, (nn.Dropout, SeqDropout, nn.Identity)):
+            i += 1
+            continue
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            stepwise(call)
+            weight, bias = m.weight.detach(), (m.bias.detach() if m.bias is not None else None)
+            bn_type = nn.BatchNorm2d if isinstance(m, nn.Conv2d) else nn.BatchNorm1d
+            if isinstance(following, bn_type):
+                weight, bias = _fold_bn(weight, bias, following, calls[i + 1].name)
+                notes.append(f"BatchNorm '{calls[i + 1].name}' folded into '{name}'")
+                i += 1
+            if isinstance(m, nn.Conv2d):
+                if m.padding_mode != "zeros":
+                    raise UserError(f"NIR export: conv '{name}' uses padding_mode '{m.padding_mode}'")
+                b = bias if bias is not None else torch.zeros(weight.shape[0])
+                add(name, nir.Conv2d(input_shape=per_sample(call.inp)[1:], weight=_np(weight), stride=_pair(m.stride),
+                                     padding=m.padding if isinstance(m.padding, str) else _pair(m.padding),
+                                     dilation=_pair(m.dilation), groups=m.groups, bias=_np(b)))
+            else:
+                if len(per_sample(call.inp)) != 1:
+                    raise UserError(f"NIR export: linear layer '{name}' needs flat inputs (add a Flatten before it)")
+                add(name, nir.Affine(weight=_np(weight), bias=_np(bias)) if bias is not None
+                    else nir.Linear(weight=_np(weight)))
+            spikes = False
+        elif isinstance(m, nn.MaxPool2d):
+            stepwise(call)
+            if not spikes:
+                raise UserError(f"NIR export: max-pooling '{name}' acts on analog values, which NIR cannot express "
+                                "(on spikes it is SumPool2d + Threshold)")
+            if _pair(m.dilation) != (1, 1) or m.ceil_mode:
+                raise UserError(f"NIR export: max-pooling '{name}' with dilation or ceil_mode is not supported")
+            kernel = _pair(m.kernel_size)
+            stride = _pair(m.stride if m.stride is not None else m.kernel_size)
+            add(name, nir.SumPool2d(kernel_size=np.array(kernel), stride=np.array(stride),
+                                    padding=np.array(_pair(m.padding))))
+            add(f"{name}.threshold", nir.Threshold(threshold=np.full(per_sample(call.out), 0.5, dtype=np.float32)))
+            notes.append(f"max-pooling '{name}' on spikes written as SumPool2d + Threshold(0.5) (exact for 0/1 inputs)")
+        elif isinstance(m, nn.AvgPool2d):
+            stepwise(call)
+            if m.ceil_mode or m.divisor_override is not None or (not m.count_include_pad and _pair(m.padding) != (0, 0)):
+                raise UserError(f"NIR export: average pooling '{name}' with ceil_mode/divisor_override is not supported")
+            kernel = _pair(m.kernel_size)
+            add(name, nir.AvgPool2d(kernel_size=np.array(kernel),
+                                    stride=np.array(_pair(m.stride if m.stride is not None else m.kernel_size)),
+                                    padding=np.array(_pair(m.padding))))
+            spikes = False
+        elif isinstance(m, nn.Flatten):
+            stepwise(call)
+            if m.start_dim == 0 or m.end_dim == 0:
+                raise UserError(f"NIR export: flatten '{name}' must keep the batch dimension (start_dim >= 1)")
+            shape = per_sample(call.inp)
+            add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=m.start_dim - 1,
+                                  end_dim=m.end_dim - 1 if m.end_dim > 0 else m.end_dim))
+        elif isinstance(m, LIF):
+            leaky = m.neuron
+            beta = float(torch.as_tensor(leaky.beta).clamp(0, 1))
+            threshold = float(torch.as_tensor(leaky.threshold))
+            shape = per_sample(call.out)
+            resets.add(str(leaky.reset_mechanism))
+            v_threshold = np.full(shape, threshold, dtype=np.float32)
+            zeros = np.zeros(shape, dtype=np.float32)
+            if beta >= 1.0:
+                add(name, nir.IF(r=np.ones(shape, dtype=np.float32), v_threshold=v_threshold, v_reset=zeros))
+            else:
+                tau = NIR_DT / (1.0 - beta)
+                add(name, nir.LIF(tau=np.full(shape, tau, dtype=np.float32),
+                                  r=np.full(shape, tau / NIR_DT, dtype=np.float32),
+                                  v_leak=zeros, v_threshold=v_threshold, v_reset=zeros.copy()))
+            spikes = True
+        else:
+            raise UserError(f"NIR export: layer '{name}' ({type(m).__name__}) is not supported (supported: Conv2d, "
+                            "Linear, BatchNorm after them, MaxPool2d on spikes, AvgPool2d, Flatten, Dropout, LIF)")
+        i += 1
+    nodes["output"] = nir.Output(output_type=np.array(per_sample(calls[-1].out) if calls else spec.input_shape))
+    edges.append((last, "output"))
+    if resets - {"zero"}:
+        notes.append(f"NIR's LIF resets to v_reset = 0 after a spike; this model resets by "
+                     f"'{'/'.join(sorted(resets - {'zero'}))}', so a NIR runtime's spikes will differ from rccsnn's")
+    metadata = {"source": "rccsnn", "rccsnn_version": __version__, "arch": spec.arch, "T": int(spec.T),
+                "encoding": spec.encoding, "decoding": "spike count over T", "dt": NIR_DT,
+                "reset": "/".join(sorted(resets)) or "none"}
+    try:
+        graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+    except Exception as exc:  # nir's own type checks; a message of ours would be more useful, but keep it one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"NIR export: nir rejected the graph: {first}") from None
+    return NirExport(graph, notes)
+
+
+def export_nir(loaded: LoadedModel, path: str | Path) -> NirExport:
+    """Write ``loaded`` as a NIR file (HDF5, ``nir.write``) through a temporary file and a rename."""
+    result = nir_graph(loaded)
+    nir = require_nir()
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            nir.write(tmp, result.graph)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return result
+
+
+def file_bytes(path: str | Path) -> int:
+    return Path(path).stat().st_size
+
+
+def percent(part: float, whole: float) -> str:
+    return f"{100.0 * part / whole:.2f} %" if whole else "n/a"
+
+
+__all__ = [
+    "COMPACT_FORMAT", "COMPACT_VERSION", "CompactPlan", "IndexCode", "NirExport", "TensorRecord", "compact_tensor_bytes",
+    "decode_entry", "decode_mask", "decoded", "delta_decode", "delta_encode", "encode_mask", "encode_weight",
+    "entry_nbytes", "export_nir", "is_compact_file", "load_compact", "nir_graph", "plan_compact", "read_compact",
+    "require_nir", "same_state", "save_compact", "tensor_digest", "weight_keys",
+]
