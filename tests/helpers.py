@@ -26,3 +26,12 @@ def one_line(err: str) -> str:
     lines = err.splitlines()
     assert len(lines) == 1, f"expected exactly one line on stderr, got {len(lines)}:\n{err}"
     return lines[0]
+
+
+def assert_user_error(code, out, err, *needles):
+    """Exit code 2 and exactly one line on stderr containing every needle; returns the line."""
+    assert code == 2, (code, out, err)
+    line = one_line(err)
+    for needle in needles:
+        assert needle in line, line
+    return line

@@ -19,7 +19,7 @@ import torch
 from rccsnn import __version__
 from rccsnn.cli import main
 
-from helpers import cli, one_line
+from helpers import assert_user_error, cli, one_line
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,18 +36,6 @@ TINY_PARAMS = 36 + 8 + 512 + 8 + 80 + 10
 TINY_WEIGHTS = {"features.0.0": 36, "classifier.0.1": 512, "classifier.2.0": 80}
 TINY_POSITIONS = {"features.0.0": 8 * 8, "classifier.0.1": 1, "classifier.2.0": 1}
 DIGITS_TEST_SAMPLES = 1797 - round(0.7 * 1797) - round(0.15 * 1797)  # 269
-
-
-
-
-
-
-def assert_user_error(code, out, err, *needles):
-    assert code == 2, (code, out, err)
-    line = one_line(err)
-    for needle in needles:
-        assert needle in line, line
-    return line
 
 
 @pytest.fixture(scope="module")

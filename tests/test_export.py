@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli, one_line
+from helpers import assert_user_error, cli
 from rccsnn.data import load_data
 from rccsnn.errors import UserError
 from rccsnn.export import (COMPACT_FORMAT, IndexCode, decode_entry, decode_mask, delta_decode, delta_encode,
@@ -64,14 +64,6 @@ def tiny(tmp_path_factory):
 def test_batch():
     x, _ = next(iter(torch.utils.data.DataLoader(load_data("digits").test, batch_size=128)))
     return x
-
-
-def assert_user_error(code, out, err, *needles):
-    assert code == 2, (code, out, err)
-    line = one_line(err)
-    for needle in needles:
-        assert needle in line, line
-    return line
 
 
 # ------------------------------------------------------------------------------------------------ the index coder

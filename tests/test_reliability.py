@@ -28,7 +28,7 @@ from rccsnn.data import load_data
 from rccsnn.errors import UserError
 from rccsnn.models import build_model
 from rccsnn.models import checkpoint as checkpoint_module
-from rccsnn.models.checkpoint import ModelSpec, atomic_save, load_checkpoint
+from rccsnn.models.checkpoint import ModelSpec, atomic_save
 from rccsnn.rundir import write_json
 from rccsnn.trainer import STATE_FILE, Trainer, TrainerOptions
 
