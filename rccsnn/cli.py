@@ -221,7 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def load_model_file(args: argparse.Namespace):
     """Load MODEL with the model-file options; files without a spec take it from --data/--T/--encoding."""
     from rccsnn.data import load_data
-    from rccsnn.models.checkpoint import ModelSpec, load_checkpoint
+    from rccsnn.models.checkpoint import ModelSpec
 
     fallback = None
     if args.model or args.trust_checkpoint:
@@ -229,12 +229,11 @@ def load_model_file(args: argparse.Namespace):
         data = load_data(name, root=args.data_root or "data", download=bool(args.download), path=args.data_path)
         fallback = ModelSpec(arch=args.model or "pickled-module", input_shape=(), num_classes=data.num_classes,
                              data=name, T=args.T or 4, encoding=args.encoding or "direct")
-    from rccsnn.export import is_compact_file, load_compact
+    from rccsnn.export import load_model
 
-    if args.model_file is not None and is_compact_file(args.model_file):
-        loaded = load_compact(args.model_file, model=args.model)
-    else:
-        loaded = load_checkpoint(args.model_file, model=args.model, trust=args.trust_checkpoint, fallback=fallback)
+    if args.model_file is None:
+        raise UserError("no model file: give MODEL (or 'model:' in the config)")
+    loaded = load_model(args.model_file, model=args.model, trust=args.trust_checkpoint, fallback=fallback)
     if args.T:
         loaded.spec.T = args.T
     if args.encoding:

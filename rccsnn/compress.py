@@ -63,11 +63,16 @@ def resource_table(targets, stats: LayerStats, options: Dict[str, Any]) -> Dict[
     return {name: create_resource(name, options).absolute(targets, stats) for name in RESOURCES.names()}
 
 
-def prepare(cfg: CompressConfig, loaded: LoadedModel) -> DataSplits:
-    """Validate everything that can be checked before any output is written; returns the data."""
+def validate_config(cfg: CompressConfig) -> None:
+    """Names, budgets and resource constants, checked without reading the model or the data."""
     cfg.validate()
     for name, consts in cfg.resources.items():
         RESOURCES.create(name, **typed_kwargs(RESOURCES.get(name), consts, f"resources.{name}."))
+
+
+def prepare(cfg: CompressConfig, loaded: LoadedModel) -> DataSplits:
+    """Validate everything that can be checked before any output is written; returns the data."""
+    validate_config(cfg)
     data = load_data(cfg.data.name or loaded.spec.data, root=cfg.data.root, download=cfg.data.download,
                      path=cfg.data.path)
     check_fit(loaded, data)

@@ -418,6 +418,16 @@ def load_compact(path: str | Path, model: Optional[str] = None) -> LoadedModel:
     return _to_loaded(read_compact(path), str(path), model)
 
 
+def load_model(path: str | Path, model: Optional[str] = None, trust: bool = False,
+               fallback=None) -> LoadedModel:
+    """Any model file rccsnn accepts: a compact file, else what :func:`load_checkpoint` reads."""
+    from rccsnn.models.checkpoint import load_checkpoint
+
+    if is_compact_file(path):
+        return load_compact(path, model=model)
+    return load_checkpoint(path, model=model, trust=trust, fallback=fallback)
+
+
 def compact_tensor_bytes(path: str | Path) -> Dict[str, int]:
     """Stored bytes of every state_dict tensor of a compact file (values + index + scale, or the raw tensor)."""
     tensors = read_compact(path).get("tensors") or {}

@@ -395,6 +395,7 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, check_files: 
     points: List[Point] = []
     seen_configs: List[Dict[str, Any]] = []
     taken: set = set()
+    checked_models: Dict[str, bool] = {}
     for settings in combos:
         label = ", ".join(f"{k}={v}" for k, v, _ in settings) or "base"
         try:
@@ -402,7 +403,7 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, check_files: 
             _validate(cfg)
             cfg.budgets = {k: check_budget(v, f"budgets.{k}") for k, v in cfg.budgets.items()}
             if check_files:
-                _check_files(cfg)
+                _check_files(cfg, checked_models)
         except UserError as exc:
             raise UserError(f"{path}: point ({label}): {exc}") from None
         comparable = _comparable(dataclasses.asdict(cfg))
@@ -422,23 +423,23 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, check_files: 
 
 def _validate(cfg: CompressConfig) -> None:
     """What ``rccsnn compress`` checks before it reads model or data: names, budgets, method options."""
-    from rccsnn.compress import build_method
-    from rccsnn.resources import create_resource
+    from rccsnn.compress import build_method, validate_config
 
-    cfg.validate()
+    validate_config(cfg)
     build_method(cfg)
-    for name in cfg.resources:
-        try:
-            create_resource(name, cfg.resources)
-        except TypeError as exc:
-            raise UserError(f"resources.{name}: {exc}") from None
 
 
-def _check_files(cfg: CompressConfig) -> None:
+def _check_files(cfg: CompressConfig, loaded: Dict[str, bool]) -> None:
+    """The point's files exist, and its model loads safely (once per distinct file; ``loaded`` is the cache)."""
+    from rccsnn.export import load_model
+
     if not Path(cfg.model).is_file():
         raise UserError(f"model file not found: {cfg.model} (train it first, or fix 'model:')")
     if cfg.data.path and not Path(cfg.data.path).exists():
         raise UserError(f"data.path not found: {cfg.data.path}")
+    if cfg.model not in loaded:
+        load_model(cfg.model)  # an unreadable or untrusted file is a UserError here, before any point runs
+        loaded[cfg.model] = True
 
 
 # ============================================================================================= running

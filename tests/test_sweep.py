@@ -9,6 +9,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -249,17 +250,19 @@ def test_interrupted_point_resumes_alone(finished):
 
 
 def test_failing_point_is_recorded_and_the_others_go_on(tmp_path, tiny_model):
-    bad = tmp_path / "corrupt.pt"
-    bad.write_bytes(b"not a checkpoint")  # passes validation (the file exists), fails inside rccsnn compress
-    path = sweep_file(tmp_path / "s.yaml", tiny_model, f"  budget: [0.5]\n  model: [{bad}, {tiny_model}]\n")
+    # Images of another shape pass the sweep's checks (it does not read data) and fail inside rccsnn compress.
+    bad = tmp_path / "other.npz"
+    np.savez(bad, x=np.zeros((40, 28, 28), np.uint8), y=np.arange(40) % 10)
+    path = sweep_file(tmp_path / "s.yaml", tiny_model,
+                      f"  budget: [0.5]\n  variant: [{{data.name: npz, data.path: {bad}}}, {{data.name: digits}}]\n")
     out = tmp_path / "out"
     code, stdout, err = call("sweep", path, "--out", out, "--jobs", 1, "--no-progress")
     assert code == 1, stdout + err
     assert "1 of 2 points failed" in err.splitlines()[-1]
-    failed, good = out / "params0.5-minimax-joint-seed0-modelcorrupt", out / "params0.5-minimax-joint-seed0-modeltiny"
+    failed, good = out / "params0.5-minimax-joint-seed0-namenpz-pathother", out / "params0.5-minimax-joint-seed0-namedigits"
     assert (good / SUMMARY_FILE).is_file() and not (good / ERROR_FILE).exists()  # ran after the failure
     error = (failed / ERROR_FILE).read_text()
-    assert "rccsnn compress: error:" in error and "corrupt.pt" in error and len(error.splitlines()) == 1
+    assert "rccsnn compress: error:" in error and "shape" in error and len(error.splitlines()) == 1
     rows = {r["name"]: r for r in read_csv(out / "results.csv")}
     assert rows[good.name]["status"] == "ok" and rows[failed.name]["status"] == "failed"
     assert rows[failed.name]["error"] == error.strip()
