@@ -30,8 +30,16 @@ def one_line(err: str) -> str:
 
 def assert_user_error(code, out, err, *needles):
     """Exit code 2 and exactly one line on stderr containing every needle; returns the line."""
-    assert code == 2, (code, out, err)
+    assert code == 2, (code, out[-2000:], err[-3000:])
     line = one_line(err)
     for needle in needles:
         assert needle in line, line
     return line
+
+
+def train_tiny(root, recipe: str, run: str = "run"):
+    """Train ``recipe`` (YAML text) into ``root/run`` through the CLI on the CPU; returns the checkpoint path."""
+    (root / "tiny.yaml").write_text(recipe)
+    code, _, err = cli("train", root / "tiny.yaml", "--out", root / run, "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    return root / run / "model.pt"

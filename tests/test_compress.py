@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 
-from helpers import cli, one_line
+from helpers import cli, one_line, train_tiny
 from rccsnn.compress import compress
 from rccsnn.config import CompressConfig, DataConfig, MethodConfig, OptimConfig, TargetsConfig
 from rccsnn.data import load_data
@@ -51,20 +51,10 @@ seed: 0
 """
 
 
-
-
-
-
-
-
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """The tiny digits model: (checkpoint path, its raw checkpoint dict)."""
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "tiny.yaml").write_text(RECIPE)
-    code, _, err = cli("train", root / "tiny.yaml", "--out", root / "run", "--no-progress", "--device", "cpu")
-    assert code == 0, err
-    ckpt = root / "run" / "model.pt"
+    ckpt = train_tiny(tmp_path_factory.mktemp("tiny"), RECIPE)
     return ckpt, torch.load(ckpt, weights_only=True)
 
 

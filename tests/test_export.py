@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_user_error, cli
+from helpers import assert_user_error, cli, train_tiny
 from rccsnn.data import load_data
 from rccsnn.errors import UserError
 from rccsnn.export import (COMPACT_FORMAT, IndexCode, decode_entry, decode_mask, delta_decode, delta_encode,
@@ -47,9 +47,7 @@ seed: 0
 def tiny(tmp_path_factory):
     """(root, compressed checkpoint, its float32 compact export, the export's stdout)."""
     root = tmp_path_factory.mktemp("export")
-    (root / "tiny.yaml").write_text(RECIPE)
-    code, _, err = cli("train", root / "tiny.yaml", "--out", root / "train", "--no-progress", "--device", "cpu")
-    assert code == 0, err
+    train_tiny(root, RECIPE, run="train")
     code, _, err = cli("compress", root / "train" / "model.pt", "--budget", "0.2", "--epochs", "1", "--out",
                        root / "compress", "--no-progress", "--device", "cpu")
     assert code == 0, err

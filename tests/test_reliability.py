@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import rccsnn.trainer
-from helpers import cli, one_line
+from helpers import assert_user_error as user_error, cli, one_line, train_tiny
 from rccsnn import snn
 from rccsnn.data import load_data
 from rccsnn.errors import UserError
@@ -56,20 +56,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny digits model's checkpoint path (its run directory holds the recipe's state.pt too)."""
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "tiny.yaml").write_text(RECIPE)
-    code, _, err = cli("train", root / "tiny.yaml", "--out", root / "run", "--no-progress", "--device", "cpu")
-    assert code == 0, err
-    return root / "run" / "model.pt"
-
-
-def user_error(code, out, err, *needles) -> str:
-    """Exit code 2 and exactly one line on stderr, containing every needle; returns the line."""
-    assert code == 2, (code, out[-2000:], err[-3000:])
-    line = one_line(err)
-    for needle in needles:
-        assert needle in line, line
-    return line
+    return train_tiny(tmp_path_factory.mktemp("tiny"), RECIPE)
 
 
 def compress(model, out, *extra):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 
-from helpers import cli as call
+from helpers import cli as call, train_tiny
 from rccsnn.config import TrainConfig, load_config, write_yaml
 from rccsnn.sweep import (ERROR_FILE, LOG_FILE, POINT_FILE, SUMMARY_FILE, child_env, collect_results, load_sweep,
                           point_command, point_status, threads_per_job, write_results)
@@ -29,8 +29,6 @@ seed: 0
 """
 
 
-
-
 def read_csv(path: Path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -43,13 +41,7 @@ def mtimes(sweep_dir: Path, name: str):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A convsnn with channels [4], hidden 8, T = 2, trained for one epoch on digits."""
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "tiny.yaml").write_text(TINY_RECIPE)
-    ckpt = root / "tiny.pt"
-    code, _, err = call("train", root / "tiny.yaml", "--out", root / "train", "--checkpoint", ckpt, "--no-progress",
-                        "--device", "cpu")
-    assert code == 0, err
-    return ckpt
+    return train_tiny(tmp_path_factory.mktemp("tiny"), TINY_RECIPE, run="train")
 
 
 def sweep_file(path: Path, model: Path, grid: str, extra: str = "") -> Path:
