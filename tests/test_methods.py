@@ -381,6 +381,72 @@ def test_engine_state_dict_round_trip():
     assert (other.y, other.penalty) == (engine.y, engine.penalty)
 
 
+def big_layers(seed=0):
+    """Two masked layers of 20,000 and 5,000 weights with different scales (bigger than a small sample)."""
+    g = torch.Generator().manual_seed(seed)
+    return masked_linears(torch.randn(200, 100, generator=g), torch.randn(50, 100, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("allocation", ["global", "layerwise"])
+def test_sampled_thresholds_prune_about_k_and_exact_ones_exactly_k(allocation):
+    targets = big_layers()
+    engine = engine_for(targets, 0.5, allocation=allocation, sample_size=1024)
+    engine.s = torch.full_like(engine.s, 0.7)
+    k = engine.k()
+    engine.set_masks(exact=True)
+    pruned = [t.n - int(t.mask.mask.sum()) for t in targets]
+    assert (sum(pruned) if allocation == "global" else pruned) == (int(k[0]) if allocation == "global"
+                                                                  else [int(x) for x in k])
+    assert engine.kept.tolist() == [float(t.mask.mask.sum()) for t in targets]
+    # A threshold from a sample of m candidates misses its quantile by about sqrt(q (1 - q) / m) of the weights.
+    engine.set_masks(exact=False)
+    pruned = sum(t.n - int(t.mask.mask.sum()) for t in targets)
+    assert engine.kept.tolist() == [float(t.mask.mask.sum()) for t in targets]
+    sigma = math.sqrt(0.7 * 0.3 / 1024) * 25_000
+    assert abs(pruned - 0.7 * 25_000) < 5 * sigma
+    assert pruned != int(k.sum())  # it really was a sample (exact k by chance is unlikely at sigma ~ 360)
+
+
+def test_sampled_masks_are_a_function_of_the_step_count():
+    """Same weights, same step count -> the same sample and the same masks (resume and every rank agree)."""
+    one, two = big_layers(), big_layers()
+    engines = [engine_for(t, 0.2, sample_size=512, allocation="global") for t in (one, two)]
+    args = (torch.ones(1, 2, dtype=f64), torch.tensor([25_000.0], dtype=f64), torch.tensor([0.2], dtype=f64), 0.05)
+    for _ in range(3):
+        engines[0].step(*args)
+    state = engines[0].state_dict()
+    engines[1].load_state_dict(state)
+    for a, b in zip(one, two):  # the weights and masks a resumed run gets back from the checkpoint
+        with torch.no_grad():
+            b.weight.copy_(a.weight)
+            b.mask.mask.copy_(a.mask.mask)
+    for _ in range(4):
+        outs = [e.step(*args) for e in engines]
+        assert outs[0] == outs[1]
+        assert all(torch.equal(a.mask.mask, b.mask.mask) for a, b in zip(one, two))
+
+
+def test_the_step_that_lands_on_the_budget_writes_exact_masks():
+    targets = big_layers()
+    budget = 0.3
+    engine = engine_for(targets, budget, steps=20, sample_size=256, allocation="global")
+    engine.set_masks()
+    costs, dense = torch.ones(1, 2, dtype=f64), torch.tensor([25_000.0], dtype=f64)
+    for _ in range(40):
+        engine.step(costs, dense, torch.tensor([budget], dtype=f64), 0.05)
+        kept = float(kept_counts(targets).sum())
+        if engine.exact:
+            break
+    assert kept <= budget * 25_000
+    assert kept == 25_000 - float(engine.k()[0])  # exactly ceil(s N) pruned, not a sampled count
+    assert kept == pytest.approx(budget * 25_000, abs=1.0)  # landed on the budget, not a step past it
+
+
+def test_sample_size_must_not_be_negative():
+    with pytest.raises(UserError, match="sample_size"):
+        Minimax(sample_size=-1)
+
+
 # ------------------------------------------------------------------------------------------------ gmp
 @pytest.mark.parametrize("budget", [0.001, 0.05, 0.3, 1.0])
 def test_cubic_budget(budget):

@@ -41,6 +41,21 @@ DEFAULTS = dict(lr_s=1.0, lr_y=1.0, lr_z=5.0, y0=1.0, z0=1.0)
 class MinimaxEngine:
     """The primal-dual state (``s``, ``y``, ``z``) and one update of METHOD.md's compression step.
 
+    Selection (which weights the current ``s`` prunes) costs a few passes over the weights per step, not a sort:
+
+    * The thresholds come from *candidates*: all of a target's ``w^2 / e_l`` when it has at most ``sample_size``
+      weights, else a uniform random sample of ``sample_size`` of them, each standing for ``n_l / m`` weights
+      (for ``global`` one sample over all targets, drawn in proportion to their sizes). The sample is drawn
+      from a generator seeded by the step count, so a resumed run and every rank of a distributed run draw the
+      same one. On a layer of 4e7 weights, ranking the whole layer (``kthvalue``) costs about 30 passes.
+    * On the step that lands on the budget, the thresholds are exact (``kthvalue`` over all weights), so the
+      masks that freeze hold exactly ``ceil(s n)`` pruned weights; in between, a sampled threshold is off by
+      about ``sqrt(q (1 - q) / m)`` of a layer (0.2 % of its weights at ``m = 2^14``).
+    * Kept counts, and with them every resource value R, are always counted on the real masks.
+    * The masks are written by one comparison per weight into the mask buffer, the proximal step by one
+      multiplication, both through a preallocated scratch buffer (allocating 4e7 floats every step costs more
+      than the arithmetic).
+
     Args:
         targets: masked layers.
         num_constraints: J, one dual ``z_j`` each.
@@ -51,11 +66,14 @@ class MinimaxEngine:
         s_max: largest fraction of a target that may be pruned.
         normalize: unit of w^2 per target, ``layer`` or ``global``.
         s_rate: the most any s may move per phase (a trust region: 2 means 0 -> 1 takes half the phase).
+        sample_size: candidates per target (per network for ``global``) above which thresholds are sampled;
+            0 ranks every weight on every step.
+        seed: seeds the samples (with the step count).
     """
 
     def __init__(self, targets: Sequence[Target], num_constraints: int, *, allocation: str, steps: int,
                  lr_s: float, lr_y: float, lr_z: float, y0: float, z0: float, s_max: float,
-                 normalize: str = "layer", s_rate: float = 2.0) -> None:
+                 normalize: str = "layer", s_rate: float = 2.0, sample_size: int = 2 ** 14, seed: int = 0) -> None:
         self.targets = list(targets)
         self.allocation = allocation
         self.n = torch.tensor([t.n for t in targets], dtype=torch.float64)
@@ -68,6 +86,8 @@ class MinimaxEngine:
         self.lr_s, self.lr_y, self.lr_z = lr_s / P, lr_y / P, lr_z / P
         self.max_ds = s_rate / P
         self.s_max = s_max
+        self.sample_size, self.seed = int(sample_size), int(seed)
+        self.t = 0  # engine steps taken: seeds the sample
         with torch.no_grad():
             sq = [t.weight.detach().double().pow(2) for t in targets]
             self.layer_energy = torch.stack([q.mean() for q in sq]).clamp_min(1e-30)
@@ -75,53 +95,129 @@ class MinimaxEngine:
         # The unit of w^2 per layer: its own mean square ("layer", robust to BatchNorm-rescaled layers) or the
         # mean square over all targets ("global", METHOD.md's raw magnitudes up to one constant).
         self.scale = self.layer_energy if normalize == "layer" else torch.full_like(self.layer_energy, self.energy)
+        self._units = self.scale.tolist()
         self.penalty = 0.0
+        self.kept = self.n.clone()  # [L] weights the current masks keep (counted when they are set)
+        self.thr = [float("-inf")] * len(self.targets)  # the current masks' thresholds, in units of e_l
+        self.exact = True  # whether the current masks prune exactly k (not from sampled thresholds)
+        self._scratch: Optional[Tensor] = None
+        # The parametrization's stored weights and mask buffers, looked up once (the lookup costs more per step
+        # than the arithmetic on a small network); loading a state dict copies into these same tensors.
+        self._weights = [t.weight for t in self.targets]
+        self._masks = [t.mask.mask for t in self.targets]
 
-    def k(self) -> Tensor:
+    # ------------------------------------------------------------------------------------------- selection
+    def k(self, s: Optional[Tensor] = None) -> Tensor:
         """``[L]`` weights to prune per target (global: the overall count, split later by the ranking)."""
+        s = self.s if s is None else s
         n = torch.tensor([self.N]) if self.allocation == "global" else self.n
-        return torch.minimum(torch.ceil(self.s * n - 1e-9), n)
+        return torch.minimum(torch.ceil(s * n - 1e-9), n)
 
-    @staticmethod
-    def _select(w2: Tensor, k: int, marginal: bool = True) -> tuple:
-        """Pruned set (w2 <= k-th smallest; ties pruned too), its sum, and v = the smallest kept value.
+    def _groups(self) -> List[List[int]]:
+        """The targets ranked together: all of them (global) or each alone (layerwise)."""
+        return [list(range(len(self.targets)))] if self.allocation == "global" else [[l] for l in
+                                                                                      range(len(self.targets))]
 
-        One selection (``kthvalue``, linear time) per call; v is a masked minimum, not a second selection.
-        """
-        if k <= 0:
-            return torch.zeros_like(w2, dtype=torch.bool), 0.0, float(w2.min()) if marginal else 0.0
-        thr = torch.kthvalue(w2, k).values
-        pruned = w2 <= thr
-        if not marginal:
-            return pruned, 0.0, 0.0
-        v = float(w2.masked_fill(pruned, float("inf")).min()) if k < w2.numel() else float(thr)
-        return pruned, float((w2 * pruned).sum()), v
+    def _draw(self, exact: bool) -> List[Optional[Tensor]]:
+        """Per target the flat indices of its candidates (``None``: all of its weights)."""
+        out: List[Optional[Tensor]] = [None] * len(self.targets)
+        if exact or self.sample_size <= 0:
+            return out
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.t)
+        for group in self._groups():
+            size = float(self.n[group].sum())
+            if size <= self.sample_size:
+                continue
+            for l in group:
+                m = max(1, round(self.sample_size * float(self.n[l]) / size))
+                out[l] = torch.randint(self.targets[l].n, (m,), generator=g).to(self._weights[l].device)
+        return out
 
-    @torch.no_grad()
-    def _rank(self, marginal: bool = True) -> tuple:
-        """Pruned sets per target, penalty sums S_l ``[L]`` and marginal values v ``[L or 1]`` for the current s."""
-        w2 = [t.weight.detach().flatten().pow(2) / float(e) for t, e in zip(self.targets, self.scale)]
-        k = self.k()
+    def _candidates(self, picks: List[Optional[Tensor]]) -> List[Tensor]:
+        """Per target ``w^2 / e_l`` (float, on the weights' device) at ``picks`` (all weights where None)."""
+        out = []
+        for weight, idx, unit in zip(self._weights, picks, self._units):
+            w = weight.detach().reshape(-1)
+            out.append((w if idx is None else w[idx]).pow(2).div_(unit))
+        return out
+
+    def _thresholds(self, cands: List[Tensor], k: Tensor) -> List[float]:
+        """Per target the threshold (in units of ``e_l``) at which ``k`` weights are pruned; -inf prunes none."""
+        thr = [float("-inf")] * len(self.targets)
+        found, where = [], []
+        for group, kg in zip(self._groups(), k.tolist()):
+            x = cands[group[0]] if len(group) == 1 else torch.cat([cands[l] for l in group])
+            weight = float(self.n[group].sum()) / x.numel()  # weights each candidate stands for
+            j = min(max(math.ceil(kg / weight - 1e-9), 0), x.numel())  # candidates pruned
+            if j > 0:
+                found.append(torch.kthvalue(x, j).values)
+                where.append(group)
+        for group, t in zip(where, torch.stack(found).tolist() if found else []):  # one host sync
+            for l in group:
+                thr[l] = t
+        return thr
+
+    def _penalty(self, cands: List[Tensor], thr: Sequence[float]) -> tuple:
+        """``S`` ``[L]``, the sum of the pruned ``w^2 / e_l`` (estimated from the sample where sampled), and ``v``
+        ``[L or 1]``, the smallest kept ``w^2 / e_l``, for the pruned sets given by the thresholds ``thr``."""
+        sums, mins = [], []
+        for c, t, n in zip(cands, thr, self.n.tolist()):
+            below = c <= t
+            sums.append(torch.where(below, c, 0.0).sum() * (n / c.numel()))  # a candidate stands for n / m weights
+            mins.append(torch.where(below, torch.inf, c).min())
+        out = torch.stack(sums + mins).double().cpu()  # one host sync
+        S, v = out[: len(cands)], out[len(cands):]
         if self.allocation == "global":
-            pruned_all, _, v = self._select(torch.cat(w2), int(k[0]), marginal)
-            pruned = list(torch.split(pruned_all, [len(w) for w in w2]))
-            S = torch.tensor([float((w * p).sum()) for w, p in zip(w2, pruned)] if marginal else [0.0] * len(w2),
-                             dtype=torch.float64)
-            return pruned, S, torch.tensor([v], dtype=torch.float64)
-        out = [self._select(w, int(kl), marginal) for w, kl in zip(w2, k)]
-        return ([o[0] for o in out], torch.tensor([o[1] for o in out], dtype=torch.float64),
-                torch.tensor([o[2] for o in out], dtype=torch.float64))
+            v = v.min().reshape(1)
+        # Everything pruned: the marginal value is the largest pruned one (the weight that would be kept next).
+        return S, torch.where(torch.isinf(v), torch.tensor(max(thr) if thr else 0.0, dtype=torch.float64), v)
+
+    def _buffer(self, t: Target) -> Tensor:
+        """A scratch tensor of the target's shape (one buffer, reused: sized for the largest target)."""
+        w = self._weights[0]
+        if self._scratch is None or self._scratch.device != w.device or self._scratch.dtype != w.dtype:
+            self._scratch = torch.empty(max(x.n for x in self.targets), device=w.device, dtype=w.dtype)
+        return self._scratch[: t.n].view(t.shape)
 
     @torch.no_grad()
-    def set_masks(self) -> None:
-        """Step 5: masks from the current s and W."""
-        pruned, _, _ = self._rank(marginal=False)
-        for t, p in zip(self.targets, pruned):
-            t.mask.mask.copy_((~p).reshape(t.shape).to(t.mask.mask.dtype))
+    def _write_masks(self, thr: Sequence[float]) -> None:
+        """Masks keep ``w^2 / e_l > thr_l`` (ties pruned); counts the kept weights (one host sync)."""
+        sums = []
+        for t, w, mask, limit, unit in zip(self.targets, self._weights, self._masks, thr, self._units):
+            buf = self._buffer(t)
+            # The same float operations as the candidates, so an exact threshold prunes exactly k.
+            torch.mul(w.detach(), w.detach(), out=buf).div_(unit)
+            torch.gt(buf, limit, out=mask)
+            sums.append(mask.sum(dtype=torch.float64))
+        self.kept = torch.stack(sums).cpu()
 
+    @torch.no_grad()
+    def set_masks(self, exact: bool = True, picks: Optional[List[Optional[Tensor]]] = None) -> None:
+        """Step 5: masks from the current s and W: exact thresholds, or from the candidates at ``picks``."""
+        picks = self._draw(exact) if exact or picks is None else picks
+        self.thr = self._thresholds(self._candidates(picks), self.k())
+        self._write_masks(self.thr)
+        self.exact = all(p is None for p in picks)
+
+    @torch.no_grad()
+    def _shrink(self, lr_w: float) -> None:
+        """Step 2, the proximal step of the y-term: ``w <- w / (1 + 2 rho_l y)`` where the mask prunes."""
+        rho = (lr_w / self.layer_energy.sqrt()).tolist()
+        for t, w, mask, r in zip(self.targets, self._weights, self._masks, rho):
+            shrink = 1.0 / (1.0 + 2.0 * r * self.y)
+            buf = self._buffer(t)
+            # lerp is exact at both ends: factor = shrink where the mask is 0 and 1 where it is 1.
+            torch.lerp(torch.full((), shrink, dtype=buf.dtype, device=buf.device),
+                       torch.ones((), dtype=buf.dtype, device=buf.device), mask.to(buf.dtype), out=buf)
+            w.mul_(buf)
+
+    # ------------------------------------------------------------------------------------------- the step
     @torch.no_grad()
     def step(self, costs: Tensor, dense: Tensor, budgets: Tensor, lr_w: float) -> Dict[str, float]:
         """Steps 2-5 of METHOD.md after the optimizer step.
+
+        The pruned set of steps 2 and 4 is the current masks' (the set the forward pass of this step masked): S
+        and v are taken at the current masks' thresholds, with the weights as they are after the optimizer step.
 
         Args:
             costs: ``[J, L]`` cost of one kept weight per target and resource.
@@ -129,18 +225,15 @@ class MinimaxEngine:
             budgets: ``[J]`` fractions of dense.
             lr_w: the weights' current step size.
         """
-        pruned, S, v = self._rank()
+        picks = self._draw(exact=False)
+        S, v = self._penalty(self._candidates(picks), self.thr)
         # 2. proximal step of the y-term on the pruned sets
-        rho = lr_w / self.layer_energy.sqrt()
-        for t, p, r in zip(self.targets, pruned, rho.tolist()):
-            shrink = 1.0 / (1.0 + 2.0 * r * self.y)  # w <- w * shrink on the pruned set, 1 elsewhere
-            t.weight.view(-1).mul_(p.to(t.weight.dtype).mul_(shrink - 1.0).add_(1.0))
+        self._shrink(lr_w)
         # R_j on the hard masks of this step
-        kept = self.n - torch.tensor([float(p.sum()) for p in pruned], dtype=torch.float64)
-        R = resource_values(costs, dense, kept)
+        R = resource_values(costs, dense, self.kept)
         # 3. s descends
-        dense = (costs * self.n).sum(1, keepdim=True).clamp_min(1e-300)
-        c_hat = costs * self.N / dense                                        # [J, L], mean cost per weight 1
+        total = (costs * self.n).sum(1, keepdim=True).clamp_min(1e-300)      # [J, 1] at the current rates
+        c_hat = costs * self.N / total                                        # [J, L], mean cost per weight 1
         pull = (self.z[:, None] * c_hat).sum(0)                               # [L]
         if self.allocation == "global":
             pull = (pull * self.n).sum(0, keepdim=True) / self.N
@@ -155,8 +248,11 @@ class MinimaxEngine:
         # The violation enters relative to the budget, (R - B) / B, so that the dual's speed does not depend on
         # how small the budget is (R - B is tiny in absolute terms near a budget of 0.5 %).
         self.z = (self.z + self.lr_z * (R - budgets) / budgets).clamp_min(0.0)
-        # 5. masks from the new s and W
-        self.set_masks()
+        # 5. masks from the new s and the shrunk W; exact on the step that lands on the budget, so the masks
+        # that freeze hold exactly what s says.
+        landing = bool((self._resources(self.s, costs, dense) <= budgets).all())
+        self.set_masks(exact=landing, picks=picks)
+        self.t += 1
         return {"penalty": self.penalty, "y": self.y, **{f"z{j}": float(z) for j, z in enumerate(self.z)}}
 
     def _resources(self, s: Tensor, costs: Tensor, dense: Tensor) -> Tensor:
@@ -187,10 +283,13 @@ class MinimaxEngine:
         return old + hi * (new - old)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"s": self.s.clone(), "y": self.y, "z": self.z.clone(), "penalty": self.penalty}
+        return {"s": self.s.clone(), "y": self.y, "z": self.z.clone(), "penalty": self.penalty, "t": self.t,
+                "kept": self.kept.clone(), "thr": torch.tensor(self.thr, dtype=torch.float64), "exact": self.exact}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.s, self.y, self.z, self.penalty = state["s"].double(), state["y"], state["z"].double(), state["penalty"]
+        self.t, self.kept, self.thr = int(state["t"]), state["kept"].double().cpu(), state["thr"].tolist()
+        self.exact = bool(state["exact"])
 
 
 @METHODS.register("minimax")
@@ -213,6 +312,8 @@ class Minimax(PruningMethod):
             ``node_fraction`` of the compression phase while the weights finetune.
         node_fraction: share of the compression phase spent at each node.
         normalize: unit of w^2 per target: ``layer`` (its own mean square) or ``global``.
+        sample_size: candidates per ranking above which thresholds come from a random sample (see
+            :class:`MinimaxEngine`); 0 ranks every weight on every step.
         guarantee_rounds: see :class:`PruningMethod`.
     """
 
@@ -222,7 +323,7 @@ class Minimax(PruningMethod):
                  lr_s: float = 1.0, lr_y: float = 1.0, lr_z: float = 5.0, y0: float = 1.0, z0: float = 1.0,
                  s_max: Optional[float] = None, min_density: float = 0.5, s_rate: float = 2.0,
                  nodes: Sequence[float] = (), node_fraction: float = 0.1, normalize: str = "layer",
-                 guarantee_rounds: int = 3) -> None:
+                 sample_size: int = 2 ** 14, guarantee_rounds: int = 3) -> None:
         super().__init__(schedule=schedule, compress_fraction=compress_fraction, guarantee_rounds=guarantee_rounds)
         if allocation not in ALLOCATIONS:
             raise UserError(f"unknown allocation '{allocation}'; choices: {', '.join(ALLOCATIONS)}")
@@ -240,7 +341,9 @@ class Minimax(PruningMethod):
         if normalize not in ("layer", "global"):
             raise UserError(f"unknown normalize '{normalize}'; choices: layer, global")
         self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, normalize=normalize, s_rate=s_rate)
-        self.s_max, self.min_density = s_max, min_density
+        if sample_size < 0:
+            raise UserError(f"method option sample_size must be >= 0 (0: rank every weight), got {sample_size}")
+        self.s_max, self.min_density, self.sample_size = s_max, min_density, int(sample_size)
         self.nodes: List[float] = list(nodes)
         self.node_fraction = node_fraction
         self.stage = 0
@@ -258,7 +361,8 @@ class Minimax(PruningMethod):
             allocation = "global" if all(c.resource.name == "params" for c in self.constraints) else "layerwise"
         s_max = self.s_max if self.s_max is not None else 1.0 - self.min_density * float(self.budgets.min())
         self.engine = MinimaxEngine(self.targets, len(self.constraints), allocation=allocation,
-                                    steps=self.compress_steps, s_max=s_max, **self.hyper)
+                                    steps=self.compress_steps, s_max=s_max, sample_size=self.sample_size,
+                                    **self.hyper)
         self.engine.set_masks()
         self.scale = self.engine.scale
     def stage_budgets(self) -> torch.Tensor:
@@ -274,8 +378,12 @@ class Minimax(PruningMethod):
                 set_straight_through(self.targets, True)
             return
         budgets = self.stage_budgets()
-        self.last = self.engine.step(self.costs(), self.dense, budgets, self.trainer.lr)
-        if not bool((self.values() <= budgets).all()):
+        costs = self.costs()
+        self.last = self.engine.step(costs, self.dense, budgets, self.trainer.lr)
+        # The engine counted the kept weights when it wrote the masks (no second pass over them here). Masks from
+        # a sampled threshold may fall under the budget by chance; only exact masks (the landing step's) freeze,
+        # so the frozen masks hold what s says rather than a sampling error below it.
+        if not (self.engine.exact and bool((resource_values(costs, self.dense, self.engine.kept) <= budgets).all())):
             return
         if self.stage >= len(self.nodes):
             self.freeze()

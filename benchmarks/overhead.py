@@ -1,0 +1,178 @@
+"""What does the minimax machinery cost per training step? Side by side, in one process.
+
+For each zoo model (synthetic inputs, random weights, masks attached to every target), the time of one training
+step of plain finetuning (forward with ``W * M``, backward, Adam) against one minimax step (the same, plus the
+method's hooks: straight-through gradient, the engine's proximal step, s / y / z updates and new masks, the
+resource values). The two kinds of step alternate, so drift of the machine's speed hits both alike; the ratio is
+the median over rounds of (minimax step / plain step).
+
+Then the selection work alone (the engine's ranking and thresholds, one ``MinimaxEngine.step`` without the
+network) on one linear layer as its number of weights grows from 1e4 to 4e7.
+
+    python benchmarks/overhead.py [--models convsnn cifar10net] [--batch 8] [--rounds 5] [--sizes 1e4 ... 4e7]
+    python benchmarks/overhead.py --quick     # small models and sizes: a smoke run of a few seconds
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+from types import SimpleNamespace
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from rccsnn.masks import attach_masks, find_targets, set_straight_through
+from rccsnn.methods.base import CompressionMethod, Constraint
+from rccsnn.methods.minimax import Minimax, MinimaxEngine
+from rccsnn.models import build_model
+from rccsnn.resources import RESOURCES, LayerStats
+from rccsnn.snn import LOSSES, NeuronConfig, SpikeMonitor, simulate
+
+#: input shape, architecture arguments and T of each zoo model at the size it is used (the paper's for CIFAR-10).
+ZOO: Dict[str, Tuple[Tuple[int, ...], dict, int]] = {
+    "convsnn": ((1, 8, 8), {"channels": [64, 128], "hidden": 512}, 4),
+    "resnet19": ((3, 32, 32), {}, 4),
+    "vgg16": ((3, 32, 32), {}, 4),
+    "cifar10net": ((3, 32, 32), {}, 8),
+}
+QUICK = {"convsnn": ((1, 8, 8), {"channels": [8, 16], "hidden": 32}, 4)}
+
+
+def layer_stats(net: nn.Module, targets, shape: Sequence[int], T: int) -> LayerStats:
+    """Positions and input rates of each target on random inputs (what the cost models need)."""
+    with torch.no_grad(), SpikeMonitor(net, T) as mon:
+        simulate(net.eval(), torch.rand(2, *shape), T)
+    net.train()
+    names = [t.name for t in targets]
+    rates = mon.input_rates()
+    return LayerStats(torch.tensor([float(mon.positions[n]) for n in names], dtype=torch.float64),
+                      torch.tensor([rates[n] for n in names], dtype=torch.float64),
+                      torch.tensor([float(mon.analog_input[n]) for n in names], dtype=torch.float64), T=T)
+
+
+class Stepper:
+    """One network, its optimizer and a method's hooks, stepped exactly as :meth:`Trainer.train_epoch` does."""
+
+    def __init__(self, net: nn.Module, method: CompressionMethod, T: int, lr: float = 1e-3) -> None:
+        self.net, self.method, self.T = net, method, T
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+        self.loss_fn = LOSSES.get("ce")
+        self.step_index = 0
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Seconds for one training step (forward, backward, optimizer, the method's hooks)."""
+        t0 = time.perf_counter()
+        self.method.before_forward(self.step_index)
+        counts = simulate(self.net, x, self.T)
+        loss = self.loss_fn(counts, y, self.T)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.method.after_backward(self.step_index)
+        self.optimizer.step()
+        self.method.after_step(self.step_index)
+        float(loss.detach())  # the trainer reads the loss every few steps; force the step to finish here
+        self.step_index += 1
+        return time.perf_counter() - t0
+
+
+def minimax_for(net: nn.Module, targets, stats: LayerStats, resource: str, budget: float) -> Minimax:
+    """A bound minimax method in its compression phase (a long phase, so its masks never freeze here)."""
+    model = RESOURCES.create(resource)
+    dense = float((model.coefficients(targets, stats) * torch.tensor([t.n for t in targets],
+                                                                      dtype=torch.float64)).sum())
+    method = Minimax(schedule="joint", compress_fraction=1.0)
+    method.bind(targets, [Constraint(resource=model, budget=budget, dense=dense)], stats, lambda: stats)
+    trainer = SimpleNamespace(total_steps=10_000, step=0, lr=1e-3, restart_schedule=lambda steps: None)
+    method.setup(trainer)
+    return method
+
+
+def model_overhead(name: str, spec: Tuple[Tuple[int, ...], dict, int], batch: int, rounds: int,
+                   resource: str, budget: float) -> Dict[str, float]:
+    """Median step times (s) of plain finetuning and minimax on one zoo model, and their ratio."""
+    shape, kw, T = spec
+    torch.manual_seed(0)
+    base = build_model(name, shape, 10, NeuronConfig(), kw)
+    plain_net, minimax_net = base, copy.deepcopy(base)
+    plain_targets = find_targets(plain_net)
+    attach_masks(plain_targets)
+    set_straight_through(plain_targets, False)  # finetuning: frozen masks
+    targets = find_targets(minimax_net)
+    stats = layer_stats(minimax_net, targets, shape, T)
+    attach_masks(targets)
+    plain = Stepper(plain_net, CompressionMethod(), T)
+    minimax = Stepper(minimax_net, minimax_for(minimax_net, targets, stats, resource, budget), T)
+    x, y = torch.rand(batch, *shape), torch.randint(0, 10, (batch,))
+    for stepper in (plain, minimax):  # warm-up: allocator, Adam state, first-call overheads
+        stepper.step(x, y)
+    times: Dict[str, List[float]] = {"plain": [], "minimax": []}
+    for i in range(rounds):
+        order = (("plain", plain), ("minimax", minimax)) if i % 2 == 0 else (("minimax", minimax), ("plain", plain))
+        for key, stepper in order:
+            times[key].append(stepper.step(x, y))
+    ratios = [m / p for m, p in zip(times["minimax"], times["plain"])]
+    return {"weights": sum(t.n for t in targets), "plain": statistics.median(times["plain"]),
+            "minimax": statistics.median(times["minimax"]), "ratio": statistics.median(ratios)}
+
+
+def selection_time(n: int, allocation: str, repeats: int) -> float:
+    """Median seconds of one engine step (ranking, proximal step, s/y/z, masks) on a linear layer of n weights."""
+    torch.manual_seed(0)
+    layer = nn.Linear(n // 100, 100, bias=False)
+    net = nn.Sequential(layer)
+    targets = find_targets(net, exclude_first=False)
+    attach_masks(targets)
+    costs = torch.ones(1, 1, dtype=torch.float64)
+    dense = torch.tensor([float(targets[0].n)], dtype=torch.float64)
+    engine = MinimaxEngine(targets, 1, allocation=allocation, steps=1000, lr_s=1.0, lr_y=1.0, lr_z=5.0,
+                           y0=1.0, z0=1.0, s_max=0.99)
+    engine.set_masks()
+    budgets = torch.tensor([0.05], dtype=torch.float64)
+    out = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        engine.step(costs, dense, budgets, lr_w=1e-3)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out[1:])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
+    p.add_argument("--batch", type=int, default=8, help="batch size of the timed steps (default 8)")
+    p.add_argument("--rounds", type=int, default=5, help="timed steps of each kind per model (default 5)")
+    p.add_argument("--resource", default="params", choices=list(RESOURCES.names()))
+    p.add_argument("--budget", type=float, default=0.05)
+    p.add_argument("--sizes", nargs="+", type=float, default=[1e4, 1e5, 1e6, 1e7, 4e7],
+                   help="weights of the layer in the selection timing")
+    p.add_argument("--limit", type=float, default=1.10, help="ratio above which the exit code is 1 (default 1.10)")
+    p.add_argument("--quick", action="store_true", help="a tiny model and small sizes (a smoke run)")
+    args = p.parse_args(argv)
+    zoo = QUICK if args.quick else {m: ZOO[m] for m in args.models}
+    sizes = [1e4, 1e5] if args.quick else args.sizes
+    print(f"# {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"resource {args.resource}, budget {args.budget:g}, batch {args.batch}, median of {args.rounds} rounds")
+    print(f"| model | weights | plain step (s) | minimax step (s) | ratio |")
+    print(f"|---|---:|---:|---:|---:|")
+    worst = 0.0
+    for name, spec in zoo.items():
+        r = model_overhead(name, spec, args.batch, args.rounds, args.resource, args.budget)
+        worst = max(worst, r["ratio"])
+        print(f"| {name} | {r['weights']:,} | {r['plain']:.4f} | {r['minimax']:.4f} | {r['ratio']:.3f} |", flush=True)
+    print()
+    print("| weights | engine step, global (s) | engine step, layerwise (s) |")
+    print("|---:|---:|---:|")
+    for n in sizes:
+        g, l = (selection_time(int(n), a, repeats=3 if n >= 1e7 else 10) for a in ("global", "layerwise"))
+        print(f"| {int(n):,} | {g:.4f} | {l:.4f} |", flush=True)
+    print(f"\nworst ratio {worst:.3f} (limit {args.limit:.2f}): {'ok' if worst <= args.limit else 'OVER'}")
+    return 0 if worst <= args.limit else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
