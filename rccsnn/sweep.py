@@ -490,9 +490,12 @@ def point_command(point: Point, resume: bool) -> List[str]:
 
 
 def _last_line(path: Path, offset: int) -> str:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        text = f.read().decode("utf-8", errors="replace")
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError as exc:  # the run directory was removed under a running sweep
+        return f"its log {path} cannot be read ({exc.strerror or exc})"
     lines = [line.strip() for line in re.split(r"[\r\n]+", text) if line.strip()]
     return lines[-1] if lines else ""
 

@@ -1,0 +1,100 @@
+"""What a params budget and a SynOps budget buy on hardware: params, MACs, SynOps and energy, dense and compressed.
+
+For each budget it compresses the model twice with minimax (joint), once under a params budget and once under a
+SynOps budget (through the code of ``rccsnn sweep``: resumable, one ``rccsnn compress`` per run), then measures
+every model - the dense one too - with ``rccsnn report``'s :func:`cost_report` on the test split: nonzero weights,
+MACs, SynOps (input spikes times nonzero fan-out) and energy per inference (45 nm fp32 constants), over *all*
+conv/linear layers, the unpruned first layer included. It writes ``energy.md`` in the output directory.
+
+    python benchmarks/energy.py                                  # the shipped digits model, budgets 0.2 0.05 0.01
+    python benchmarks/energy.py MODEL.pt --budgets 0.1 --seeds 2
+    python benchmarks/energy.py --quick                          # one budget, 2 epochs: a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import yaml
+
+from rccsnn.data import load_data
+from rccsnn.errors import UserError
+from rccsnn.export import load_model
+from rccsnn.report import cost_report
+from rccsnn.sweep import collect_results, load_sweep, run_sweep, write_results
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO / "checkpoints" / "digits_convsnn.pt"
+RESOURCES = ("params", "synops")
+COLUMNS = ("nonzero", "macs", "synops", "energy_pj_fp32")
+
+
+def measure(path: str) -> Dict[str, float]:
+    """Test accuracy and the totals of :func:`cost_report` (all conv/linear layers) of one model file."""
+    loaded = load_model(path)
+    data = load_data(loaded.spec.data)
+    report = cost_report(loaded, data, "test", torch.device("cpu"))
+    return {"accuracy": report["accuracy"], **{k: float(report["total"][k]) for k in COLUMNS}}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL))
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.2, 0.05, 0.01])
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--out", default=None, help="benchmark directory (default runs/benchmarks/energy-<model>)")
+    p.add_argument("--quick", action="store_true", help="budget 0.05, 2 epochs (a smoke run)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.budgets, args.epochs, args.seeds = [0.05], 2, 1
+    try:
+        out = Path(args.out or Path("runs") / "benchmarks" / f"energy-{Path(args.model).stem}"
+                   + ("-quick" if args.quick else ""))
+        out.mkdir(parents=True, exist_ok=True)
+        doc = {"name": "energy", "base": {"model": str(Path(args.model).resolve()), "optim": {"epochs": args.epochs}},
+               "grid": {"resource": list(RESOURCES), "budget": args.budgets, "seed": list(range(args.seeds))}}
+        sweep_file = out / "energy.yaml"
+        sweep_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+        sweep = load_sweep(sweep_file, out=out)
+        outcome = run_sweep(sweep, jobs=args.jobs, progress=not args.no_progress)
+        write_results(sweep)
+        dense = measure(args.model)
+        rows: List[str] = []
+        for r in collect_results(sweep):
+            if r["status"] != "ok":
+                continue
+            m = measure(str(Path(r["run_dir"]) / "model.pt"))
+            ratios = " | ".join(f"{m[k] / dense[k]:.4f}" for k in COLUMNS)
+            budget = float(r["budget_" + r["resource"]])
+            rows.append(f"| {r['resource']} {budget:g} | {r['seed']} | {100 * m['accuracy']:.2f} | {ratios} "
+                        f"| {m['energy_pj_fp32'] / 1e6:.3f} |")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    lines = [
+        f"Costs per inference of {Path(args.model).name} on the test split, all conv/linear layers (the unpruned "
+        f"first layer included), as fractions of the dense model; minimax joint, {args.epochs} epochs.",
+        "",
+        f"Dense: {100 * dense['accuracy']:.2f} % test accuracy, {dense['nonzero']:,.0f} weights, "
+        f"{dense['macs']:,.0f} MACs, {dense['synops']:,.0f} SynOps, {dense['energy_pj_fp32'] / 1e6:.3f} µJ.",
+        "",
+        "| constrained | seed | test acc (%) | weights | MACs | SynOps | energy | energy (µJ) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+    report = "\n".join(lines) + "\n"
+    (out / "energy.md").write_text(report)
+    print(report)
+    if outcome.failed:
+        print(f"{len(outcome.failed)} run(s) failed: see {out}/results.md", file=sys.stderr)
+    return 130 if outcome.interrupted else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""The benchmarks' smoke runs (``--quick``): they run on the shipped model and their tables say what the runs did.
+
+No timing is asserted here (timings on shared machines are noise); BENCHMARKS.md has the measured figures.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+BENCH = REPO_ROOT / "benchmarks"
+
+
+def run_benchmark(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO_ROOT)
+
+
+def table_rows(text: str, first_cell: str):
+    """Cells of the markdown rows whose first cell matches the regex ``first_cell``."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and re.fullmatch(first_cell, cells[0]):
+            rows.append(cells)
+    return rows
+
+
+def test_overhead_quick_times_both_steps_and_the_selection():
+    proc = run_benchmark("overhead.py", "--quick", "--rounds", "3", "--limit", "1000")
+    assert proc.returncode == 0, proc.stderr
+    (model,) = table_rows(proc.stdout, "convsnn")
+    plain, minimax, ratio = (float(c) for c in model[2:5])
+    assert plain > 0 and minimax > 0
+    assert ratio == pytest.approx(minimax / plain, rel=1.0)  # a median of per-round ratios, near the ratio of medians
+    sizes = table_rows(proc.stdout, r"[\d,]+")
+    assert [int(r[0].replace(",", "")) for r in sizes] == [10_000, 100_000]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in sizes)
+    assert f"worst ratio {ratio:.3f}" in proc.stdout
+
+
+def test_overhead_exit_code_says_whether_the_limit_holds():
+    proc = run_benchmark("overhead.py", "--quick", "--rounds", "1", "--limit", "0.0001")
+    assert proc.returncode == 1 and "OVER" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quality_quick_tables_the_runs_it_made(tmp_path):
+    out = tmp_path / "quality"
+    proc = run_benchmark("quality.py", "--quick", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (out / "quality.md").read_text()
+    rows = {float(r[0]): r for r in table_rows(text, r"0\.\d+")}
+    assert sorted(rows) == [0.01, 0.05]
+    labels = ["joint", "sequential", "magnitude", "gmp"]
+    for budget, cells in rows.items():
+        for label, cell in zip(labels, cells[1:5]):
+            mean = float(cell.split("±")[0])
+            method = {"joint": "minimax-joint", "sequential": "minimax-sequential"}.get(label, f"{label}-joint")
+            summary = json.loads((out / f"params{budget:g}-{method}-seed0" / "summary.json").read_text())
+            assert mean == pytest.approx(100 * summary["accuracy"]["compressed"], abs=0.006)
+            assert summary["resources"]["params"]["ratio"] <= budget
+        gap = float(cells[5])
+        assert gap == pytest.approx(float(cells[1].split("±")[0]) - float(cells[2].split("±")[0]), abs=0.011)
+    # rerunning finds every run finished and only rebuilds the tables
+    again = run_benchmark("quality.py", "--quick", "--out", str(out), "--no-progress")
+    assert again.returncode == 0 and "0 to run" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_energy_quick_compares_a_params_and_a_synops_budget(tmp_path):
+    out = tmp_path / "energy"
+    proc = run_benchmark("energy.py", "--quick", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (out / "energy.md").read_text()
+    rows = {r[0]: r for r in table_rows(text, r"(params|synops) 0\.05")}
+    assert sorted(rows) == ["params 0.05", "synops 0.05"]
+    for cells in rows.values():
+        ratios = [float(c) for c in cells[3:7]]
+        assert all(0 < r <= 1 for r in ratios)
+    # Over all layers (the dense first layer included) a 5 % weights budget keeps a little more than 5 %.
+    assert 0.05 <= float(rows["params 0.05"][3]) < 0.06
