@@ -442,6 +442,22 @@ def test_the_step_that_lands_on_the_budget_writes_exact_masks():
     assert kept == pytest.approx(budget * 25_000, abs=1.0)  # landed on the budget, not a step past it
 
 
+def test_landing_with_two_constraints_stops_where_the_later_one_first_holds():
+    targets = two_layers()  # n = 30 and 20
+    engine = engine_for(targets, 0.5, allocation="layerwise")
+    costs = torch.tensor([[1.0, 1.0], [1.0, 4.0]], dtype=f64)  # params, and a resource where layer 2 costs 4x
+    dense = (costs * engine.n).sum(1)
+    budgets = torch.tensor([0.6, 0.5], dtype=f64)
+    old, new = torch.zeros(2, dtype=f64), torch.tensor([0.8, 0.8], dtype=f64)
+    landed = engine._land(old, new, costs, dense, budgets)
+    R = engine._resources(landed, costs, dense)
+    assert bool((R <= budgets).all())
+    # one count less on either layer would break a budget: the step stopped at the first feasible point
+    before = engine._resources(landed - 1.0 / engine.n * 1.0001, costs, dense)
+    assert bool((before > budgets).any())
+    assert float(landed[0] / new[0]) == pytest.approx(float(landed[1] / new[1]))  # along the step's direction
+
+
 def test_sample_size_must_not_be_negative():
     with pytest.raises(UserError, match="sample_size"):
         Minimax(sample_size=-1)
@@ -497,6 +513,21 @@ def drive(method, trainer, steps):
         if method.phase != "compress":
             return step
     return None
+
+
+@pytest.mark.parametrize("resource, allocation, unit", [("params", "global", "global"),
+                                                         ("macs", "layerwise", "layer")])
+def test_minimax_default_units_are_raw_magnitudes_for_one_global_ranking(resource, allocation, unit):
+    targets = two_layers()  # weights of very different scales
+    method = bound(Minimax(), targets, {resource: 0.5})
+    method.setup(StubTrainer(total_steps=100))
+    assert method.engine.allocation == allocation
+    mean_squares = [float(t.weight.detach().double().pow(2).mean()) for t in targets]
+    if unit == "layer":
+        assert method.engine.scale.tolist() == pytest.approx(mean_squares, rel=1e-6)
+    else:  # one unit, so the global ranking compares raw magnitudes (as magnitude pruning and gmp do)
+        overall = sum(m * t.n for m, t in zip(mean_squares, targets)) / sum(t.n for t in targets)
+        assert method.engine.scale.tolist() == pytest.approx([overall, overall], rel=1e-6)
 
 
 def test_minimax_freezes_as_soon_as_the_budget_holds():
