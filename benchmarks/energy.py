@@ -54,8 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.quick:
         args.budgets, args.epochs, args.seeds = [0.05], 2, 1
     try:
-        out = Path(args.out or Path("runs") / "benchmarks" / f"energy-{Path(args.model).stem}"
-                   + ("-quick" if args.quick else ""))
+        out = Path(args.out or Path("runs") / "benchmarks"
+                   / (f"energy-{Path(args.model).stem}" + ("-quick" if args.quick else "")))
         out.mkdir(parents=True, exist_ok=True)
         doc = {"name": "energy", "base": {"model": str(Path(args.model).resolve()), "optim": {"epochs": args.epochs}},
                "grid": {"resource": list(RESOURCES), "budget": args.budgets, "seed": list(range(args.seeds))}}

@@ -125,8 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.budgets, args.seeds, args.epochs = QUICK["budgets"], QUICK["seeds"], QUICK["epochs"]
         if args.seeds < 1 or args.epochs < 1 or args.jobs < 1:
             raise UserError("--seeds, --epochs and --jobs must be at least 1")
-        out = Path(args.out or Path("runs") / "benchmarks" / f"quality-{Path(args.model).stem}"
-                   + ("-quick" if args.quick else ""))
+        out = Path(args.out or Path("runs") / "benchmarks"
+                   / (f"quality-{Path(args.model).stem}" + ("-quick" if args.quick else "")))
         doc = sweep_document(str(Path(args.model).resolve()), args.budgets, args.seeds, args.epochs,
                              parse_set(args.set))
         out.mkdir(parents=True, exist_ok=True)
