@@ -36,7 +36,7 @@ def test_overhead_quick_times_both_steps_and_the_selection():
     proc = run_benchmark("overhead.py", "--quick", "--rounds", "3", "--limit", "1000")
     assert proc.returncode == 0, proc.stderr
     (model,) = table_rows(proc.stdout, "convsnn")
-    plain, minimax, ratio = (float(c) for c in model[2:5])
+    plain, minimax, ratio = (float(c) for c in model[4:7])
     assert plain > 0 and minimax > 0
     assert ratio == pytest.approx(minimax / plain, rel=1.0)  # a median of per-round ratios, near the ratio of medians
     sizes = table_rows(proc.stdout, r"[\d,]+")
