@@ -515,19 +515,14 @@ def drive(method, trainer, steps):
     return None
 
 
-@pytest.mark.parametrize("resource, allocation, unit", [("params", "global", "global"),
-                                                         ("macs", "layerwise", "layer")])
-def test_minimax_default_units_are_raw_magnitudes_for_one_global_ranking(resource, allocation, unit):
+@pytest.mark.parametrize("resource, allocation", [("params", "global"), ("macs", "layerwise")])
+def test_minimax_default_unit_of_w2_is_each_layers_mean_square(resource, allocation):
     targets = two_layers()  # weights of very different scales
     method = bound(Minimax(), targets, {resource: 0.5})
     method.setup(StubTrainer(total_steps=100))
     assert method.engine.allocation == allocation
     mean_squares = [float(t.weight.detach().double().pow(2).mean()) for t in targets]
-    if unit == "layer":
-        assert method.engine.scale.tolist() == pytest.approx(mean_squares, rel=1e-6)
-    else:  # one unit, so the global ranking compares raw magnitudes (as magnitude pruning and gmp do)
-        overall = sum(m * t.n for m, t in zip(mean_squares, targets)) / sum(t.n for t in targets)
-        assert method.engine.scale.tolist() == pytest.approx([overall, overall], rel=1e-6)
+    assert method.engine.scale.tolist() == pytest.approx(mean_squares, rel=1e-6)
 
 
 def test_minimax_freezes_as_soon_as_the_budget_holds():
