@@ -15,6 +15,11 @@ from rccsnn.rundir import prepare_run_dir, write_json
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_PROCESS_LOST = 1  # another process of a torchrun run stopped; this one aborts
+#: Under torchrun, how long a process other than 0 that hit an error waits before printing it itself. Errors are
+#: normally the same on every process, and torchrun stops the others as soon as process 0 has printed its copy
+#: and exited; a process still alive after this long had an error of its own.
+PEER_REPORT_WAIT_S = 10.0
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -167,52 +172,117 @@ def data_overrides(args: argparse.Namespace) -> Dict[str, Any]:
             "data.download": args.download}
 
 
+# --------------------------------------------------------------------------------------------- torchrun
+def join_run(device_name: str, batch_size: int):
+    """Under torchrun (2+ processes): check that the global batch splits evenly, then join the other processes.
+
+    Returns this process's device (``cuda:LOCAL_RANK`` under torchrun on GPUs). Without torchrun: the device.
+    """
+    from rccsnn import distributed
+    from rccsnn.trainer import resolve_device
+
+    launch = distributed.launch_from_env()
+    if launch is not None:
+        distributed.per_process_batch(batch_size, launch.world_size)
+    return distributed.start(resolve_device(device_name), timeout_s=distributed.timeout_from_env())
+
+
+def resume_after_restart(resume: bool, out: str) -> bool:
+    """``torchrun --max-restarts``: a restarted group of processes continues the run from its state.pt.
+
+    torchrun restarts the command exactly as it was given; without this a restart after a failure would start
+    the run afresh and clear the epochs it had finished.
+    """
+    import os
+
+    from rccsnn import distributed
+
+    try:
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    except ValueError:
+        restarts = 0
+    if resume or restarts == 0 or distributed.launch_from_env() is None:
+        return resume
+    found = distributed.on_main(lambda: (Path(out) / "state.pt").is_file())
+    if found and distributed.is_main():
+        print(f"torchrun restarted the processes (restart {restarts}): continuing from {Path(out) / 'state.pt'}",
+              flush=True)
+    return found
+
+
+def single_process_only(command_name: str) -> None:
+    """Refuse a command that has nothing to share across processes when torchrun started several."""
+    from rccsnn import distributed
+
+    launch = distributed.launch_from_env()
+    if launch is not None:
+        raise UserError(f"rccsnn {command_name} runs in one process; only train and compress run under torchrun "
+                        f"(it started {launch.world_size})")
+
+
 # --------------------------------------------------------------------------------------------- train
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
+    from rccsnn import distributed
     from rccsnn.config import TrainConfig, load_config, parse_assignment, trainer_options, write_yaml
     from rccsnn.data import load_data
     from rccsnn.models import build_model
     from rccsnn.models.checkpoint import ModelSpec, save_checkpoint
     from rccsnn.monitor import Monitor, print_metrics
-    from rccsnn.trainer import Trainer, resolve_device
+    from rccsnn.trainer import Trainer
 
     overrides = dict(parse_assignment(s) for s in args.set)
     overrides.update(data_overrides(args))
     overrides.update({"optim.epochs": args.epochs, "optim.lr": args.lr, "seed": args.seed, "out": args.out,
                       "checkpoint": args.checkpoint, "device": args.device})
     cfg = load_config(TrainConfig, args.recipe, overrides)
-    device = resolve_device(cfg.device)
-    data = load_data(cfg.data.name or "digits", root=cfg.data.root, download=cfg.data.download, path=cfg.data.path)
-    spec = ModelSpec(arch=cfg.model.arch, arch_args=cfg.model.args, input_shape=data.input_shape,
-                     num_classes=data.num_classes, data=data.name, T=cfg.model.T, encoding=cfg.model.encoding,
-                     loss=cfg.model.loss, neuron=cfg.model.neuron)
-    from rccsnn.snn import ENCODERS, LOSSES
+    device = join_run(cfg.device, cfg.data.batch_size)
+    args.resume = resume_after_restart(args.resume, cfg.out)
 
-    ENCODERS.get(spec.encoding)
-    LOSSES.get(spec.loss)
+    def load():  # on every process: a node that cannot read the data stops the run with its message
+        data = load_data(cfg.data.name or "digits", root=cfg.data.root, download=cfg.data.download,
+                         path=cfg.data.path)
+        spec = ModelSpec(arch=cfg.model.arch, arch_args=cfg.model.args, input_shape=data.input_shape,
+                         num_classes=data.num_classes, data=data.name, T=cfg.model.T, encoding=cfg.model.encoding,
+                         loss=cfg.model.loss, neuron=cfg.model.neuron)
+        from rccsnn.snn import ENCODERS, LOSSES
+
+        ENCODERS.get(spec.encoding)
+        LOSSES.get(spec.loss)
+        return data, spec
+
+    data, spec = distributed.agreed(load)
     import torch
 
-    torch.manual_seed(cfg.seed)  # the initial weights, too, come from the run's seed
+    torch.manual_seed(cfg.seed)  # the initial weights, too, come from the run's seed (the same on every process)
     net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
 
-    out = prepare_run_dir(cfg.out, resume=args.resume)
-    write_yaml(cfg, out / "config.yaml")
-    monitor = Monitor(out, progress=not args.no_progress)
-    options = trainer_options(cfg.optim, cfg.data, cfg.seed, not args.no_progress, desc="train")
+    def make_run_dir() -> Path:
+        out = prepare_run_dir(cfg.out, resume=args.resume)
+        write_yaml(cfg, out / "config.yaml")
+        return out
+
+    out = distributed.on_main(make_run_dir)
+    main = distributed.is_main()
+    monitor = Monitor(out if main else None, progress=not args.no_progress and main)
+    options = trainer_options(cfg.optim, cfg.data, cfg.seed, not args.no_progress and main, desc="train")
     trainer = Trainer(net=net, data=data, spec=spec, options=options, out_dir=out, monitor=monitor, device=device)
     fit = trainer.fit(resume=args.resume)
     test = trainer.evaluate("test")
     metrics = {"val_accuracy": fit["best_val"], "test_accuracy": test.accuracy, "best_epoch": fit["best_epoch"] + 1,
                "epochs": cfg.optim.epochs}
-    monitor.hparams({"arch": spec.arch, "data": spec.data, "T": spec.T, "lr": cfg.optim.lr,
-                     "epochs": cfg.optim.epochs, "seed": cfg.seed}, {"val_accuracy": fit["best_val"],
-                                                                     "test_accuracy": test.accuracy})
-    monitor.close()
     import dataclasses
 
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else out / "model.pt"
-    save_checkpoint(ckpt, trainer.net, spec, metrics=metrics, recipe=dataclasses.asdict(cfg))
+
+    def write_outputs() -> None:
+        monitor.hparams({"arch": spec.arch, "data": spec.data, "T": spec.T, "lr": cfg.optim.lr,
+                         "epochs": cfg.optim.epochs, "seed": cfg.seed}, {"val_accuracy": fit["best_val"],
+                                                                         "test_accuracy": test.accuracy})
+        monitor.close()
+        save_checkpoint(ckpt, trainer.net, spec, metrics=metrics, recipe=dataclasses.asdict(cfg))
+
+    distributed.on_main(write_outputs)
     print_metrics(f"trained {spec.arch} on {spec.data}; checkpoint: {ckpt}", metrics)
     return 0
 
@@ -255,6 +325,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rccsnn.snn import ENCODERS
     from rccsnn.trainer import resolve_device
 
+    single_process_only("evaluate")
     loaded = load_model_file(args)
     ENCODERS.get(loaded.spec.encoding)
     data = load_data_for(args, loaded)
@@ -290,7 +361,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
     overrides["budgets"] = budgets or None
     cfg = load_config(CompressConfig, args.config, overrides)
     args.model_file = cfg.model
-    loaded = load_model_file(args)
+    join_run(cfg.device, cfg.data.batch_size)
+    cfg.out = cfg.out or str(Path("runs") / "compress" / cfg.run_name())
+    args.resume = resume_after_restart(args.resume, cfg.out)
+    from rccsnn import distributed
+
+    # On every process: a node that cannot read the model stops the run with its message.
+    loaded = distributed.agreed(lambda: load_model_file(args))
     result = compress(cfg, loaded, resume=args.resume, progress=not args.no_progress)
     print(summary_table(result))
     print(f"compressed model: {result.checkpoint}  ({result.wall_seconds:.1f} s)")
@@ -302,6 +379,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rccsnn.sweep import dry_run_table, load_sweep, run_sweep, write_results
 
+    single_process_only("sweep")
     sweep = load_sweep(args.sweep_file, out=args.out, check_files=not args.dry_run)
     if args.dry_run:
         print(dry_run_table(sweep))
@@ -330,6 +408,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from rccsnn.report import accuracy
     from rccsnn.trainer import resolve_device
 
+    single_process_only("export")
     if args.format == "nir":
         if args.dtype != "float32" or args.per_channel:
             raise UserError("--dtype and --per-channel apply to --format compact only")
@@ -386,6 +465,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rccsnn.snn import ENCODERS
     from rccsnn.trainer import resolve_device
 
+    single_process_only("report")
     loaded = load_model_file(args)
     ENCODERS.get(loaded.spec.encoding)
     data = load_data_for(args, loaded)
@@ -402,47 +482,127 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run one subcommand; returns the exit code (0, 1 for failed sweep points, 2 for a user error, 130 when
-    interrupted). Every error the user can cause is one line on stderr, never a traceback."""
+    """Run one subcommand; returns the exit code (0, 1 for failed sweep points or a lost torchrun process, 2 for a
+    user error, 130 when interrupted). Every error the user can cause is one line on stderr, never a traceback.
+
+    Under torchrun only process 0 prints: the others' output is dropped, and their errors (normally the same
+    as process 0's) are printed only if torchrun has not stopped them :data:`PEER_REPORT_WAIT_S` later. A lost
+    process is the exception: every process that notices it says so at once.
+    """
+    import contextlib
     import errno
+    import os
     import shlex
     import signal
+    import time
 
-    parser = build_parser()
-    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return EXIT_USER_ERROR
+    from rccsnn import distributed
+
+    try:
+        launch = distributed.launch_from_env()
+    except UserError:
+        launch = None  # the command itself reports the malformed environment
+    quiet = launch is not None and launch.rank > 0
+
+    def wait_to_be_stopped(code: int) -> None:
+        """(Processes other than 0 under torchrun.) Give process 0, which hit the same error, time to print it:
+        torchrun stops this process as soon as process 0 exits, and that ends the wait."""
+        try:
+            for s in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(s, lambda signum, frame: os._exit(code))
+        except ValueError:  # not the main thread
+            return
+        time.sleep(PEER_REPORT_WAIT_S)
+
+    with contextlib.ExitStack() as silence:
+        if quiet:  # torchrun starts every process with the same arguments: one copy of the output is enough
+            devnull = silence.enter_context(open(os.devnull, "w"))
+            silence.enter_context(contextlib.redirect_stdout(devnull))
+            silence.enter_context(contextlib.redirect_stderr(devnull))
+        parser = build_parser()
+        argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:
+            if quiet and exc.code not in (0, None):
+                wait_to_be_stopped(exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR)
+            raise
+        if not args.command:
+            parser.print_help()
+            return EXIT_USER_ERROR
     from rccsnn.rundir import NO_SPACE, no_space_message
     from rccsnn.trainer import Interrupted
 
     # The exact command that continues an interrupted run (the same run directory, from its state.pt).
-    again = shlex.join(["rccsnn", *argv, *([] if "--resume" in argv else ["--resume"])])
+    resume_argv = [*argv, *([] if "--resume" in argv else ["--resume"])]
+    again = shlex.join(["rccsnn", *resume_argv])
+    if launch is not None:
+        launcher = (f"torchrun --standalone --nproc_per_node={launch.local_world_size}" if launch.single_node
+                    else "torchrun <the same rendezvous options>")
+        again = f"{launcher} -m {shlex.join(['rccsnn', *resume_argv])}"
+
+    def hold_signals() -> None:
+        """Under torchrun, let a message out before torchrun's SIGTERM (sent once another process exits), or the
+        SIGINT it passes on when it is interrupted, lands."""
+        if launch is not None:
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            except ValueError:  # not the main thread
+                pass
+
+    def say(message: str, code: int, wait: bool = True) -> int:
+        """Print ``message`` (process 0), or (other processes) wait to be stopped, then print it if still alive."""
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+            return code
+        if not wait:
+            return code
+        wait_to_be_stopped(code)
+        print(f"{message} (process {launch.rank} of {launch.world_size})", file=sys.stderr, flush=True)
+        return code
 
     def on_sigterm(signum, frame):
         raise KeyboardInterrupt  # outside the epoch loop (which saves its epoch first) SIGTERM stops like Ctrl-C
 
     try:
+        previous_sigint = signal.getsignal(signal.SIGINT)
         previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
         if previous_sigterm is None:  # installed outside Python: the default is the closest we can restore
             previous_sigterm = signal.SIG_DFL
     except ValueError:  # not the main thread: leave the signal alone
         previous_sigterm = None
+    lost = False
     try:
-        return COMMANDS[args.command](args)
+        with contextlib.ExitStack() as silence:
+            if quiet:  # progress, tables and the methods' event lines come from process 0 alone
+                silence.enter_context(contextlib.redirect_stdout(silence.enter_context(open(os.devnull, "w"))))
+            return COMMANDS[args.command](args)
+    except distributed.PeerLost as exc:
+        lost = True
+        hold_signals()
+        hint = ""
+        if args.command in ("train", "compress"):
+            hint = f"; epochs that finished are saved in the run's state.pt, continue with: {again}"
+        print(f"rccsnn {args.command}: error: {exc}; the run is aborted (torchrun's report names the process "
+              f"that failed){hint}", file=sys.stderr, flush=True)
+        return EXIT_PROCESS_LOST
     except UserError as exc:
-        print(f"rccsnn {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        hold_signals()
+        return say(f"rccsnn {args.command}: error: {exc}", EXIT_USER_ERROR)
     except Interrupted as exc:
-        print(f"rccsnn {args.command}: {exc}; continue with: {again}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        hold_signals()
+        # Every process stops after the same epoch (agreed in Trainer.fit) with this message: no need to wait.
+        return say(f"rccsnn {args.command}: {exc}; continue with: {again}", EXIT_INTERRUPTED, wait=False)
     except KeyboardInterrupt:
+        hold_signals()
         hint = ""
         if args.command in ("train", "compress"):
             hint = f" (epochs that finished are saved in the run's state.pt; continue with: {again})"
-        print(f"rccsnn {args.command}: interrupted{hint}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        if launch is not None:  # torchrun's SIGTERM: it stops every process when one failed or it was stopped
+            return say(f"rccsnn {args.command}: stopped by torchrun (another process failed, or torchrun itself "
+                       f"was interrupted){hint}", EXIT_INTERRUPTED, wait=False)
+        return say(f"rccsnn {args.command}: interrupted{hint}", EXIT_INTERRUPTED)
     except BrokenPipeError:
         # The reader of our output went away (`rccsnn ... | head`): stop quietly, as Unix tools do.
         sys.stderr.close()
@@ -456,8 +616,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             message = f"{exc.strerror}: {exc.filename}"
         else:
             raise
-        print(f"rccsnn {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        hold_signals()
+        return say(f"rccsnn {args.command}: error: {message}", EXIT_USER_ERROR)
     finally:
+        if not lost:  # after a lost process the group is broken; leaving it could wait on the dead
+            distributed.stop()
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+            if previous_sigint is not None:  # a lost process (rccsnn.distributed) or a waiting one changed it
+                signal.signal(signal.SIGINT, previous_sigint)

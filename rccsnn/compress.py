@@ -4,6 +4,9 @@
 
 Everything a user can get wrong (budgets, names, data that does not fit the model) is checked before the output
 directory is created, so a bad call leaves nothing behind.
+
+Under torchrun every process runs ``compress()``; they measure and evaluate shards of each split and add the
+sums up (:mod:`rccsnn.distributed`), train through DDP, and process 0 alone writes the run directory.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any, Dict
 import torch
 from torch.utils.data import DataLoader
 
+from rccsnn import distributed
 from rccsnn.config import CompressConfig, trainer_options, typed_kwargs, write_yaml
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
@@ -84,26 +88,32 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
 
     The run directory gets ``model.pt`` (masks baked, the checkpoint format), ``config.yaml`` (resolved),
     TensorBoard events, ``state.pt`` (resume state) and ``summary.json``.
+
+    Under torchrun every process calls it (the CLI has joined the process group with
+    :func:`rccsnn.distributed.start`; an API caller that has not is joined here, with the default timeout).
     """
     t0 = time.perf_counter()
-    data = prepare(cfg, loaded)
+    device = distributed.start(resolve_device(cfg.device))
+    distributed.per_process_batch(cfg.data.batch_size)
+    # Each node reads its own copy of the data: a failure on any process stops all, with its message.
+    data = distributed.agreed(lambda: prepare(cfg, loaded))
     method = build_method(cfg)
-    device = resolve_device(cfg.device)
     spec, net = loaded.spec, loaded.net.to(device)
     if spec.input_shape == ():
         spec.input_shape, spec.num_classes = tuple(data.input_shape), data.num_classes
-    val_loader = DataLoader(data.val, batch_size=cfg.data.eval_batch_size, shuffle=False)
-    test_loader = DataLoader(data.test, batch_size=cfg.data.eval_batch_size, shuffle=False)
+    # Each process measures and evaluates its shard of a split; the sums of all processes are added up.
+    val_loader = DataLoader(distributed.shard(data.val), batch_size=cfg.data.eval_batch_size, shuffle=False)
+    test_loader = DataLoader(distributed.shard(data.test), batch_size=cfg.data.eval_batch_size, shuffle=False)
     targets = find_targets(net, cfg.targets.include, cfg.targets.exclude, cfg.targets.exclude_first)
     try:
-        dense_test = evaluate(net, test_loader, spec, device).accuracy
+        dense_test = evaluate(net, test_loader, spec, device, across_ranks=True).accuracy
     except RuntimeError as exc:
         raise UserError(f"the model cannot run on data set '{data.name}': {str(exc).splitlines()[0]}") from None
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(distributed.rank_seed(cfg.seed))
 
     def stats_now() -> LayerStats:
-        return measure_stats(net, targets, val_loader, spec.T, spec.encoding, device)
+        return measure_stats(net, targets, val_loader, spec.T, spec.encoding, device, across_ranks=True)
 
     dense_stats = stats_now()
     dense = resource_table(targets, dense_stats, cfg.resources)
@@ -117,15 +127,21 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
     method.check(constraints)
 
     cfg.out = cfg.out or str(Path("runs") / "compress" / cfg.run_name())
-    out = prepare_run_dir(cfg.out, resume=resume)
-    try:
-        write_yaml(cfg, out / "config.yaml")
-    except OSError as exc:
-        raise write_error(out / "config.yaml", exc) from None
+
+    def make_run_dir() -> Path:
+        out = prepare_run_dir(cfg.out, resume=resume)
+        try:
+            write_yaml(cfg, out / "config.yaml")
+        except OSError as exc:
+            raise write_error(out / "config.yaml", exc) from None
+        return out
+
+    out = distributed.on_main(make_run_dir)
     attach_masks(targets)
     method.bind(targets, constraints, dense_stats, stats_now)
 
-    monitor = Monitor(out, progress=progress)
+    main = distributed.is_main()
+    monitor = Monitor(out if main else None, progress=progress and main)
     options = trainer_options(cfg.optim, cfg.data, cfg.seed, progress, desc=f"{method.name}/{method.schedule}")
     trainer = Trainer(net=net, data=data, spec=spec, options=options, out_dir=out, monitor=monitor,
                       method=method, device=device)
@@ -134,7 +150,7 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
     bake(net)
     final_stats = stats_now()
     compressed = resource_table(targets, final_stats, cfg.resources)
-    test_acc = evaluate(net, test_loader, spec, device).accuracy
+    test_acc = evaluate(net, test_loader, spec, device, across_ranks=True).accuracy
     resources = {name: {"dense": dense[name], "compressed": compressed[name],
                         "ratio": compressed[name] / dense[name] if dense[name] > 0 else 0.0} for name in dense}
     ckpt = out / CHECKPOINT_FILE
@@ -142,16 +158,21 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
                        resources=resources, accuracy={"dense": dense_test, "compressed": test_acc},
                        epochs=cfg.optim.epochs, wall_seconds=0.0, checkpoint=str(ckpt), events=method.events)
     compression = {k: v for k, v in result.summary().items() if k not in ("checkpoint", "wall_seconds")}
-    save_checkpoint(ckpt, net, spec, metrics={"test_accuracy": test_acc, "val_accuracy": trainer.best_val},
-                    recipe=dataclasses.asdict(cfg), compression=compression)
-    monitor.hparams(
-        {"method": method.name, "schedule": method.schedule, "epochs": cfg.optim.epochs, "lr": cfg.optim.lr,
-         "seed": cfg.seed, **{f"budget_{k}": v for k, v in cfg.budgets.items()}},
-        {"test_accuracy": test_acc, **{f"ratio_{k}": v["ratio"] for k, v in resources.items()}},
-    )
-    monitor.close()
-    result.wall_seconds = time.perf_counter() - t0
-    write_json(result.summary(), out / SUMMARY_FILE)
+
+    def write_outputs() -> float:
+        save_checkpoint(ckpt, net, spec, metrics={"test_accuracy": test_acc, "val_accuracy": trainer.best_val},
+                        recipe=dataclasses.asdict(cfg), compression=compression)
+        monitor.hparams(
+            {"method": method.name, "schedule": method.schedule, "epochs": cfg.optim.epochs, "lr": cfg.optim.lr,
+             "seed": cfg.seed, **{f"budget_{k}": v for k, v in cfg.budgets.items()}},
+            {"test_accuracy": test_acc, **{f"ratio_{k}": v["ratio"] for k, v in resources.items()}},
+        )
+        monitor.close()
+        result.wall_seconds = time.perf_counter() - t0
+        write_json(result.summary(), out / SUMMARY_FILE)
+        return result.wall_seconds
+
+    result.wall_seconds = distributed.on_main(write_outputs)
     return result
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from rccsnn import distributed
 from rccsnn.errors import UserError
 from rccsnn.masks import Target
 from rccsnn.registry import Registry
@@ -49,8 +50,13 @@ class LayerStats:
 
 @torch.no_grad()
 def measure_stats(net: nn.Module, targets: Sequence[Target], loader: DataLoader, T: int, encoding: str,
-                  device: torch.device, max_batches: int | None = None) -> LayerStats:
-    """Run ``net`` in eval mode over ``loader`` (all of it unless ``max_batches``) and collect :class:`LayerStats`."""
+                  device: torch.device, max_batches: int | None = None, across_ranks: bool = False) -> LayerStats:
+    """Run ``net`` in eval mode over ``loader`` (all of it unless ``max_batches``) and collect :class:`LayerStats`.
+
+    ``across_ranks``: ``loader`` holds this process's shard of the split (:func:`rccsnn.distributed.shard`); the
+    spike counts of all processes are added up, so every process gets the statistics of the whole split (a
+    collective: every process must call it). Without a process group it changes nothing.
+    """
     was_training = net.training
     net.eval()
     with SpikeMonitor(net, T) as mon:
@@ -59,6 +65,8 @@ def measure_stats(net: nn.Module, targets: Sequence[Target], loader: DataLoader,
                 break
             simulate(net, x.to(device), T, encoding)
     net.train(was_training)
+    if across_ranks:
+        mon.all_reduce()
     names = [t.name for t in targets]
     rates = mon.input_rates()
     return LayerStats(
@@ -73,6 +81,13 @@ class RateTracker:
     """Exponential moving average of each target's input rate over training batches (forward hooks).
 
     Sums stay on the device; nothing synchronises with the host until :meth:`rates` is read.
+
+    In a distributed run each process's hooks see only its share of the global batch, so each keeps the EMA of
+    its own batch means. The EMA is linear and every process's batch has the same size, so the mean of the
+    processes' EMAs is the EMA of the global batch means, what one process with the whole batch would hold.
+    :meth:`rates` therefore averages across processes (an all-reduce) and stores the average back, so every
+    process holds the same estimate after every read. It is read at the same points on every process (each
+    compression step, progress updates, epoch end, state saving), as a collective must be.
 
     Args:
         targets: the layers to watch.
@@ -94,7 +109,12 @@ class RateTracker:
         return hook
 
     def rates(self) -> Tensor:
-        return torch.stack([r.cpu() for r in self._rates])
+        """``[L]`` float64 current estimates (on the CPU); averaged across processes in a distributed run."""
+        current = torch.stack([r.cpu() for r in self._rates])
+        if distributed.active():
+            current = distributed.all_reduce_mean(current)
+            self._rates = [r.clone() for r in current]
+        return current
 
     def set(self, rates: Tensor) -> None:
         self._rates = [r.clone() for r in rates.to(torch.float64)]

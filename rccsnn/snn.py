@@ -292,6 +292,24 @@ class SpikeMonitor:
 
         return hook
 
+    def all_reduce(self) -> "SpikeMonitor":
+        """Add up the sums and counts of every process of a distributed run (each saw its own shard of the data).
+
+        Afterwards the rates are those of the whole split, as one process would have measured them. Nothing
+        happens without a process group. Every process must call it (it is a collective).
+        """
+        from rccsnn import distributed
+
+        if not distributed.active():
+            return self
+        runs = list(self._out.values()) + list(self._inp.values())
+        packed = torch.tensor([v for r in runs for v in (float(r.total) if r.total is not None else 0.0,
+                                                         float(r.count))], dtype=torch.float64)
+        packed = distributed.all_reduce_sum(packed).view(-1, 2)
+        for r, (total, count) in zip(runs, packed):
+            r.total, r.count = total.clone(), int(count)
+        return self
+
     def firing_rates(self) -> Dict[str, float]:
         """Spikes per neuron per time step of each LIF layer, by module name."""
         return {name: r.mean() for name, r in self._out.items() if r.count}

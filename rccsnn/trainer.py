@@ -3,23 +3,30 @@
 It owns the data loaders, the Adam optimizer and its cosine schedule, the time loop, validation-based model
 selection, TensorBoard logging, and the per-epoch resume state. Compression methods act only through the hooks
 of :class:`rccsnn.methods.base.CompressionMethod`; the Trainer never asks which method runs.
+
+Under torchrun (:mod:`rccsnn.distributed`) the same Trainer runs on every process: ``batch_size`` is the global
+batch, each process takes its share of every batch (:class:`ShardedShuffle`), the training forward goes through
+DistributedDataParallel, evaluation is sharded and summed, and only process 0 writes state.pt and logs.
 """
 from __future__ import annotations
 
 import copy
+import gc
+import inspect
 import math
 import signal
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from rccsnn import distributed
 from rccsnn.data import DataSplits
 from rccsnn.errors import UserError
 from rccsnn.methods.base import CompressionMethod
@@ -58,6 +65,48 @@ def cosine(total_steps: int, min_factor: float = 0.0) -> Callable[[int], float]:
         return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     return factor
+
+
+class ShardedShuffle(Sampler[int]):
+    """The training order of one epoch, a pure function of (seed, epoch), dealt out to the processes of a run.
+
+    The order is the permutation a single-process run uses (``randperm`` from a generator seeded with
+    ``seed * 100_003 + epoch``, after the one draw that the DataLoader takes from that generator, so the order of
+    earlier single-process runs is kept). Process r of N takes positions ``r, r + N, r + 2N, ...`` of it, the
+    permutation padded at its end by wrapping around to a multiple of N, as torch's DistributedSampler does.
+    With ``b`` samples per process and step, the N batches number i together hold exactly positions
+    ``i*b*N .. (i+1)*b*N - 1``: the single-process batch i of ``b * N`` samples. Only the last batch of an epoch
+    can differ, by the up to N - 1 samples repeated as padding (none when N divides the split).
+
+    Args:
+        size: samples in the split.
+        seed: the run's seed.
+        rank, world_size: this process and the number of processes (0 and 1 for a single process).
+    """
+
+    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def permutation(self) -> List[int]:
+        """The single-process order of the current epoch."""
+        gen = torch.Generator()
+        gen.manual_seed(self.seed * 100_003 + self.epoch)
+        torch.empty((), dtype=torch.int64).random_(generator=gen)  # the DataLoader's draw of its worker seed
+        return torch.randperm(self.size, generator=gen).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.permutation()
+        padded = len(self) * self.world_size
+        while len(order) < padded:
+            order += order[:padded - len(order)]
+        return iter(order[self.rank:padded:self.world_size])
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size)
 
 
 @dataclass
@@ -106,7 +155,8 @@ class Trainer:
         net: a multi-step network (``[T, B, ...] -> [T, B, K]``).
         data: the data set's splits.
         spec: T, encoding and loss of the network.
-        options: epochs, learning rate, batch sizes, seed.
+        options: epochs, learning rate, batch sizes (``batch_size`` is the global batch: a run of N processes
+            takes ``batch_size / N`` per process and step), seed.
         out_dir: where ``state.pt`` (resume state) goes; ``None`` keeps nothing on disk.
         monitor: TensorBoard and progress; ``None`` logs nothing.
         method: the compression method (the base class is dense training).
@@ -125,7 +175,9 @@ class Trainer:
         method: Optional[CompressionMethod] = None,
         device: torch.device = torch.device("cpu"),
     ) -> None:
-        self.net = net.to(device)
+        # In a distributed run BatchNorm normalises over the global batch (before the optimizer sees the
+        # parameters; the converted layers keep the same Parameter objects anyway).
+        self.net = distributed.sync_batchnorm(net.to(device), device)
         self.data = data
         self.spec = spec
         self.opt = options
@@ -135,11 +187,14 @@ class Trainer:
         self.device = device
         self.loss_fn = LOSSES.get(spec.loss)
         self.optimizer = torch.optim.Adam(net.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-        self.loader_gen = torch.Generator()
+        self.loader_gen = torch.Generator()  # seeds the workers (augmentation); the order is the sampler's
+        self.sampler = ShardedShuffle(len(data.train), seed=options.seed, rank=distributed.rank(),
+                                      world_size=distributed.world_size())
         self.train_loader = DataLoader(
-            data.train, batch_size=options.batch_size, shuffle=True, drop_last=False,
-            num_workers=options.workers, generator=self.loader_gen,
+            data.train, batch_size=distributed.per_process_batch(options.batch_size), sampler=self.sampler,
+            drop_last=False, num_workers=options.workers, generator=self.loader_gen,
         )
+        self._ddp: Optional[nn.Module] = None
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = self.steps_per_epoch * options.epochs
         self.schedule = (0, self.total_steps)  # (first step, length) of the current cosine decay
@@ -163,20 +218,55 @@ class Trainer:
         return cosine(length, self.opt.min_lr / self.opt.lr)(step - start)
 
     @property
+    def train_net(self) -> nn.Module:
+        """The module the training forward goes through: DDP around :attr:`net` in a distributed run, else ``net``.
+
+        DDP averages the gradients across processes; hooks, masks, evaluation and checkpoints use the plain
+        module. DDP's per-step broadcast of buffers is off: the masks and the BatchNorm statistics are identical on
+        every process by construction, and the masks alone are as large as the weights.
+        """
+        if not distributed.active():
+            return self.net
+        if self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            no_buffer_sync = ({"forward_sync_buffers": False}
+                              if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                              else {"broadcast_buffers": False})  # its name in older torch
+            self._ddp = DistributedDataParallel(self.net, device_ids=ids, output_device=ids[0] if ids else None,
+                                                **no_buffer_sync)
+        return self._ddp
+
+    def release(self) -> None:
+        """Drop the DDP wrapper (made again if training continues). A wrapper still alive when the process exits
+        can make it abort in C++ ("terminate called without an active exception") after the process group is
+        gone; :meth:`fit` releases it on its way out."""
+        if self._ddp is not None:
+            self._ddp = None
+            gc.collect()  # DDP sits in reference cycles: free its reducer now, while the group still exists
+
+    @property
     def lr(self) -> float:
         """The weights' current step size."""
         return self.optimizer.param_groups[0]["lr"]
 
     # ------------------------------------------------------------------------------------------- loops
     def evaluate(self, split: str = "val", spikes: bool = False) -> EvalResult:
-        """Accuracy and loss of the current weights on ``split``; ``spikes`` also records a SpikeMonitor."""
-        loader = DataLoader(self.data.split(split), batch_size=self.opt.eval_batch_size, shuffle=False)
-        return evaluate(self.net, loader, self.spec, self.device, spikes=spikes)
+        """Accuracy and loss of the current weights on ``split``; ``spikes`` also records a SpikeMonitor.
+
+        In a distributed run each process evaluates its shard and the sums are added up (every process gets the
+        result for the whole split).
+        """
+        loader = DataLoader(distributed.shard(self.data.split(split)), batch_size=self.opt.eval_batch_size,
+                            shuffle=False)
+        return evaluate(self.net, loader, self.spec, self.device, spikes=spikes, across_ranks=True)
 
     def train_epoch(self, epoch: int, desc: Optional[str] = None) -> Dict[str, float]:
         """One pass over the training split with the method's hooks; returns mean loss and accuracy."""
         self.net.train()
-        self.loader_gen.manual_seed(self.opt.seed * 100_003 + epoch)
+        self.sampler.set_epoch(epoch)
+        self.loader_gen.manual_seed(distributed.rank_seed(self.opt.seed * 100_003 + epoch))
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
@@ -186,12 +276,20 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.opt.lr * self.lr_factor(self.step)
             self.method.before_forward(self.step)
-            counts = simulate(self.net, x, self.spec.T, self.spec.encoding)
-            loss = self.loss_fn(counts, y, self.spec.T)
-            if not torch.isfinite(loss):
-                raise self.diverged(f"the loss became {loss.item()} at epoch {epoch + 1}, step {self.step}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                counts = simulate(self.train_net, x, self.spec.T, self.spec.encoding)
+                loss = self.loss_fn(counts, y, self.spec.T)
+                # Every process takes the same decision: the mean loss is finite only if every process's is.
+                mean_loss = distributed.all_reduce_mean(loss.detach())
+                if not torch.isfinite(mean_loss):
+                    raise self.diverged(f"the loss became {mean_loss.item()} at epoch {epoch + 1}, step {self.step}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # under DDP this also averages the gradients across processes
+            except RuntimeError as exc:
+                lost = distributed.as_peer_lost(exc)
+                if lost is exc:
+                    raise
+                raise lost from None
             self.method.after_backward(self.step)
             self.optimizer.step()
             self.method.after_step(self.step)
@@ -202,7 +300,11 @@ class Trainer:
             if i % 10 == 0 or i == self.steps_per_epoch - 1:
                 bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                                 **self.method.progress())
-        return {"train/loss": total_loss.item() / max(seen, 1), "train/accuracy": correct.item() / max(seen, 1)}
+        totals = distributed.all_reduce_sum(
+            torch.stack([total_loss.double(), correct.double(), torch.tensor(float(seen), device=self.device,
+                                                                             dtype=torch.float64)]))
+        total, hits, count = totals.tolist()
+        return {"train/loss": total / max(count, 1), "train/accuracy": hits / max(count, 1)}
 
     def diverged(self, what: str) -> UserError:
         """The one-line error for a run whose loss or weights stopped being finite (nothing is saved after it)."""
@@ -229,8 +331,17 @@ class Trainer:
 
         Returns the history of the last epoch and ``best_val``/``best_epoch``. SIGINT and SIGTERM let the
         current epoch finish, save its state and raise :class:`Interrupted`; a second SIGINT aborts at once.
+        In a distributed run the processes agree at every epoch end (a signal on one stops all after that
+        epoch), and SIGTERM aborts at once: torchrun sends it when another process failed or torchrun itself
+        was stopped, and kills the processes soon after.
         """
-        torch.manual_seed(self.opt.seed)
+        try:
+            return self._fit(resume)
+        finally:
+            self.release()
+
+    def _fit(self, resume: bool) -> Dict[str, float]:
+        torch.manual_seed(distributed.rank_seed(self.opt.seed))
         self.method.setup(self)
         start = 0
         if resume:
@@ -240,8 +351,11 @@ class Trainer:
         def handler(signum, frame):
             if stop["signal"] is not None:  # a second Ctrl-C aborts at once
                 raise KeyboardInterrupt
+            if signum == signal.SIGTERM and distributed.active():
+                raise KeyboardInterrupt
             stop["signal"] = signum
-            print(f"\n{signal.Signals(signum).name}: stopping after this epoch (again to abort now)", flush=True)
+            if distributed.is_main():
+                print(f"\n{signal.Signals(signum).name}: stopping after this epoch (again to abort now)", flush=True)
 
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in previous:
@@ -265,16 +379,20 @@ class Trainer:
                 metrics["time/epoch_seconds"] = time.perf_counter() - t0
                 self.monitor.scalars(metrics, epoch + 1)
                 self.history = metrics
-                tqdm.write(f"epoch {epoch + 1}/{self.opt.epochs}: loss {metrics['train/loss']:.4f}, "
-                           f"train acc {metrics['train/accuracy']:.4f}, val acc {val.accuracy:.4f}"
-                           + ("" if self.method.selectable() else " (not selectable yet)"))
+                if distributed.is_main():
+                    tqdm.write(f"epoch {epoch + 1}/{self.opt.epochs}: loss {metrics['train/loss']:.4f}, "
+                               f"train acc {metrics['train/accuracy']:.4f}, val acc {val.accuracy:.4f}"
+                               + ("" if self.method.selectable() else " (not selectable yet)"))
                 self.save_state(epoch + 1)
-                if stop["signal"] is not None:
-                    raise Interrupted(signal.Signals(stop["signal"]).name, epoch + 1, self.opt.epochs,
+                # All processes stop after the same epoch, or none waits for one that stopped.
+                signum = distributed.any_process(int(stop["signal"] or 0))
+                if signum:
+                    raise Interrupted(signal.Signals(signum).name, epoch + 1, self.opt.epochs,
                                       self.out_dir / STATE_FILE if self.out_dir is not None else None)
         finally:
             for s, h in previous.items():
-                signal.signal(s, h)
+                if signal.getsignal(s) is handler:  # not when a lost process had signals ignored (see distributed)
+                    signal.signal(s, h)
         if self.best_state is not None:
             self.net.load_state_dict(self.best_state)
         self.method.finalize(self)
@@ -289,28 +407,32 @@ class Trainer:
         step and the cosine schedule, the best weights so far, the method's state (phase, duals, sparsity levels,
         rate estimates, events) and the global RNG. The data order needs no state: the loader's generator is
         reseeded from (seed, epoch) at the start of every epoch.
+
+        In a distributed run every process builds the state (reading the method's state is a collective, and
+        each process's RNG state is gathered into ``rng_ranks``) and process 0 writes it.
         """
         if self.out_dir is None:
             return
-        atomic_save(
-            {
-                "next_epoch": next_epoch,
-                "epochs": self.opt.epochs,
-                "step": self.step,
-                "schedule": list(self.schedule),
-                "net": self.net.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "best_val": self.best_val,
-                "best_loss": self.best_loss,
-                "best_epoch": self.best_epoch,
-                "best_state": self.best_state,
-                "method": self.method.state_dict(),
-                "history": {k: float(v) for k, v in self.history.items()},
-                "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            self.out_dir / STATE_FILE,
-        )
+        state = {
+            "next_epoch": next_epoch,
+            "epochs": self.opt.epochs,
+            "step": self.step,
+            "schedule": list(self.schedule),
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "best_val": self.best_val,
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "method": self.method.state_dict(),
+            "history": {k: float(v) for k, v in self.history.items()},
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        if distributed.active():
+            own_cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.zeros(0)
+            state["rng_ranks"] = distributed.all_gather_object([torch.get_rng_state(), own_cuda])
+        distributed.on_main(lambda: atomic_save(state, self.out_dir / STATE_FILE))
         self.saved_epoch = next_epoch
 
     def load_state(self) -> int:
@@ -320,19 +442,9 @@ class Trainer:
         tensors or keys do not fit), is a one-line :class:`UserError`.
         """
         path = (self.out_dir or Path(".")) / STATE_FILE
-        if not path.is_file():
-            raise UserError(f"nothing to resume: {path} does not exist (run the command once without --resume)")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:  # weights_only: a pickle that names code is refused here, never run
-            text = str(exc).strip()
-            first = text.splitlines()[0].strip() if text else ""
-            if not first or first.startswith("Weights only load failed"):
-                first = "it holds more than tensors and plain data"
-            raise UserError(f"cannot resume from {path}: not a readable state file ({type(exc).__name__}: "
-                            f"{first}); rerun without --resume to start afresh") from None
+        # In a distributed run process 0 reads the file and sends it to the others: only its node need hold the
+        # run directory, and a file it cannot read stops every process with its message.
+        state = distributed.on_main(lambda: read_state(path, self.device if not distributed.active() else "cpu"))
         try:
             self.method.load_state_dict(state["method"])
             self.net.load_state_dict(state["net"])
@@ -347,15 +459,24 @@ class Trainer:
                     raise KeyError(f"best_state key {sorted(differ)[0]}")
             next_epoch = int(state["next_epoch"])
             self.history = dict(state.get("history") or {})
-            rng = state["rng"].cpu()
-            torch.set_rng_state(rng)
+            own = state.get("rng_ranks") or []
+            if len(own) == distributed.world_size() > 1:  # each process continues its own random stream
+                torch.set_rng_state(own[distributed.rank()][0].cpu())
+                if self.device.type == "cuda" and own[distributed.rank()][1].numel():
+                    torch.cuda.set_rng_state(own[distributed.rank()][1].cpu(), self.device)
+            else:
+                torch.set_rng_state(state["rng"].cpu())
+                if distributed.rank() > 0:  # another number of processes than the run had: fresh, distinct streams
+                    torch.manual_seed(distributed.rank_seed(self.opt.seed * 100_003 + next_epoch))
+            if self.best_state is not None:
+                self.best_state = {k: v.to(self.device) for k, v in self.best_state.items()}
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
             detail = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else type(exc).__name__
             if isinstance(exc, KeyError):
                 detail = f"no {detail}"
             raise UserError(f"cannot resume from {path}: it does not fit this run ({detail[:200]}); resume with "
                             f"the settings that started it, or rerun without --resume to start afresh") from None
-        if state.get("cuda_rng") and torch.cuda.is_available():
+        if state.get("cuda_rng") and torch.cuda.is_available() and not distributed.active():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         # The epoch whose state this is: the guarantee finetuning in ``method.finalize`` reseeds the data order
         # from it, so a run resumed after its last epoch finalizes exactly as an uninterrupted one.
@@ -364,10 +485,33 @@ class Trainer:
         return next_epoch
 
 
+def read_state(path: Path, map_location) -> dict:
+    """The contents of a state.pt, read with ``weights_only=True``; a missing or unreadable file is a
+    one-line :class:`UserError`."""
+    if not path.is_file():
+        raise UserError(f"nothing to resume: {path} does not exist (run the command once without --resume)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # weights_only: a pickle that names code is refused here, never run
+        text = str(exc).strip()
+        first = text.splitlines()[0].strip() if text else ""
+        if not first or first.startswith("Weights only load failed"):
+            first = "it holds more than tensors and plain data"
+        raise UserError(f"cannot resume from {path}: not a readable state file ({type(exc).__name__}: "
+                        f"{first}); rerun without --resume to start afresh") from None
+
+
 @torch.no_grad()
 def evaluate(net: nn.Module, loader: DataLoader, spec: ModelSpec, device: torch.device,
-             spikes: bool = False) -> EvalResult:
-    """Accuracy and mean loss of ``net`` over ``loader``; with ``spikes`` the SpikeMonitor of the pass."""
+             spikes: bool = False, across_ranks: bool = False) -> EvalResult:
+    """Accuracy and mean loss of ``net`` over ``loader``; with ``spikes`` the SpikeMonitor of the pass.
+
+    ``across_ranks``: ``loader`` holds this process's shard of the split (:func:`rccsnn.distributed.shard`); the
+    sums of all processes are added up, so every process gets the result for the whole split (a collective).
+    Without a process group it changes nothing.
+    """
     was_training = net.training
     net.eval()
     loss_fn = LOSSES.get(spec.loss)
@@ -388,5 +532,12 @@ def evaluate(net: nn.Module, loader: DataLoader, spec: ModelSpec, device: torch.
         if monitor:
             monitor.__exit__()
         net.train(was_training)
+    if across_ranks and distributed.active():
+        sums = torch.stack([total_loss, correct.double(), torch.tensor(float(seen), dtype=torch.float64,
+                                                                        device=device)])
+        total, hits, count = distributed.all_reduce_sum(sums).tolist()
+        total_loss, correct, seen = torch.tensor(total), torch.tensor(hits), int(count)
+        if monitor:
+            monitor.all_reduce()
     return EvalResult(accuracy=correct.item() / max(seen, 1), loss=total_loss.item() / max(seen, 1),
                       samples=seen, monitor=monitor)

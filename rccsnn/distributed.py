@@ -1,0 +1,481 @@
+"""Multi-process runs under torchrun: joining the process group, and the few collectives rccsnn needs.
+
+``torchrun --nproc_per_node=N -m rccsnn compress ...`` (or ``train``) starts N copies of the command; torchrun
+tells each its place through the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``).
+:func:`start` joins them into one process group (NCCL on CUDA, gloo on the CPU) and picks the process's device
+(``cuda:LOCAL_RANK``). Without torchrun, or with a single process, nothing here does anything: there is no process
+group, every helper is the identity, and a run is exactly the single-process run.
+
+What is synchronised, and how (every process ends every training step with the same weights, masks and duals):
+
+* gradients: averaged by :class:`~torch.nn.parallel.DistributedDataParallel`, so Adam moves identical weights
+  identically on every process;
+* BatchNorm: batch statistics over the global batch (:func:`sync_batchnorm`), so the forward pass is the
+  single-process one;
+* firing-rate estimates (:class:`rccsnn.resources.RateTracker`): averaged across processes when read;
+* evaluation and layer statistics: each process runs a shard of the split (:func:`shard`), the sums are added up;
+* everything else the compression methods compute (sparsity levels, duals, masks, projections) is a deterministic
+  function of those synchronised quantities, so it is computed on every process, never sent.
+
+Process 0 alone writes the run directory (:func:`on_main`). There is no module-level state: whether a run is
+distributed is whatever :mod:`torch.distributed` says.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import re
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable, List, Mapping, Optional, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from rccsnn.errors import UserError
+
+T = TypeVar("T")
+
+#: How long a collective waits for the other processes before the run is aborted (seconds). Waits are normally
+#: short (every process does the same work); the longest is process 0 writing state.pt at the end of an epoch.
+DEFAULT_TIMEOUT_S = 600.0
+
+#: Substrings of the errors that torch raises when a collective fails because a peer died or timed out.
+_COMM_FAILURE_MARKERS = ("gloo", "nccl", "connection", "timed out", "timeout", "broken pipe", "peer",
+                         "socket", "process group", "processgroup")
+
+
+class PeerLost(Exception):
+    """A collective failed: another process of the run stopped (crashed, killed) or stopped answering.
+
+    ``str()`` says which process saw it and the backend's own first line, e.g. ``process 0 of 2 lost contact
+    with another process of the run, which stopped or stopped answering (... Connection reset by peer ...)``.
+    """
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in a torchrun launch (read from torchrun's environment variables).
+
+    Attributes:
+        rank: 0 .. world_size - 1 over all nodes.
+        world_size: processes in the run.
+        local_rank: 0 .. local_world_size - 1 on this node (the CUDA device index).
+        local_world_size: processes on this node.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+    @property
+    def single_node(self) -> bool:
+        return self.local_world_size == self.world_size
+
+
+def launch_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[Launch]:
+    """The torchrun launch this process belongs to, or ``None`` for a single-process run.
+
+    ``None`` also when torchrun started only one process (``WORLD_SIZE=1``): that run needs no process group.
+    """
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in env or "RANK" not in env:
+        return None
+    try:
+        world = int(env["WORLD_SIZE"])
+        rank = int(env["RANK"])
+        local_rank = int(env.get("LOCAL_RANK", rank))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
+    except ValueError:
+        raise UserError("torchrun's RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers, got "
+                        + ", ".join(f"{k}={env.get(k)!r}" for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                                     "LOCAL_WORLD_SIZE"))) from None
+    if world <= 1:
+        return None
+    return Launch(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world)
+
+
+def timeout_from_env(environ: Optional[Mapping[str, str]] = None) -> float:
+    """``RCCSNN_DIST_TIMEOUT`` (seconds, > 0), else :data:`DEFAULT_TIMEOUT_S`."""
+    env = os.environ if environ is None else environ
+    text = env.get("RCCSNN_DIST_TIMEOUT")
+    if text is None or text.strip() == "":
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
+        raise UserError(f"RCCSNN_DIST_TIMEOUT must be a positive number of seconds, got '{text}'")
+    return value
+
+
+def start(device: torch.device, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.device:
+    """Join the torchrun process group (if launched by torchrun with 2+ processes); returns this process's device.
+
+    Args:
+        device: the device the run asked for (already resolved: ``cpu``, ``cuda`` or ``cuda:N``).
+        timeout_s: how long any collective may wait for the others before the run is aborted, in seconds.
+
+    On CUDA each process takes ``cuda:LOCAL_RANK`` and the backend is NCCL; on the CPU it is gloo. A single
+    process (no torchrun) gets ``device`` back unchanged and no process group is made.
+    """
+    launch = launch_from_env()
+    if launch is None:
+        return device
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index != launch.local_rank:
+            raise UserError(f"--device {device} pins a GPU, but under torchrun every process takes its own "
+                            f"(cuda:LOCAL_RANK); pass --device cuda or auto")
+        if launch.local_world_size > count:
+            raise UserError(f"torchrun started {launch.local_world_size} processes on this node, but it has only "
+                            f"{count} CUDA GPU{'s' if count != 1 else ''}; use --nproc_per_node={count} or fewer, "
+                            f"or --device cpu")
+        device = torch.device("cuda", launch.local_rank)
+        torch.cuda.set_device(device)
+    if dist.is_initialized():  # an API user who joined the group before calling rccsnn
+        return device
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                **({"device_id": device} if backend == "nccl" else {}))
+    except (RuntimeError, ValueError) as exc:
+        raise PeerLost(f"process {launch.rank} of {launch.world_size} could not join the other processes "
+                       f"({_first_line(exc)})") from None
+    return device
+
+
+def stop() -> None:
+    """Leave the process group (at the end of a command); nothing without one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------ queries
+def active() -> bool:
+    """Whether this process is one of 2+ processes of a run (a process group with more than one member)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    """Processes in the run (1 without a process group)."""
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Whether this is process 0, the one that writes files and prints."""
+    return rank() == 0
+
+
+def rank_seed(seed: int) -> int:
+    """The seed of this process's random stream (dropout, rate encoding): ``seed`` on process 0, distinct elsewhere.
+
+    Process 0 keeps the run's seed, so it draws what a single-process run draws; the others must not repeat its
+    draws (the same dropout pattern on every process would be one sample's noise copied N times).
+    """
+    r = rank()
+    return seed if r == 0 else (seed * 1_000_003 + 7_919 * r) % (2 ** 63)
+
+
+def per_process_batch(global_batch: int, world: Optional[int] = None) -> int:
+    """Samples per process and step for a global ``data.batch_size``; it must split evenly across processes."""
+    world = world_size() if world is None else world
+    if global_batch % world:
+        lower = (global_batch // world) * world
+        choices = [b for b in (lower, lower + world) if b > 0]
+        raise UserError(f"data.batch_size {global_batch} is the global batch and must be divisible by the {world} "
+                        f"processes of this run (each takes batch_size / {world}); use "
+                        + " or ".join(str(b) for b in choices))
+    return global_batch // world
+
+
+def shard(dataset: Dataset) -> Dataset:
+    """This process's share of an evaluation split: samples ``rank, rank + N, ...`` (no sample twice).
+
+    The shards of all processes are the whole split, each sample once, so sums over the shards are the
+    single-process sums. The dataset itself when the run is not distributed.
+    """
+    if not active():
+        return dataset
+    n, world = len(dataset), world_size()
+    if n < world:
+        raise UserError(f"a split of {n} sample{'s' if n != 1 else ''} cannot be shared by {world} processes; "
+                        f"run with fewer processes")
+    return Subset(dataset, range(rank(), n, world))
+
+
+# ------------------------------------------------------------------------------------------------ collectives
+def _first_line(exc: BaseException) -> str:
+    """The gist of a backend error: its first sentence, without gloo's source location and closing advice."""
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    line = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", line)  # "[.../pair.cc:545] Read error ..."
+    line = re.split(r"\.\s+(?=[A-Z])", line, maxsplit=1)[0].rstrip(".")
+    return line[:300]
+
+
+def _lost(exc: BaseException) -> PeerLost:
+    """The :class:`PeerLost` for a failed collective; from now on a signal from the launcher cannot cut it short."""
+    try:  # torchrun sends SIGTERM to the survivors right away; let this process say what happened first
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+    r, w = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    return PeerLost(f"process {r} of {w} lost contact with another process of the run, which stopped or stopped "
+                    f"answering ({_first_line(exc)})")
+
+
+def is_comm_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised inside a step that communicates, e.g. DDP's backward) is a failed collective."""
+    if isinstance(exc, PeerLost):
+        return True
+    if getattr(dist, "DistError", None) is not None and isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in _COMM_FAILURE_MARKERS)
+
+
+def as_peer_lost(exc: BaseException) -> BaseException:
+    """``exc`` turned into :class:`PeerLost` when it is a failed collective of a distributed run, else ``exc``."""
+    if active() and not isinstance(exc, PeerLost) and is_comm_failure(exc):
+        return _lost(exc)
+    return exc
+
+
+def _comm_device() -> torch.device:
+    """Where collective buffers must live: the process's GPU for NCCL, the CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Elementwise sum over processes (a new tensor on ``tensor``'s device; ``tensor`` itself without a group)."""
+    if not active():
+        return tensor
+    buf = tensor.detach().to(_comm_device(), copy=True)
+    try:
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    except RuntimeError as exc:
+        raise _lost(exc) from None
+    return buf.to(tensor.device)
+
+
+def all_reduce_mean(tensor: Tensor) -> Tensor:
+    """Elementwise mean over processes."""
+    if not active():
+        return tensor
+    return all_reduce_sum(tensor) / world_size()
+
+
+def any_process(value: int) -> int:
+    """The largest of every process's ``value`` (e.g. a signal number, 0 for none): all stop if one must."""
+    if not active():
+        return value
+    return int(all_reduce_max(torch.tensor([int(value)], dtype=torch.int64)).item())
+
+
+def all_reduce_max(tensor: Tensor) -> Tensor:
+    """Elementwise maximum over processes."""
+    if not active():
+        return tensor
+    buf = tensor.detach().to(_comm_device(), copy=True)
+    try:
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    except RuntimeError as exc:
+        raise _lost(exc) from None
+    return buf.to(tensor.device)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Process ``src``'s ``obj`` (pickled; tensors and plain data) on every process."""
+    if not active():
+        return obj
+    box = [obj]
+    try:
+        dist.broadcast_object_list(box, src=src)
+    except RuntimeError as exc:
+        raise _lost(exc) from None
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """Every process's ``obj``, in rank order, on every process."""
+    if not active():
+        return [obj]
+    out: List[Any] = [None] * world_size()
+    try:
+        dist.all_gather_object(out, obj)
+    except RuntimeError as exc:
+        raise _lost(exc) from None
+    return out
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on process 0 only (writing files, reading state.pt); every process gets its result.
+
+    A :class:`UserError` on process 0 is raised on every process, so all stop together with the same one-line
+    message (which only process 0 prints); the others never wait on a process that has given up.
+    """
+    if not active():
+        return fn()
+    payload: Any = None
+    if is_main():
+        try:
+            payload = ("ok", fn())
+        except UserError as exc:
+            payload = ("error", str(exc))
+    payload = broadcast_object(payload)
+    if payload[0] == "error":
+        raise UserError(payload[1])
+    return payload[1]
+
+
+def agreed(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every process; if it fails with a :class:`UserError` on any, it fails on all.
+
+    For steps whose outcome may differ between processes (reading the model and the data on each node): the
+    first failure is raised everywhere, naming the process when it is not process 0, so that process 0 can
+    print it and nobody waits for a process that has stopped.
+    """
+    if not active():
+        return fn()
+    result, error = None, None
+    try:
+        result = fn()
+    except UserError as exc:
+        error = str(exc)
+    errors = all_gather_object(error)
+    for r, message in enumerate(errors):
+        if message is not None:
+            raise UserError(message if r == 0 else f"process {r} of {len(errors)}: {message}")
+    return result  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------------ BatchNorm
+class _GlobalBatchNorm(torch.autograd.Function):
+    """BatchNorm in training mode with statistics over every process's batch (the single-process statistics).
+
+    Forward: each process sums its ``count``, ``sum x`` and centred ``sum (x - mean_r)^2`` per channel in
+    float64; one all-reduce gives the global mean and (biased) variance. Backward: ``sum dy`` and
+    ``sum dy * xhat`` are all-reduced the same way; the affine gradients stay local (DDP averages them).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+                running_var: Optional[Tensor], eps: float, momentum: float) -> Tensor:
+        dims = [0, *range(2, x.dim())]
+        view = [1, -1] + [1] * (x.dim() - 2)
+        channels = x.shape[1]
+        xd = x.detach().double()
+        count = x.numel() // max(channels, 1)
+        local_mean = xd.mean(dims) if count else torch.zeros(channels, dtype=torch.float64, device=x.device)
+        local_m2 = ((xd - local_mean.view(view)) ** 2).sum(dims)
+        packed = torch.cat([torch.tensor([float(count)], dtype=torch.float64, device=x.device),
+                            count * local_mean, local_m2 + count * local_mean ** 2])
+        packed = all_reduce_sum(packed)
+        n = float(packed[0])
+        if n <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
+        mean = packed[1:channels + 1] / n
+        var = (packed[channels + 1:] / n - mean ** 2).clamp_min(0.0)
+        invstd = torch.rsqrt(var + eps)
+        if running_mean is not None:
+            with torch.no_grad():
+                running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1.0 - momentum).add_((var * n / (n - 1)).to(running_var.dtype), alpha=momentum)
+        mean_x, invstd_x = mean.to(x.dtype).view(view), invstd.to(x.dtype).view(view)
+        xhat = (x - mean_x) * invstd_x
+        out = xhat
+        if weight is not None:
+            out = out * weight.view(view)
+        if bias is not None:
+            out = out + bias.view(view)
+        ctx.save_for_backward(xhat, weight, invstd_x)
+        ctx.count = n
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        xhat, weight, invstd_x = ctx.saved_tensors
+        dims = [0, *range(2, grad_out.dim())]
+        view = [1, -1] + [1] * (grad_out.dim() - 2)
+        channels = grad_out.shape[1]
+        sum_dy = grad_out.sum(dims, dtype=torch.float64)
+        sum_dy_xhat = (grad_out * xhat).sum(dims, dtype=torch.float64)
+        total = all_reduce_sum(torch.cat([sum_dy, sum_dy_xhat]))
+        mean_dy = (total[:channels] / ctx.count).to(grad_out.dtype).view(view)
+        mean_dy_xhat = (total[channels:] / ctx.count).to(grad_out.dtype).view(view)
+        scale = invstd_x if weight is None else invstd_x * weight.view(view)
+        grad_x = (grad_out - mean_dy - xhat * mean_dy_xhat) * scale
+        grad_w = sum_dy_xhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        grad_b = sum_dy.to(grad_out.dtype) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """A BatchNorm layer (any of 1d/2d/3d) whose training statistics cover the batches of every process.
+
+    torch's :class:`~torch.nn.SyncBatchNorm` does this on GPUs only; this one works on any device through
+    plain all-reduces (gloo on the CPU). Evaluation, and training without a process group, is ordinary
+    BatchNorm. Parameters and buffers are those of the layer it replaces, so state_dicts are unchanged.
+
+    Shape: input ``[N, C, *]``, output the same.
+    """
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and active()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        track = self.track_running_stats and self.running_mean is not None
+        return _GlobalBatchNorm.apply(x, self.weight, self.bias, self.running_mean if track else None,
+                                      self.running_var if track else None, self.eps, factor)
+
+
+def _to_global_batchnorm(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
+            module, (GlobalBatchNorm, nn.SyncBatchNorm)):
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias  # the same Parameters: optimizers still hold them
+        out.running_mean, out.running_var = module.running_mean, module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+        return out
+    for name, child in module.named_children():
+        module.add_module(name, _to_global_batchnorm(child))
+    return module
+
+
+def sync_batchnorm(net: nn.Module, device: torch.device) -> nn.Module:
+    """Make every BatchNorm of ``net`` normalise over the global batch (in place; returns ``net``).
+
+    Without this each process would normalise its own share of the batch, and the run would no longer be the
+    single-process run. CUDA uses torch's :class:`~torch.nn.SyncBatchNorm`; the CPU :class:`GlobalBatchNorm`.
+    Does nothing when the run is not distributed.
+    """
+    if not active():
+        return net
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return _to_global_batchnorm(net)
