@@ -72,20 +72,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             m = measure(str(Path(r["run_dir"]) / "model.pt"))
             ratios = " | ".join(f"{m[k] / dense[k]:.4f}" for k in COLUMNS)
             budget = float(r["budget_" + r["resource"]])
-            rows.append(f"| {r['resource']} {budget:g} | {r['seed']} | {100 * m['accuracy']:.2f} | {ratios} "
-                        f"| {m['energy_pj_fp32'] / 1e6:.3f} |")
+            held = float(r["ratio_" + r["resource"]])
+            rows.append(f"| {r['resource']} {budget:g} | {r['seed']} | {held:.4f} | {100 * m['accuracy']:.2f} "
+                        f"| {ratios} | {m['energy_pj_fp32'] / 1e6:.3f} |")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     lines = [
         f"Costs per inference of {Path(args.model).name} on the test split, all conv/linear layers (the unpruned "
         f"first layer included), as fractions of the dense model; minimax joint, {args.epochs} epochs.",
+        "The third column is what the budget bounds: the constrained resource over the pruned (target) layers on the "
+        "validation split, from the run's summary.json.",
         "",
         f"Dense: {100 * dense['accuracy']:.2f} % test accuracy, {dense['nonzero']:,.0f} weights, "
         f"{dense['macs']:,.0f} MACs, {dense['synops']:,.0f} SynOps, {dense['energy_pj_fp32'] / 1e6:.3f} µJ.",
         "",
-        "| constrained | seed | test acc (%) | weights | MACs | SynOps | energy | energy (µJ) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| constrained | seed | constrained resource, target layers (val) | test acc (%) | weights | MACs | SynOps "
+        "| energy | energy (µJ) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
     ]
     report = "\n".join(lines) + "\n"
