@@ -198,18 +198,6 @@ def test_dead_process_stops_the_run_and_resume_continues_it(tiny, two_processes)
     assert_identical(load_dump(dumps / "rank1.pt"), load_dump(two_processes[1] / "rank0.pt"))
 
 
-@pytest.mark.slow
-def test_torchrun_restart_continues_from_state(tiny, two_processes):
-    """With ``--max-restarts`` torchrun reruns the command as given; the run continues from its state.pt."""
-    root = tiny[0]
-    out, dumps = root / "restarts", root / "restarts-dump"
-    result = torchrun(LAUNCHER, *compress_args(tiny, out), options=["--max-restarts=1"], RCCSNN_TEST_DIE="1:20",
-                      RCCSNN_TEST_DUMP=str(dumps))
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert f"torchrun restarted the processes (restart 1): continuing from {out / 'state.pt'}" in result.stdout
-    assert_identical(load_dump(dumps / "rank0.pt"), load_dump(two_processes[1] / "rank0.pt"))
-
-
 def test_train_two_processes_matches_one(tiny):
     root, npz, single_ckpt = tiny
     result = torchrun("-m", "rccsnn", "train", root / "recipe.yaml", "--out", root / "train-ddp", "--no-progress",
