@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import yaml
 
+from benchsweep import publish, run_grid
 from rccsnn.data import load_data
 from rccsnn.errors import UserError
 from rccsnn.export import load_model
 from rccsnn.report import cost_report
-from rccsnn.sweep import collect_results, load_sweep, run_sweep, write_results
+from rccsnn.sweep import collect_results
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "checkpoints" / "digits_convsnn.pt"
@@ -56,14 +56,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out = Path(args.out or Path("runs") / "benchmarks"
                    / (f"energy-{Path(args.model).stem}" + ("-quick" if args.quick else "")))
-        out.mkdir(parents=True, exist_ok=True)
         doc = {"name": "energy", "base": {"model": str(Path(args.model).resolve()), "optim": {"epochs": args.epochs}},
                "grid": {"resource": list(RESOURCES), "budget": args.budgets, "seed": list(range(args.seeds))}}
-        sweep_file = out / "energy.yaml"
-        sweep_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-        sweep = load_sweep(sweep_file, out=out)
-        outcome = run_sweep(sweep, jobs=args.jobs, progress=not args.no_progress)
-        write_results(sweep)
+        sweep, outcome = run_grid(doc, out, args.jobs, not args.no_progress)
         dense = measure(args.model)
         rows: List[str] = []
         for r in collect_results(sweep):
@@ -93,11 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         *rows,
     ]
     report = "\n".join(lines) + "\n"
-    (out / "energy.md").write_text(report)
-    print(report)
-    if outcome.failed:
-        print(f"{len(outcome.failed)} run(s) failed: see {out}/results.md", file=sys.stderr)
-    return 130 if outcome.interrupted else 0
+    return publish(report, out / "energy.md", outcome)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from benchsweep import publish, run_grid
 from rccsnn.errors import UserError
-from rccsnn.sweep import collect_results, load_sweep, run_sweep, write_results
+from rccsnn.sweep import collect_results
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "checkpoints" / "digits_convsnn.pt"
@@ -129,12 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    / (f"quality-{Path(args.model).stem}" + ("-quick" if args.quick else "")))
         doc = sweep_document(str(Path(args.model).resolve()), args.budgets, args.seeds, args.epochs,
                              parse_set(args.set))
-        out.mkdir(parents=True, exist_ok=True)
-        sweep_file = out / "quality.yaml"
-        sweep_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-        sweep = load_sweep(sweep_file, out=out)
-        outcome = run_sweep(sweep, jobs=args.jobs, progress=not args.no_progress)
-        write_results(sweep)
+        sweep, outcome = run_grid(doc, out, args.jobs, not args.no_progress)
         text, verdicts = table(collect_results(sweep), args.budgets)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -142,11 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     header = (f"Test accuracy (%) of {Path(args.model).name}, mean ± std over {args.seeds} seed(s), "
               f"{args.epochs} epochs per run; params budget (fraction of the weights kept).")
     report = "\n".join([header, "", text, "", *[f"* {v}" for v in verdicts]]) + "\n"
-    (out / "quality.md").write_text(report)
-    print(report)
-    if outcome.failed:
-        print(f"{len(outcome.failed)} run(s) failed: see {out}/results.md", file=sys.stderr)
-    return 130 if outcome.interrupted else 0
+    return publish(report, out / "quality.md", outcome)
 
 
 if __name__ == "__main__":

@@ -260,16 +260,21 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_sum(tensor: Tensor) -> Tensor:
-    """Elementwise sum over processes (a new tensor on ``tensor``'s device; ``tensor`` itself without a group)."""
+def _all_reduce(tensor: Tensor, op: "dist.ReduceOp") -> Tensor:
+    """``op`` over processes, elementwise (a new tensor on ``tensor``'s device; ``tensor`` itself without a group)."""
     if not active():
         return tensor
     buf = tensor.detach().to(_comm_device(), copy=True)
     try:
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        dist.all_reduce(buf, op=op)
     except RuntimeError as exc:
         raise _lost(exc) from None
     return buf.to(tensor.device)
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Elementwise sum over processes."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_mean(tensor: Tensor) -> Tensor:
@@ -288,14 +293,7 @@ def any_process(value: int) -> int:
 
 def all_reduce_max(tensor: Tensor) -> Tensor:
     """Elementwise maximum over processes."""
-    if not active():
-        return tensor
-    buf = tensor.detach().to(_comm_device(), copy=True)
-    try:
-        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
-    except RuntimeError as exc:
-        raise _lost(exc) from None
-    return buf.to(tensor.device)
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
