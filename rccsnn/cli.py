@@ -318,17 +318,23 @@ def load_data_for(args: argparse.Namespace, loaded):
                      path=args.data_path)
 
 
+def model_and_data(args: argparse.Namespace):
+    """The model file and its data set, with the model's encoding checked (what evaluate and report measure on)."""
+    from rccsnn.snn import ENCODERS
+
+    loaded = load_model_file(args)
+    ENCODERS.get(loaded.spec.encoding)
+    return loaded, load_data_for(args, loaded)
+
+
 @command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rccsnn.monitor import format_table
     from rccsnn.report import measure
-    from rccsnn.snn import ENCODERS
     from rccsnn.trainer import resolve_device
 
     single_process_only("evaluate")
-    loaded = load_model_file(args)
-    ENCODERS.get(loaded.spec.encoding)
-    data = load_data_for(args, loaded)
+    loaded, data = model_and_data(args)
     result = measure(loaded, data, args.split, resolve_device(args.device), batch_size=args.batch_size)
     rows = [[k, v] for k, v in result.items() if k != "firing_rates"]
     print(format_table(["metric", "value"], rows))
@@ -462,13 +468,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from rccsnn.export import compact_tensor_bytes, is_compact_file
     from rccsnn.report import cost_report, report_table
-    from rccsnn.snn import ENCODERS
     from rccsnn.trainer import resolve_device
 
     single_process_only("report")
-    loaded = load_model_file(args)
-    ENCODERS.get(loaded.spec.encoding)
-    data = load_data_for(args, loaded)
+    loaded, data = model_and_data(args)
     stored = compact_tensor_bytes(args.model_file) if is_compact_file(args.model_file) else None
     result = cost_report(loaded, data, args.split, resolve_device(args.device), batch_size=args.batch_size,
                          file=args.model_file, stored_bytes=stored)
