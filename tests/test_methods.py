@@ -458,6 +458,17 @@ def test_landing_with_two_constraints_stops_where_the_later_one_first_holds():
     assert float(landed[0] / new[0]) == pytest.approx(float(landed[1] / new[1]))  # along the step's direction
 
 
+def test_a_target_with_nothing_kept_has_its_own_threshold_as_marginal_value():
+    targets = two_layers()
+    engine = engine_for(targets, 0.5)  # layerwise
+    cands = engine._candidates([None, None])
+    thr = [float(cands[0].median()), float(cands[1].max())]  # the second target: every weight pruned
+    S, v = engine._penalty(cands, thr)
+    assert float(v[1]) == pytest.approx(thr[1])
+    assert float(v[0]) == float(cands[0][cands[0] > thr[0]].min())
+    assert float(S[1]) == pytest.approx(float(cands[1].sum()), rel=1e-6)
+
+
 def test_sample_size_must_not_be_negative():
     with pytest.raises(UserError, match="sample_size"):
         Minimax(sample_size=-1)

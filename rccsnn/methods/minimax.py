@@ -73,12 +73,11 @@ class MinimaxEngine:
         s_rate: the most any s may move per phase (a trust region: 2 means 0 -> 1 takes half the phase).
         sample_size: candidates per target (per network for ``global``) above which thresholds are sampled;
             0 ranks every weight on every step.
-        seed: seeds the samples (with the step count).
     """
 
     def __init__(self, targets: Sequence[Target], num_constraints: int, *, allocation: str, steps: int,
                  lr_s: float, lr_y: float, lr_z: float, y0: float, z0: float, s_max: float,
-                 normalize: str = "layer", s_rate: float = 2.0, sample_size: int = 2 ** 14, seed: int = 0) -> None:
+                 normalize: str = "layer", s_rate: float = 2.0, sample_size: int = 2 ** 14) -> None:
         self.targets = list(targets)
         self.allocation = allocation
         self.n = torch.tensor([t.n for t in targets], dtype=torch.float64)
@@ -91,7 +90,7 @@ class MinimaxEngine:
         self.lr_s, self.lr_y, self.lr_z = lr_s / P, lr_y / P, lr_z / P
         self.max_ds = s_rate / P
         self.s_max = s_max
-        self.sample_size, self.seed = int(sample_size), int(seed)
+        self.sample_size = int(sample_size)
         self.t = 0  # engine steps taken: seeds the sample
         with torch.no_grad():
             sq = [t.weight.detach().double().pow(2) for t in targets]
@@ -128,7 +127,7 @@ class MinimaxEngine:
         out: List[Optional[Tensor]] = [None] * len(self.targets)
         if exact or self.sample_size <= 0:
             return out
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.t)
+        g = torch.Generator().manual_seed(self.t)
         for group in self._groups():
             size = float(self.n[group].sum())
             if size <= self.sample_size:
@@ -172,10 +171,12 @@ class MinimaxEngine:
             mins.append(torch.where(below, torch.inf, c).min())
         out = torch.stack(sums + mins).double().cpu()  # one host sync
         S, v = out[: len(cands)], out[len(cands):]
-        if self.allocation == "global":
-            v = v.min().reshape(1)
-        # Everything pruned: the marginal value is the largest pruned one (the weight that would be kept next).
-        return S, torch.where(torch.isinf(v), torch.tensor(max(thr) if thr else 0.0, dtype=torch.float64), v)
+        fallback = torch.tensor(thr, dtype=torch.float64)
+        if self.allocation == "global":  # the smallest kept value of any target; one threshold for all
+            v, fallback = v.min().reshape(1), fallback[:1]
+        # Nothing kept (in the candidates): the marginal value is the threshold, the largest pruned value, of that
+        # ranking itself (not of another target's).
+        return S, torch.where(torch.isinf(v), fallback, v)
 
     def _buffer(self, t: Target) -> Tensor:
         """A scratch tensor of the target's shape (one buffer, reused: sized for the largest target)."""
