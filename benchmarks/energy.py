@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from benchsweep import publish, run_grid
-from rccsnn.data import load_data
+from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.export import load_model
 from rccsnn.report import cost_report
@@ -32,10 +32,9 @@ RESOURCES = ("params", "synops")
 COLUMNS = ("nonzero", "macs", "synops", "energy_pj_fp32")
 
 
-def measure(path: str) -> Dict[str, float]:
-    """Test accuracy and the totals of :func:`cost_report` (all conv/linear layers) of one model file."""
+def measure(path: str, data: DataSplits) -> Dict[str, float]:
+    """Test accuracy and the totals of :func:`cost_report` (all conv/linear layers) of one model file on ``data``."""
     loaded = load_model(path)
-    data = load_data(loaded.spec.data)
     report = cost_report(loaded, data, "test", torch.device("cpu"))
     return {"accuracy": report["accuracy"], **{k: float(report["total"][k]) for k in COLUMNS}}
 
@@ -59,12 +58,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         doc = {"name": "energy", "base": {"model": str(Path(args.model).resolve()), "optim": {"epochs": args.epochs}},
                "grid": {"resource": list(RESOURCES), "budget": args.budgets, "seed": list(range(args.seeds))}}
         sweep, outcome = run_grid(doc, out, args.jobs, not args.no_progress)
-        dense = measure(args.model)
+        data = load_data(load_model(args.model).spec.data)  # once: every compressed model keeps the dense one's
+        dense = measure(args.model, data)
         rows: List[str] = []
         for r in collect_results(sweep):
             if r["status"] != "ok":
                 continue
-            m = measure(str(Path(r["run_dir"]) / "model.pt"))
+            m = measure(str(Path(r["run_dir"]) / "model.pt"), data)
             ratios = " | ".join(f"{m[k] / dense[k]:.4f}" for k in COLUMNS)
             budget = float(r["budget_" + r["resource"]])
             held = float(r["ratio_" + r["resource"]])

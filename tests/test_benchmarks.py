@@ -22,6 +22,13 @@ def run_benchmark(name: str, *args: str, timeout: int = 600) -> subprocess.Compl
                           timeout=timeout, cwd=REPO_ROOT)
 
 
+def run_quick(name: str, out: Path) -> str:
+    """Run ``benchmarks/NAME.py --quick`` into ``out``; its report file's text."""
+    proc = run_benchmark(f"{name}.py", "--quick", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return (out / f"{name}.md").read_text()
+
+
 def table_rows(text: str, first_cell: str):
     """Cells of the markdown rows whose first cell matches the regex ``first_cell``."""
     rows = []
@@ -53,9 +60,7 @@ def test_overhead_exit_code_says_whether_the_limit_holds():
 @pytest.mark.slow
 def test_quality_quick_tables_the_runs_it_made(tmp_path):
     out = tmp_path / "quality"
-    proc = run_benchmark("quality.py", "--quick", "--out", str(out), "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    text = (out / "quality.md").read_text()
+    text = run_quick("quality", out)
     rows = {float(r[0]): r for r in table_rows(text, r"0\.\d+")}
     assert sorted(rows) == [0.01, 0.05]
     labels = ["joint", "sequential", "magnitude", "gmp"]
@@ -75,10 +80,7 @@ def test_quality_quick_tables_the_runs_it_made(tmp_path):
 
 @pytest.mark.slow
 def test_energy_quick_compares_a_params_and_a_synops_budget(tmp_path):
-    out = tmp_path / "energy"
-    proc = run_benchmark("energy.py", "--quick", "--out", str(out), "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    text = (out / "energy.md").read_text()
+    text = run_quick("energy", tmp_path / "energy")
     rows = {r[0]: r for r in table_rows(text, r"(params|synops) 0\.05")}
     assert sorted(rows) == ["params 0.05", "synops 0.05"]
     for cells in rows.values():
