@@ -148,14 +148,27 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+#: What a value of each annotated type looks like in YAML, for the error of a Union that takes none of them.
+_KINDS = {str: "a string", float: "a number", int: "an integer", bool: "true or false", list: "a list",
+          List: "a list", collections.abc.Sequence: "a list", dict: "a mapping", Dict: "a mapping"}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
     origin = typing.get_origin(tp)
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
+        if value is None and len(args) < len(typing.get_args(tp)):
             return None
-        return _coerce(value, args[0], key)
+        if len(args) == 1:
+            return _coerce(value, args[0], key)
+        for arg in args:  # e.g. Union[str, Sequence[float]]: the first that takes the value
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                pass
+        kinds = " or ".join(_KINDS.get(typing.get_origin(a) or a, _type_name(a)) for a in args)
+        raise UserError(f"'{key}' must be {kinds}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"'{key}' must be a mapping, got {value!r}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence, Union
 
 import pytest
 
@@ -15,6 +16,7 @@ from rccsnn.config import (
     parse_assignment,
     read_yaml,
     set_path,
+    typed_kwargs,
     write_yaml,
 )
 from rccsnn.errors import UserError
@@ -82,6 +84,22 @@ def test_wrong_types_are_named(data, message):
     with pytest.raises(UserError) as err:
         from_dict(TrainConfig, data)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ([0.5, 1], [0.5, 1.0]), ((), [])])
+def test_a_union_option_takes_the_first_type_that_fits(value, expected):
+    def method(nodes: Union[str, Sequence[float]] = "auto") -> None: ...
+
+    assert typed_kwargs(method, {"nodes": value}, "method.options.") == {"nodes": expected}
+
+
+@pytest.mark.parametrize("value", [3, None, ["x"], {"a": 1}])
+def test_a_union_option_names_every_type_it_takes(value):
+    def method(nodes: Union[str, Sequence[float]] = "auto") -> None: ...
+
+    with pytest.raises(UserError) as err:
+        typed_kwargs(method, {"nodes": value}, "method.options.")
+    assert str(err.value) == f"'method.options.nodes' must be a string or a list, got {value!r}"
 
 
 # ------------------------------------------------------------------------------------------------ YAML

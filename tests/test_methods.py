@@ -21,7 +21,7 @@ from rccsnn.methods import METHODS, Constraint
 from rccsnn.methods.base import kept_counts, project, resource_values
 from rccsnn.methods.gmp import GMP, cubic_budget
 from rccsnn.methods.magnitude import Magnitude
-from rccsnn.methods.minimax import Minimax, MinimaxEngine
+from rccsnn.methods.minimax import Minimax, MinimaxEngine, auto_nodes
 from rccsnn.resources import LayerStats, MACs, Params, SynOps
 
 f64 = torch.float64
@@ -661,10 +661,13 @@ def test_joint_keeps_the_task_gradient():
     "kwargs, needle",
     [
         (dict(allocation="uniform"), "unknown allocation 'uniform'"),
-        (dict(nodes=[0.1, 0.2]), "nodes must be decreasing"),
-        (dict(nodes=[0.0]), "nodes must be decreasing fractions in (0, 1]"),
-        (dict(nodes=[1.5, 0.5]), "nodes must be decreasing fractions in (0, 1]"),
-        (dict(nodes=[-0.1]), "nodes must be decreasing"),
+        (dict(nodes=[0.1, 0.2]), "nodes must be 'auto' or decreasing"),
+        (dict(nodes=[0.0]), "nodes must be 'auto' or decreasing fractions in (0, 1]"),
+        (dict(nodes=[1.5, 0.5]), "nodes must be 'auto' or decreasing fractions in (0, 1]"),
+        (dict(nodes=[-0.1]), "nodes must be 'auto' or decreasing"),
+        (dict(nodes="staged"), "nodes must be 'auto' or a list of decreasing fractions in (0, 1], got 'staged'"),
+        (dict(nodes=0.5), "nodes must be 'auto' or decreasing fractions in (0, 1], got 0.5"),
+        (dict(nodes=["a"]), "nodes must be 'auto' or decreasing"),
         (dict(normalize="batch"), "unknown normalize 'batch'"),
         (dict(schedule="alternating"), "unknown schedule 'alternating'"),
     ],
@@ -684,6 +687,33 @@ def test_other_methods_reject_an_unknown_schedule(name):
 
 def test_good_nodes_are_accepted():
     assert Minimax(nodes=[0.25, 0.12, 0.05]).nodes == [0.25, 0.12, 0.05]
+
+
+@pytest.mark.parametrize("budget, nodes", [(0.01, [0.05, 0.02]), (0.3, [0.6]), (0.5, []), (1.0, [])])
+def test_auto_nodes_are_five_and_two_times_the_budget_below_dense(budget, nodes):
+    assert auto_nodes(budget) == pytest.approx(nodes)
+
+
+def test_minimax_stages_by_default_at_the_auto_nodes_of_the_tightest_budget():
+    targets = [masked_linears(torch.randn(40, 50, dtype=f64))[0]]
+    method = bound(Minimax(node_fraction=0.05), targets, {"params": 0.04, "macs": 0.5})
+    trainer = StubTrainer(total_steps=400)
+    method.setup(trainer)
+    assert method.nodes == pytest.approx([0.2, 0.08])  # from the tightest budget (0.04), not the MACs one
+    frozen_at = drive(method, trainer, 400)
+    reached = [e for e in method.events if e.startswith("reached node")]
+    assert [e.split()[2] for e in reached] == ["0.2", "0.08"]
+    assert frozen_at is not None and method.projected == 0 and method.feasible()
+    assert float(kept_counts(targets)[0]) <= 0.04 * 2000
+
+
+def test_minimax_empty_nodes_go_straight_to_the_budget():
+    targets = [masked_linears(torch.randn(40, 50, dtype=f64))[0]]
+    method = bound(Minimax(nodes=[]), targets, {"params": 0.04})
+    trainer = StubTrainer(total_steps=400)
+    method.setup(trainer)
+    assert drive(method, trainer, 400) is not None and method.feasible()
+    assert not any(e.startswith("reached node") for e in method.events)
 
 
 @pytest.mark.parametrize("resource", ["synops", "macs"])
