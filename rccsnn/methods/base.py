@@ -101,7 +101,7 @@ def resource_values(costs: Tensor, dense: Tensor, kept: Tensor) -> Tensor:
 
 @torch.no_grad()
 def project(targets: Sequence[Target], costs: Tensor, limits: Sequence[float],
-            scale: Optional[Tensor] = None) -> int:
+            scale: Optional[Tensor] = None, floors: Optional[Sequence[int]] = None) -> int:
     """Prune further, lowest ``w^2 / (scale_l * c_jl)`` first, until every ``sum_l c_jl kept_l <= limit_j`` on the hard masks.
 
     Exact: for the most violated constraint it sorts the kept weights of the layers that cost something under
@@ -113,6 +113,9 @@ def project(targets: Sequence[Target], costs: Tensor, limits: Sequence[float],
         costs: ``[J, L]`` cost of one kept weight of layer l under resource j.
         limits: ``[J]`` largest allowed cost per inference (budget x dense cost), in each resource's unit.
         scale: ``[L]`` unit of w^2 per layer (default 1: raw magnitudes, as in global magnitude pruning).
+        floors: ``[L]`` weights each layer keeps (its largest) while the limits can be met otherwise; when every
+            layer that costs something is at its floor and a limit still fails, the floors are dropped. Without
+            them the cheapest scores are often a whole costly layer, and an empty layer kills the network.
     """
     # The tiny slack keeps float rounding from leaving R a hair above B when measured as a ratio.
     limit = torch.tensor(list(limits), dtype=torch.float64) * (1.0 - 1e-12)
@@ -130,9 +133,16 @@ def project(targets: Sequence[Target], costs: Tensor, limits: Sequence[float],
                 continue
             idx = torch.nonzero(t.mask.mask.flatten(), as_tuple=False).flatten()
             w2 = t.weight.detach().flatten()[idx].double() ** 2
+            if floors is not None:  # only the weights below the layer's floor are candidates
+                spare = max(len(idx) - int(floors[l]), 0)
+                keep_small = torch.argsort(w2)[:spare]
+                idx, w2 = idx[keep_small], w2[keep_small]
             scores.append(w2 / c)
             cost.append(torch.full_like(w2, float(costs[j, l])))
             where.append((l, idx))
+        if floors is not None and sum(len(x) for x in scores) == 0:
+            floors = None  # every layer is at its floor: the limits come first
+            continue
         order = torch.argsort(torch.cat(scores))
         cum = torch.cumsum(torch.cat(cost)[order], 0)
         cut = min(int(torch.searchsorted(cum, excess[j].item())) + 1, len(order))
@@ -243,13 +253,21 @@ class PruningMethod(CompressionMethod):
         if self.phase != "compress":
             return
         self.compress_step(step)
-        if self.phase == "compress" and step + 1 >= self.compress_steps:
+        if self.phase == "compress" and step + 1 >= self.deadline():
             self.end_compression()
+
+    def floors(self) -> Optional[List[int]]:
+        """``[L]`` weights per target that the projection at the end of the phase keeps if it can (None: no floor)."""
+        return None
+
+    def deadline(self) -> int:
+        """The step count at which the compression phase ends at the latest (``compress_steps``)."""
+        return self.compress_steps
 
     def end_compression(self) -> None:
         """Make the budget hold (projection if needed), freeze the masks and start finetuning."""
         if not self.feasible():
-            pruned = project(self.targets, self.costs(), self.limits().tolist(), self.scale)
+            pruned = project(self.targets, self.costs(), self.limits().tolist(), self.scale, self.floors())
             self.projected += pruned
             self.say(f"compression phase ended before the budget held; projection pruned {pruned} more weights")
         self.freeze()
@@ -314,7 +332,7 @@ class PruningMethod(CompressionMethod):
             if all(c.resource.absolute(self.targets, stats) / c.dense <= c.budget for c in self.constraints):
                 return
             # Masks count kept weights that may be zero, measurement counts nonzeros: this always prunes.
-            pruned = project(self.targets, self.costs(), self.limits().tolist(), self.scale)
+            pruned = project(self.targets, self.costs(), self.limits().tolist(), self.scale, self.floors())
             if pruned == 0:
                 raise RuntimeError("budget exceeded on measurement but the projection found nothing to prune")
             self.projected += pruned

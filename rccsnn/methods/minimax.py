@@ -228,7 +228,8 @@ class MinimaxEngine:
 
     # ------------------------------------------------------------------------------------------- the step
     @torch.no_grad()
-    def step(self, costs: Tensor, dense: Tensor, budgets: Tensor, lr_w: float) -> Dict[str, float]:
+    def step(self, costs: Tensor, dense: Tensor, budgets: Tensor, lr_w: float,
+             final: Optional[Tensor] = None) -> Dict[str, float]:
         """Steps 2-5 of METHOD.md after the optimizer step.
 
         The pruned set of steps 2 and 4 is the current masks' (the set the forward pass of this step masked): S
@@ -237,8 +238,9 @@ class MinimaxEngine:
         Args:
             costs: ``[J, L]`` cost of one kept weight per target and resource.
             dense: ``[J]`` the dense model's cost per resource (the normaliser of R).
-            budgets: ``[J]`` fractions of dense.
+            budgets: ``[J]`` fractions of dense (of the current stage, where there are nodes).
             lr_w: the weights' current step size.
+            final: ``[J]`` the run's budgets (default ``budgets``), the unit of the violation in the z-ascent.
         """
         picks = self._draw(exact=False)
         S, v = self._penalty(self._candidates(picks), self.thr)
@@ -261,8 +263,11 @@ class MinimaxEngine:
         self.penalty = float(S.sum()) / self.N
         self.y = max(0.0, self.y + self.lr_y * self.penalty)
         # The violation enters relative to the budget, (R - B) / B, so that the dual's speed does not depend on
-        # how small the budget is (R - B is tiny in absolute terms near a budget of 0.5 %).
-        self.z = (self.z + self.lr_z * (R - budgets) / budgets).clamp_min(0.0)
+        # how small the budget is (R - B is tiny in absolute terms near a budget of 0.5 %). Relative to the *final*
+        # budget even at a node: relative to the node's, z would grow several times slower on the way to each
+        # node than without nodes and reach the last one with a dual too small to finish the descent in time.
+        unit = budgets if final is None else final
+        self.z = (self.z + self.lr_z * (R - budgets) / unit).clamp_min(0.0)
         # 5. masks from the new s and the shrunk W; exact on the step that lands on the budget, so the masks
         # that freeze hold exactly what s says.
         landing = bool((self._resources(self.s, costs, dense) <= budgets).all())
@@ -343,7 +348,7 @@ class Minimax(PruningMethod):
         nodes: intermediate budgets (fractions, decreasing, e.g. [0.25, 0.12]); at each the masks are held for
             ``node_fraction`` of the compression phase while the weights finetune. ``auto`` (the default):
             ``AUTO_NODES`` times the tightest budget, those below 1 (0.05 and 0.02 for a 1 % budget); ``[]``: none.
-        node_fraction: share of the compression phase spent at each node.
+        node_fraction: share of the compression phase spent at each node (added to the phase: see :meth:`deadline`).
         normalize: unit of w^2 per target: ``layer`` (its own mean square) or ``global`` (one unit for all).
         sample_size: candidates per ranking above which thresholds come from a random sample (see
             :class:`MinimaxEngine`); 0 ranks every weight on every step.
@@ -386,7 +391,8 @@ class Minimax(PruningMethod):
         self.nodes: List[float] = [] if self.nodes_auto else [float(b) for b in nodes]
         self.node_fraction = node_fraction
         self.stage = 0
-        self.hold = 0
+        self.hold = 0  # steps left of the current hold at a node
+        self.paused = 0  # steps of all holds so far (they extend the compression phase, see deadline())
 
     def check(self, constraints) -> None:
         if self.allocation == "global" and any(c.resource.name != "params" for c in constraints):
@@ -407,6 +413,16 @@ class Minimax(PruningMethod):
         self.engine.set_masks()
         self.scale = self.engine.scale
 
+    def floors(self) -> List[int]:
+        """The engine's own limit (``s_max``) as the projection's floor: if the phase ends before the budget holds,
+        it prunes the other layers before it empties one."""
+        return [math.ceil((1.0 - self.engine.s_max) * t.n - 1e-9) for t in self.targets]
+
+    def deadline(self) -> int:
+        """A hold at a node stops the compression clock: the descent keeps all of ``compress_steps`` (the rates are
+        per ``compress_steps``), the holds come on top, out of the finetuning phase, and never past the run's end."""
+        return min(self.compress_steps + self.paused, self.trainer.total_steps)
+
     def stage_budgets(self) -> torch.Tensor:
         """Budgets of the current stage: the node where one is pending, never below the final budgets."""
         if self.stage < len(self.nodes):
@@ -421,7 +437,7 @@ class Minimax(PruningMethod):
             return
         budgets = self.stage_budgets()
         costs = self.costs()
-        self.last = self.engine.step(costs, self.dense, budgets, self.trainer.lr)
+        self.last = self.engine.step(costs, self.dense, budgets, self.trainer.lr, final=self.budgets)
         # The engine counted the kept weights when it wrote the masks (no second pass over them here). Masks from
         # a sampled threshold may fall under the budget by chance; only exact masks (the landing step's) freeze,
         # so the frozen masks hold what s says rather than a sampling error below it.
@@ -433,6 +449,7 @@ class Minimax(PruningMethod):
         self.say(f"reached node {self.nodes[self.stage]:g} at step {step + 1}: " + self.describe())
         self.stage += 1
         self.hold = max(int(self.node_fraction * self.compress_steps), 1)
+        self.paused += self.hold
         apply_masks(self.targets)
         set_straight_through(self.targets, False)
 
@@ -455,11 +472,13 @@ class Minimax(PruningMethod):
         return out
 
     def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "engine": self.engine.state_dict(), "stage": self.stage, "hold": self.hold}
+        return {**super().state_dict(), "engine": self.engine.state_dict(), "stage": self.stage, "hold": self.hold,
+                "paused": self.paused}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.engine.load_state_dict(state["engine"])
         self.stage, self.hold = state["stage"], state["hold"]
+        self.paused = state.get("paused", 0)  # absent in a state.pt of an older version, which had no pause
         if self.hold > 0:
             set_straight_through(self.targets, False)
