@@ -81,11 +81,12 @@ class Stepper:
 
 
 def minimax_for(net: nn.Module, targets, stats: LayerStats, resource: str, budget: float) -> Minimax:
-    """A bound minimax method in its compression phase (a long phase, so its masks never freeze here)."""
+    """A bound minimax method in its compression phase (a long phase, so its masks never freeze here; no nodes,
+    so that every step timed is an engine step, not a hold)."""
     model = RESOURCES.create(resource)
     dense = float((model.coefficients(targets, stats) * torch.tensor([t.n for t in targets],
                                                                       dtype=torch.float64)).sum())
-    method = Minimax(schedule="joint", compress_fraction=1.0)
+    method = Minimax(schedule="joint", compress_fraction=1.0, nodes=[])
     method.bind(targets, [Constraint(resource=model, budget=budget, dense=dense)], stats, lambda: stats)
     trainer = SimpleNamespace(total_steps=10_000, step=0, lr=1e-3, restart_schedule=lambda steps: None)
     method.setup(trainer)

@@ -82,6 +82,21 @@ def test_project_does_nothing_when_the_limits_hold():
     assert masks(targets) == [[1, 1, 1, 1], [1, 1, 1, 1]]
 
 
+def test_project_keeps_the_floors_while_it_can_then_drops_them():
+    targets = masked_linears(A, B)
+    costs = torch.tensor([[4.0, 1.0]], dtype=f64)
+    # Floors 3 and 1 leave A[0] (cost 4) and B's three smallest (cost 1 each) as candidates: 7 < the excess 7.5, so
+    # all four go; then every layer is at its floor and the limit still fails, so the floors drop and the smallest
+    # score left, A[2] (.1024 / 4), goes too.
+    assert project(targets, costs, [12.5], floors=[3, 1]) == 5
+    assert masks(targets) == [[0, 1, 0, 1], [1, 0, 0, 0]]
+    targets = masked_linears(A, B)
+    # Floors that leave enough: without them A would keep 1 and B 2 (the five smallest squares go); with A's floor
+    # of 2, A loses only its two smallest and B's 0.49 goes instead of A's 0.25.
+    assert project(targets, torch.tensor([[1.0, 1.0]], dtype=f64), [3.5], floors=[2, 0]) == 5
+    assert masks(targets) == [[0, 1, 0, 1], [1, 0, 0, 0]]
+
+
 def test_project_never_unprunes():
     targets = masked_linears(A, B)
     targets[0].mask.mask.view(-1)[3] = 0.0  # the largest weight, already pruned
@@ -705,6 +720,47 @@ def test_minimax_stages_by_default_at_the_auto_nodes_of_the_tightest_budget():
     assert [e.split()[2] for e in reached] == ["0.2", "0.08"]
     assert frozen_at is not None and method.projected == 0 and method.feasible()
     assert float(kept_counts(targets)[0]) <= 0.04 * 2000
+
+
+def test_minimax_holds_at_nodes_extend_the_compression_phase():
+    targets = toy_layer()
+    # Holding half the phase at 0.6 leaves the descent to 0.3 too few of the 50 phase steps; the hold is added to
+    # the phase (deadline 75), so the budget is reached by the engine, not by the projection at step 50.
+    method = bound(Minimax(nodes=[0.6], node_fraction=0.5, s_rate=1.0), targets, {"params": 0.3})
+    trainer = StubTrainer(total_steps=100)
+    method.setup(trainer)
+    assert method.deadline() == 50
+    frozen_at = drive(method, trainer, 100)
+    assert any(e.startswith("reached node 0.6") for e in method.events)
+    assert method.paused == 25 and method.deadline() == 75
+    assert 50 <= frozen_at < 75 and method.projected == 0
+    assert float(kept_counts(targets)[0]) <= 30
+
+
+def test_minimax_deadline_never_passes_the_end_of_the_run():
+    method = bound(Minimax(nodes=[0.6], compress_fraction=1.0), toy_layer(), {"params": 0.3})
+    method.setup(StubTrainer(total_steps=100))
+    method.paused = 10
+    assert method.deadline() == 100
+
+
+def test_minimax_projection_floors_are_the_engines_s_max():
+    targets = two_layers()
+    method = bound(Minimax(min_density=0.5), targets, {"params": 0.1})
+    method.setup(StubTrainer(total_steps=100))
+    assert method.floors() == [math.ceil(0.05 * t.n) for t in targets]
+
+
+def test_z_ascends_by_the_violation_relative_to_the_final_budget_at_a_node():
+    grads = []
+    for final in (None, torch.tensor([0.1], dtype=f64)):
+        targets = toy_layer()
+        engine = engine_for(targets, 0.1, lr_s=0.0)  # s stays 0: R = 1 on both steps
+        engine.step(torch.ones(1, 1, dtype=f64), torch.tensor([100.0], dtype=f64), torch.tensor([0.5], dtype=f64),
+                    0.01, final=final)
+        grads.append(float(engine.z[0]) - 1.0)
+    assert grads[0] == pytest.approx(20.0 / 50 * (1 - 0.5) / 0.5)
+    assert grads[1] == pytest.approx(20.0 / 50 * (1 - 0.5) / 0.1)
 
 
 def test_minimax_empty_nodes_go_straight_to_the_budget():
