@@ -257,7 +257,8 @@ class PruningMethod(CompressionMethod):
             self.end_compression()
 
     def floors(self) -> Optional[List[int]]:
-        """``[L]`` weights per target that the projection at the end of the phase keeps if it can (None: no floor)."""
+        """``[L]`` weights per target that the projections (at the end of the phase and in the guarantee rounds of
+        :meth:`finalize`) keep while they can meet the limits otherwise (None: no floor)."""
         return None
 
     def deadline(self) -> int:

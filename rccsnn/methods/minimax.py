@@ -414,8 +414,8 @@ class Minimax(PruningMethod):
         self.scale = self.engine.scale
 
     def floors(self) -> List[int]:
-        """The engine's own limit (``s_max``) as the projection's floor: if the phase ends before the budget holds,
-        it prunes the other layers before it empties one."""
+        """The engine's own limit (``s_max``) as the projections' floor: if the phase ends before the budget holds,
+        or a data-dependent budget fails on the final measurement, they prune the other layers before emptying one."""
         return [math.ceil((1.0 - self.engine.s_max) * t.n - 1e-9) for t in self.targets]
 
     def deadline(self) -> int:
