@@ -732,7 +732,7 @@ def test_minimax_holds_at_nodes_extend_the_compression_phase():
     assert method.deadline() == 50
     frozen_at = drive(method, trainer, 100)
     assert any(e.startswith("reached node 0.6") for e in method.events)
-    assert method.paused == 25 and method.deadline() == 75
+    assert method.hold_steps() == 25 and method.deadline() == 75
     assert 50 <= frozen_at < 75 and method.projected == 0
     assert float(kept_counts(targets)[0]) <= 30
 
@@ -740,7 +740,7 @@ def test_minimax_holds_at_nodes_extend_the_compression_phase():
 def test_minimax_deadline_never_passes_the_end_of_the_run():
     method = bound(Minimax(nodes=[0.6], compress_fraction=1.0), toy_layer(), {"params": 0.3})
     method.setup(StubTrainer(total_steps=100))
-    method.paused = 10
+    method.stage = 1  # one hold of 10 steps taken
     assert method.deadline() == 100
 
 

@@ -392,7 +392,6 @@ class Minimax(PruningMethod):
         self.node_fraction = node_fraction
         self.stage = 0
         self.hold = 0  # steps left of the current hold at a node
-        self.paused = 0  # steps of all holds so far (they extend the compression phase, see deadline())
 
     def check(self, constraints) -> None:
         if self.allocation == "global" and any(c.resource.name != "params" for c in constraints):
@@ -421,7 +420,11 @@ class Minimax(PruningMethod):
     def deadline(self) -> int:
         """A hold at a node stops the compression clock: the descent keeps all of ``compress_steps`` (the rates are
         per ``compress_steps``), the holds come on top, out of the finetuning phase, and never past the run's end."""
-        return min(self.compress_steps + self.paused, self.trainer.total_steps)
+        return min(self.compress_steps + self.stage * self.hold_steps(), self.trainer.total_steps)
+
+    def hold_steps(self) -> int:
+        """Steps of one hold at a node (every node reached so far has started one: ``stage`` of them)."""
+        return max(int(self.node_fraction * self.compress_steps), 1)
 
     def stage_budgets(self) -> torch.Tensor:
         """Budgets of the current stage: the node where one is pending, never below the final budgets."""
@@ -448,8 +451,7 @@ class Minimax(PruningMethod):
             return
         self.say(f"reached node {self.nodes[self.stage]:g} at step {step + 1}: " + self.describe())
         self.stage += 1
-        self.hold = max(int(self.node_fraction * self.compress_steps), 1)
-        self.paused += self.hold
+        self.hold = self.hold_steps()
         apply_masks(self.targets)
         set_straight_through(self.targets, False)
 
@@ -472,13 +474,11 @@ class Minimax(PruningMethod):
         return out
 
     def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "engine": self.engine.state_dict(), "stage": self.stage, "hold": self.hold,
-                "paused": self.paused}
+        return {**super().state_dict(), "engine": self.engine.state_dict(), "stage": self.stage, "hold": self.hold}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.engine.load_state_dict(state["engine"])
         self.stage, self.hold = state["stage"], state["hold"]
-        self.paused = state.get("paused", 0)  # absent in a state.pt of an older version, which had no pause
         if self.hold > 0:
             set_straight_through(self.targets, False)
