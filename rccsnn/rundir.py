@@ -4,13 +4,67 @@ from __future__ import annotations
 import errno
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rccsnn.errors import UserError
 
+
+@dataclass(frozen=True)
+class RunDir:
+    """The one layout of a run directory: every file name a run, a sweep point or a benchmark reads or writes.
+
+    Example::
+
+        run = RunDir("runs/compress/x")
+        run.model      # runs/compress/x/model.pt
+    """
+
+    root: Path
+
+    def __init__(self, root: "str | Path") -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    STATE = "state.pt"      # resume state, rewritten atomically after every epoch
+    MODEL = "model.pt"      # the run's model (masks baked), the checkpoint format
+    SUMMARY = "summary.json"  # what the run produced; its presence marks a finished run
+    CONFIG = "config.yaml"  # the resolved settings
+    POINT = "point.yaml"    # a sweep point's settings (input of the run)
+    LOG = "log.txt"         # a sweep point's console output
+    ERROR = "error.txt"     # a failed sweep point's last line
+
+    @property
+    def state(self) -> Path:
+        return self.root / self.STATE
+
+    @property
+    def model(self) -> Path:
+        return self.root / self.MODEL
+
+    @property
+    def summary(self) -> Path:
+        return self.root / self.SUMMARY
+
+    @property
+    def config(self) -> Path:
+        return self.root / self.CONFIG
+
+    @property
+    def point(self) -> Path:
+        return self.root / self.POINT
+
+    @property
+    def log(self) -> Path:
+        return self.root / self.LOG
+
+    @property
+    def error(self) -> Path:
+        return self.root / self.ERROR
+
+
 #: Files a run writes; a fresh run removes these (and only these) from a reused directory.
-RUN_FILES = ("state.pt", "model.pt", "summary.json", "config.yaml")
+RUN_FILES = (RunDir.STATE, RunDir.MODEL, RunDir.SUMMARY, RunDir.CONFIG)
 EVENTS_GLOB = "events.out.tfevents.*"
 
 #: errno values that mean "the disk (or the user's quota) is full".
@@ -54,7 +108,7 @@ def prepare_run_dir(path: str | Path, resume: bool = False) -> Path:
     With ``resume`` the directory must already hold a ``state.pt``; nothing is created when it does not.
     """
     out = Path(path)
-    if resume and not (out / "state.pt").is_file():
+    if resume and not RunDir(out).state.is_file():
         raise UserError(f"nothing to resume in {out}: no state.pt (run the command once without --resume)")
     try:
         out.mkdir(parents=True, exist_ok=True)
