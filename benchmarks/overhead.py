@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rccsnn.masks import attach_masks, find_targets, set_straight_through
-from rccsnn.methods.base import CompressionMethod, Constraint
+from rccsnn.methods.base import CompressionMethod, Constraint, Problem
 from rccsnn.methods.minimax import Minimax, MinimaxEngine
 from rccsnn.models import build_model
 from rccsnn.resources import RESOURCES, LayerStats
@@ -87,7 +87,8 @@ def minimax_for(net: nn.Module, targets, stats: LayerStats, resource: str, budge
     dense = float((model.coefficients(targets, stats) * torch.tensor([t.n for t in targets],
                                                                       dtype=torch.float64)).sum())
     method = Minimax(schedule="joint", compress_fraction=1.0, nodes=[])
-    method.bind(targets, [Constraint(resource=model, budget=budget, dense=dense)], stats, lambda: stats)
+    method.bind(Problem(net=net, targets=targets, constraints=[Constraint(resource=model, budget=budget, dense=dense)],
+                        stats=stats, measure_stats=lambda: stats))
     trainer = SimpleNamespace(total_steps=10_000, step=0, lr=1e-3, restart_schedule=lambda steps: None)
     method.setup(trainer)
     return method

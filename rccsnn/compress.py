@@ -1,6 +1,10 @@
 """``compress()``: the product's one call - a model file and budgets in, a model that fits them out.
 
-    load model -> measure dense -> find targets, attach masks -> Trainer(method) -> bake -> measure -> save
+    load model -> measure dense -> find targets -> method.bind(problem) -> Trainer(method) -> bake -> measure -> save
+
+It asks the method only what :class:`rccsnn.methods.base.CompressionMethod` promises (check, bind, the hooks,
+``name``, ``schedule``, ``events``): pruning attaches its masks in ``bind``, another kind of method its own
+parametrizations; ``bake`` makes whatever parametrizations are left permanent.
 
 Everything a user can get wrong (budgets, names, data that does not fit the model) is checked before the output
 directory is created, so a bad call leaves nothing behind.
@@ -23,8 +27,8 @@ from rccsnn import distributed
 from rccsnn.config import CompressConfig, trainer_options, typed_kwargs, write_yaml
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
-from rccsnn.masks import attach_masks, bake, find_targets
-from rccsnn.methods import METHODS, Constraint, PruningMethod
+from rccsnn.masks import bake, find_targets
+from rccsnn.methods import METHODS, CompressionMethod, Constraint, Problem
 from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
 from rccsnn.monitor import Monitor, format_table
 from rccsnn.rundir import prepare_run_dir, write_error, write_json
@@ -54,11 +58,12 @@ class RunResult:
         return dataclasses.asdict(self)
 
 
-def build_method(cfg: CompressConfig) -> PruningMethod:
+def build_method(cfg: CompressConfig) -> CompressionMethod:
     """The configured method; an option it does not take is a one-line :class:`UserError`."""
     factory = METHODS.get(cfg.method.name)
+    if "schedule" in cfg.method.options:  # it would silently lose to (or fight with) method.schedule
+        raise UserError("method.options.schedule is not a method option; set method.schedule (--schedule) instead")
     options = typed_kwargs(factory, cfg.method.options, "method.options.")
-    options.pop("schedule", None)
     return factory(schedule=cfg.method.schedule, **options)
 
 
@@ -137,8 +142,8 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
         return out
 
     out = distributed.on_main(make_run_dir)
-    attach_masks(targets)
-    method.bind(targets, constraints, dense_stats, stats_now)
+    method.bind(Problem(net=net, targets=targets, constraints=constraints, stats=dense_stats,
+                        measure_stats=stats_now))
 
     main = distributed.is_main()
     monitor = Monitor(out if main else None, progress=progress and main)

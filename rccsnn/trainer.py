@@ -2,7 +2,8 @@
 
 It owns the data loaders, the Adam optimizer and its cosine schedule, the time loop, validation-based model
 selection, TensorBoard logging, and the per-epoch resume state. Compression methods act only through the hooks
-of :class:`rccsnn.methods.base.CompressionMethod`; the Trainer never asks which method runs.
+of :class:`rccsnn.methods.base.CompressionMethod`; the Trainer never asks which method runs, and a method sees it
+only as a :class:`rccsnn.methods.base.TrainingLoop`.
 
 Under torchrun (:mod:`rccsnn.distributed`) the same Trainer runs on every process: ``batch_size`` is the global
 batch, each process takes its share of every batch (:class:`ShardedShuffle`), the training forward goes through
@@ -279,12 +280,14 @@ class Trainer:
             try:
                 counts = simulate(self.train_net, x, self.spec.T, self.spec.encoding)
                 loss = self.loss_fn(counts, y, self.spec.T)
+                extra = self.method.loss_term(self.step)
+                objective = loss if extra is None else loss + extra
                 # Every process takes the same decision: the mean loss is finite only if every process's is.
-                mean_loss = distributed.all_reduce_mean(loss.detach())
+                mean_loss = distributed.all_reduce_mean(objective.detach())
                 if not torch.isfinite(mean_loss):
                     raise self.diverged(f"the loss became {mean_loss.item()} at epoch {epoch + 1}, step {self.step}")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # under DDP this also averages the gradients across processes
+                objective.backward()  # under DDP this also averages the gradients across processes
             except RuntimeError as exc:
                 lost = distributed.as_peer_lost(exc)
                 if lost is exc:

@@ -17,7 +17,7 @@ from torch import nn
 
 from rccsnn.errors import UserError
 from rccsnn.masks import attach_masks, find_targets
-from rccsnn.methods import METHODS, Constraint
+from rccsnn.methods import METHODS, Constraint, Problem
 from rccsnn.methods.base import kept_counts, project, resource_values
 from rccsnn.methods.gmp import GMP, cubic_budget
 from rccsnn.methods.magnitude import Magnitude
@@ -526,7 +526,9 @@ def bound(method, targets, budgets, resources=None, stats=None):
     for name, budget in budgets.items():
         model = (resources or {}).get(name) or {"params": Params(), "macs": MACs(), "synops": SynOps()}[name]
         constraints.append(Constraint(resource=model, budget=budget, dense=model.dense(targets, stats)))
-    method.bind(targets, constraints, stats, lambda: stats)
+    net = nn.ModuleList(t.module for t in targets)
+    method.bind(Problem(net=net, targets=list(targets), constraints=constraints, stats=stats,
+                        measure_stats=lambda: stats))
     return method
 
 

@@ -1,82 +1,65 @@
-"""The hooks a compression method gives the Trainer, and where each is called.
+"""The contract between a compression method, ``compress()`` and the training loop.
 
-One training step, exactly as :class:`rccsnn.trainer.Trainer` runs it::
+A method is handed its problem once (:meth:`CompressionMethod.bind`, a :class:`Problem`: the network, the layers it
+may change, the budgets and how to measure the network), then acts through hooks that the training loop calls at
+fixed points. One training step, exactly as :class:`rccsnn.trainer.Trainer` runs it::
 
     method.before_forward(step)
-    loss = task_loss(simulate(net, x))        # forward with W * M
-    loss.backward()
+    loss = task_loss(simulate(net, x))        # forward with the method's parametrizations (W * M, quantizers...)
+    extra = method.loss_term(step)            # after the forward, before backward: added to the loss if not None
+    (loss + extra).backward()
     method.after_backward(step)               # after loss.backward(), before optimizer.step(): edit gradients
     optimizer.step()
     method.after_step(step)                   # after optimizer.step(): proximal steps, duals, masks
 
-and once per epoch, after validation: ``method.epoch_end(epoch, trainer)``, whose returned scalars are logged.
+and once per epoch, before validation: ``method.epoch_end(epoch, loop)``, whose returned scalars are logged.
 ``method.selectable()`` says whether the current weights may be chosen as the run's best model (a compressed
-model may only be chosen once it satisfies its budget). ``method.finalize(trainer)`` runs after the last epoch.
+model may only be chosen once it satisfies its budget). ``method.finalize(loop)`` runs after the last epoch.
 
-The base class does nothing, which is dense training. The Trainer never asks which method is running.
+A method sees the loop only through :class:`TrainingLoop`, a typed Protocol defined here, on the methods' side:
+methods never import the trainer, and the Trainer never asks which method is running. Pruning
+(:class:`PruningMethod`) is one kind of method; one that decides bit widths, quantizers or the number of time
+steps plugs in the same way. The base class does nothing, which is dense training.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rccsnn.errors import UserError
-from rccsnn.masks import Target, apply_masks, set_straight_through
+from rccsnn.masks import Target, apply_masks, attach_masks, set_straight_through
 from rccsnn.registry import Registry
 from rccsnn.resources import LayerStats, RateTracker, ResourceModel
 
-if TYPE_CHECKING:  # pragma: no cover
-    from rccsnn.trainer import Trainer
-
 METHODS: Registry["CompressionMethod"] = Registry("method")
-
-
-class CompressionMethod:
-    """No-op hooks (dense training); subclasses override what they need."""
-
-    name = "dense"
-
-    def setup(self, trainer: "Trainer") -> None:
-        """Called once before the first epoch (and again after resuming, before loading state)."""
-
-    def before_forward(self, step: int) -> None:
-        """Before the forward pass of training step ``step`` (0-based, counted over the whole run)."""
-
-    def after_backward(self, step: int) -> None:
-        """After ``loss.backward()``, before ``optimizer.step()``."""
-
-    def after_step(self, step: int) -> None:
-        """After ``optimizer.step()``."""
-
-    def epoch_end(self, epoch: int, trainer: "Trainer") -> Dict[str, float]:
-        """After validation of epoch ``epoch`` (0-based); returns scalars to log (tag -> value)."""
-        return {}
-
-    def progress(self) -> Dict[str, str]:
-        """Short strings for the progress bar."""
-        return {}
-
-    def selectable(self) -> bool:
-        """Whether the current weights may be selected as the best model of the run."""
-        return True
-
-    def finalize(self, trainer: "Trainer") -> None:
-        """After the last epoch, once the best weights are restored."""
-
-    def state_dict(self) -> Dict[str, Any]:
-        """Everything needed to resume (tensors and plain data only: it is loaded with weights_only=True)."""
-        return {}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-
-
-# ================================================================================================ pruning
 SCHEDULES = ("joint", "sequential")
+
+
+@runtime_checkable
+class TrainingLoop(Protocol):
+    """What a method may ask of the loop that trains the network (:class:`rccsnn.trainer.Trainer` is one).
+
+    ``step`` counts training steps over the whole run (0-based; during a hook, the step being taken), ``epoch`` the
+    current epoch (0-based), ``total_steps`` = ``steps_per_epoch`` x epochs, ``lr`` the weights' current step size.
+    """
+
+    step: int
+    epoch: int
+    total_steps: int
+    steps_per_epoch: int
+
+    @property
+    def lr(self) -> float: ...
+
+    def restart_schedule(self, steps: int) -> None:
+        """Start a fresh learning-rate decay of ``steps`` steps from the current step."""
+
+    def train_epoch(self, epoch: int, desc: Optional[str] = None) -> Dict[str, float]:
+        """One more pass over the training split, with the method's hooks."""
 
 
 @dataclass
@@ -88,6 +71,96 @@ class Constraint:
     dense: float  # the dense model's cost per inference, in the resource's unit (fixed at the start)
 
 
+@dataclass
+class Problem:
+    """What ``compress()`` hands a method: the network, the layers it may change, the budgets, the measurements.
+
+    Attributes:
+        net: the multi-step network being compressed (``[T, B, ...] -> [T, B, K]``).
+        targets: the weight layers the method may change (their order indexes every per-layer tensor).
+        constraints: the budgets, one per constrained resource.
+        stats: the dense network's layer statistics on the validation split (firing rates, positions, T).
+        measure_stats: measures exact statistics on the validation split with the current weights.
+    """
+
+    net: nn.Module
+    targets: List[Target]
+    constraints: List[Constraint]
+    stats: LayerStats
+    measure_stats: Callable[[], LayerStats]
+
+
+class CompressionMethod:
+    """The contract ``compress()`` and the Trainer rely on; the hooks do nothing here (dense training).
+
+    Args:
+        schedule: ``joint`` (compression and finetuning together) or ``sequential`` (the ablation: compress first
+            without the task loss updating what is being compressed, then finetune); a method that has no such
+            choice accepts ``joint``.
+    """
+
+    name = "dense"
+
+    def __init__(self, schedule: str = "joint") -> None:
+        if schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule '{schedule}'; choices: {', '.join(SCHEDULES)}")
+        self.schedule = schedule
+        self.events: List[str] = []  # what the run should report (summary.json's "events")
+
+    # --------------------------------------------------------------------------------------------- binding
+    def check(self, constraints: Sequence[Constraint]) -> None:
+        """Reject constraints this method cannot serve (a one-line :class:`UserError`), before any output."""
+
+    def bind(self, problem: Problem) -> None:
+        """Receive the problem, once, before :meth:`setup` (a method that reparametrizes the network does it here)."""
+        self.problem = problem
+
+    def say(self, message: str) -> None:
+        """Record an event of the run (summary.json) and print it above the progress bar."""
+        self.events.append(message)
+        tqdm.write(f"[{self.name}] {message}")
+
+    # --------------------------------------------------------------------------------------------- hooks
+    def setup(self, loop: TrainingLoop) -> None:
+        """Called once before the first epoch (and again after resuming, before loading state)."""
+
+    def before_forward(self, step: int) -> None:
+        """Before the forward pass of training step ``step`` (0-based, counted over the whole run)."""
+
+    def loss_term(self, step: int) -> Optional[Tensor]:
+        """After the forward pass of ``step``, before backward: a scalar added to the task loss (None: nothing)."""
+        return None
+
+    def after_backward(self, step: int) -> None:
+        """After ``loss.backward()``, before ``optimizer.step()``."""
+
+    def after_step(self, step: int) -> None:
+        """After ``optimizer.step()``."""
+
+    def epoch_end(self, epoch: int, loop: TrainingLoop) -> Dict[str, float]:
+        """At the end of epoch ``epoch`` (0-based), before validation; returns scalars to log (tag -> value)."""
+        return {}
+
+    def progress(self) -> Dict[str, str]:
+        """Short strings for the progress bar."""
+        return {}
+
+    def selectable(self) -> bool:
+        """Whether the current weights may be selected as the best model of the run."""
+        return True
+
+    def finalize(self, loop: TrainingLoop) -> None:
+        """After the last epoch, once the best weights are restored."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to resume (tensors and plain data only: it is loaded with weights_only=True)."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+# ================================================================================================ pruning
 def kept_counts(targets: Sequence[Target]) -> Tensor:
     """``[L]`` float64: weights each target's mask keeps."""
     return torch.tensor([float(t.mask.mask.sum()) if t.mask is not None else float(t.n) for t in targets],
@@ -173,34 +246,26 @@ class PruningMethod(CompressionMethod):
     """
 
     def __init__(self, schedule: str = "joint", compress_fraction: float = 0.5, guarantee_rounds: int = 3) -> None:
-        if schedule not in SCHEDULES:
-            raise UserError(f"unknown schedule '{schedule}'; choices: {', '.join(SCHEDULES)}")
+        super().__init__(schedule=schedule)
         if not 0.0 <= compress_fraction <= 1.0:
             raise UserError(f"method option compress_fraction must be in [0, 1], got {compress_fraction}")
         if guarantee_rounds < 0:
             raise UserError(f"method option guarantee_rounds must be >= 0, got {guarantee_rounds}")
-        self.schedule = schedule
         self.compress_fraction = compress_fraction
         self.guarantee_rounds = guarantee_rounds
         self.phase = "compress"
-        self.events: List[str] = []
         self.projected = 0
         self.scale: Optional[Tensor] = None  # per-target unit of w^2 in the projection (None: raw magnitude)
 
     # --------------------------------------------------------------------------------------------- binding
-    def check(self, constraints: Sequence[Constraint]) -> None:
-        """Reject constraints this method cannot serve (a one-line :class:`UserError`), before any output."""
-
-    def bind(self, targets: Sequence[Target], constraints: Sequence[Constraint], stats: LayerStats,
-             measure_stats: Callable[[], LayerStats]) -> None:
-        """Give the method its problem: the masked targets, the constraints and the initial layer statistics.
-
-        ``measure_stats`` measures exact statistics on the validation split with the current weights.
-        """
-        self.targets = list(targets)
-        self.constraints = list(constraints)
-        self.stats = stats
-        self.measure_stats = measure_stats
+    def bind(self, problem: Problem) -> None:
+        """Attach a mask to every target (dense at first) and keep the problem's parts at hand."""
+        super().bind(problem)
+        attach_masks(problem.targets)
+        self.targets = list(problem.targets)
+        self.constraints = list(problem.constraints)
+        self.stats = problem.stats
+        self.measure_stats = problem.measure_stats
         self.n = torch.tensor([t.n for t in self.targets], dtype=torch.float64)
         self.budgets = torch.tensor([c.budget for c in self.constraints], dtype=torch.float64)
         self.dense = torch.tensor([c.dense for c in self.constraints], dtype=torch.float64)
@@ -222,14 +287,10 @@ class PruningMethod(CompressionMethod):
     def feasible(self) -> bool:
         return bool((self.values() <= self.budgets).all())
 
-    def say(self, message: str) -> None:
-        self.events.append(message)
-        tqdm.write(f"[{self.name}] {message}")
-
     # --------------------------------------------------------------------------------------------- hooks
-    def setup(self, trainer) -> None:
-        self.trainer = trainer
-        self.compress_steps = int(round(self.compress_fraction * trainer.total_steps))
+    def setup(self, loop: TrainingLoop) -> None:
+        self.loop = loop
+        self.compress_steps = int(round(self.compress_fraction * loop.total_steps))
         self.tracker: Optional[RateTracker] = (
             RateTracker(self.targets, self.stats.input_rate) if self.data_dependent else None
         )
@@ -277,9 +338,9 @@ class PruningMethod(CompressionMethod):
         apply_masks(self.targets)
         set_straight_through(self.targets, False)
         self.phase = "finetune"
-        remaining = self.trainer.total_steps - self.trainer.step - 1
-        self.trainer.restart_schedule(max(remaining, 1))
-        self.say(f"masks frozen at step {self.trainer.step + 1}: " + self.describe())
+        remaining = self.loop.total_steps - self.loop.step - 1
+        self.loop.restart_schedule(max(remaining, 1))
+        self.say(f"masks frozen at step {self.loop.step + 1}: " + self.describe())
 
     def describe(self) -> str:
         return ", ".join(f"{c.resource.name}={v:.4f} (budget {c.budget:g})"
@@ -288,7 +349,7 @@ class PruningMethod(CompressionMethod):
     def selectable(self) -> bool:
         return self.phase == "finetune"
 
-    def epoch_end(self, epoch: int, trainer) -> Dict[str, float]:
+    def epoch_end(self, epoch: int, loop: TrainingLoop) -> Dict[str, float]:
         scalars: Dict[str, float] = {}
         for c, v in zip(self.constraints, self.values().tolist()):
             scalars[f"resource/{c.resource.name}"] = v
@@ -305,7 +366,7 @@ class PruningMethod(CompressionMethod):
     def progress(self) -> Dict[str, str]:
         return {c.resource.name: f"{v:.3f}" for c, v in zip(self.constraints, self.values().tolist())}
 
-    def finalize(self, trainer) -> None:
+    def finalize(self, loop: TrainingLoop) -> None:
         """Guarantee every budget on the validation split with the final weights."""
         for round_ in range(self.guarantee_rounds + 1):
             stats = self.measure_stats()
@@ -323,8 +384,8 @@ class PruningMethod(CompressionMethod):
             self.projected += pruned
             self.say(f"measured on validation: {over}; pruned {pruned} more weights and finetuning one epoch")
             apply_masks(self.targets)
-            trainer.restart_schedule(trainer.steps_per_epoch)
-            trainer.train_epoch(trainer.epoch, desc="guarantee finetune")
+            loop.restart_schedule(loop.steps_per_epoch)
+            loop.train_epoch(loop.epoch, desc="guarantee finetune")
         # Last resort, without finetuning: prune, re-measure with the new weights, until everything holds.
         while True:
             stats = self.measure_stats()

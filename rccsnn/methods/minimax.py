@@ -420,7 +420,7 @@ class Minimax(PruningMethod):
     def deadline(self) -> int:
         """A hold at a node stops the compression clock: the descent keeps all of ``compress_steps`` (the rates are
         per ``compress_steps``), the holds come on top, out of the finetuning phase, and never past the run's end."""
-        return min(self.compress_steps + self.stage * self.hold_steps(), self.trainer.total_steps)
+        return min(self.compress_steps + self.stage * self.hold_steps(), self.loop.total_steps)
 
     def hold_steps(self) -> int:
         """Steps of one hold at a node (every node reached so far has started one: ``stage`` of them)."""
@@ -440,7 +440,7 @@ class Minimax(PruningMethod):
             return
         budgets = self.stage_budgets()
         costs = self.costs()
-        self.last = self.engine.step(costs, self.dense, budgets, self.trainer.lr, final=self.budgets)
+        self.last = self.engine.step(costs, self.dense, budgets, self.loop.lr, final=self.budgets)
         # The engine counted the kept weights when it wrote the masks (no second pass over them here). Masks from
         # a sampled threshold may fall under the budget by chance; only exact masks (the landing step's) freeze,
         # so the frozen masks hold what s says rather than a sampling error below it.
@@ -455,8 +455,8 @@ class Minimax(PruningMethod):
         apply_masks(self.targets)
         set_straight_through(self.targets, False)
 
-    def epoch_end(self, epoch: int, trainer) -> Dict[str, float]:
-        scalars = super().epoch_end(epoch, trainer)
+    def epoch_end(self, epoch: int, loop) -> Dict[str, float]:
+        scalars = super().epoch_end(epoch, loop)
         e = self.engine
         scalars["dual/y"] = e.y
         scalars["penalty/S"] = e.penalty
