@@ -24,6 +24,7 @@ from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.export import load_model
 from rccsnn.report import cost_report
+from rccsnn.rundir import RunDir
 from rccsnn.sweep import collect_results
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for r in collect_results(sweep):
             if r["status"] != "ok":
                 continue
-            m = measure(str(Path(r["run_dir"]) / "model.pt"), data)
+            m = measure(str(RunDir(r["run_dir"]).model), data)
             ratios = " | ".join(f"{m[k] / dense[k]:.4f}" for k in COLUMNS)
             budget = float(r["budget_" + r["resource"]])
             held = float(r["ratio_" + r["resource"]])

@@ -14,7 +14,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
 
 import yaml
 
@@ -203,15 +203,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {_type_name(tp)} for '{key}'")
 
 
+def did_you_mean(key: Any, names: Sequence[str], prefix: str = "", valid: str = "valid keys") -> str:
+    """The hint after an unknown ``key``: `` (did you mean '<prefix><closest name>'?)``, or where no name is close,
+    ``; <valid>: <names>``. Shared by the checks of config keys, options and sweep files."""
+    close = difflib.get_close_matches(str(key), list(names), n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else f"; {valid}: {', '.join(names)}"
+
+
 def _checked(values: Dict[str, Any], names: List[str], hints: Dict[str, Any], prefix: str,
              what: str) -> Dict[str, Any]:
     """``values`` with each key checked against ``names`` (suggesting the closest) and its type against ``hints``."""
     out = {}
     for key, value in values.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid {what}s: {', '.join(names)}"
-            raise UserError(f"unknown {what} '{prefix}{key}'{hint}")
+            raise UserError(f"unknown {what} '{prefix}{key}'{did_you_mean(key, names, prefix, f'valid {what}s')}")
         out[key] = _coerce(value, hints.get(key, Any), f"{prefix}{key}")
     return out
 

@@ -1,12 +1,14 @@
 """``rccsnn sweep``: grid expansion and names, validation before anything runs, a tiny real sweep (results agree
-with the runs' summary.json files), skip / resume / retry, a failing point, and the aggregation over seeds."""
+with the runs' summary.json files), skip / resume / retry, a failing point, and the aggregation over seeds.
+
+Tests that run points (``rccsnn compress`` subprocesses) are marked slow; the rest run in-process."""
 from __future__ import annotations
 
 import csv
 import json
 import shutil
 import statistics
-import time
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,9 @@ import pytest
 
 from helpers import cli as call, train_tiny
 from rccsnn.config import TrainConfig, load_config, write_yaml
-from rccsnn.sweep import (ERROR_FILE, LOG_FILE, POINT_FILE, SUMMARY_FILE, child_env, collect_results, load_sweep,
-                          point_command, point_status, threads_per_job, write_results)
+from rccsnn.rundir import RunDir
+from rccsnn.sweep import (child_env, collect_results, load_sweep, point_command, point_status, threads_per_job,
+                          write_results)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESOURCES = ("params", "macs", "synops", "energy")
@@ -111,7 +114,7 @@ def test_child_env_and_command(tmp_path, tiny_model):
     sweep = load_sweep(sweep_file(tmp_path / "s.yaml", tiny_model, "  budget: [0.5]\n"), out=tmp_path / "sw")
     cmd = point_command(sweep.points[0], resume=True)
     assert cmd[1:4] == ["-m", "rccsnn", "compress"] and cmd[-2:] == ["--no-progress", "--resume"]
-    assert str(tmp_path / "sw" / "params0.5-minimax-joint-seed0" / POINT_FILE) in cmd
+    assert str(RunDir(tmp_path / "sw" / "params0.5-minimax-joint-seed0").point) in cmd
 
 
 def test_dry_run_runs_nothing(tmp_path, tiny_model, monkeypatch):
@@ -181,6 +184,7 @@ def finished(tiny_model, tmp_path_factory):
     return path, out, stdout
 
 
+@pytest.mark.slow
 def test_results_agree_with_summaries(finished):
     _, out, stdout = finished
     rows = read_csv(out / "results.csv")
@@ -188,7 +192,7 @@ def test_results_agree_with_summaries(finished):
                                          "params0.2-minimax-joint-seed0", "params0.2-magnitude-joint-seed0"]
     markdown = (out / "results.md").read_text()
     for row in rows:
-        summary = json.loads((Path(row["run_dir"]) / SUMMARY_FILE).read_text())
+        summary = json.loads(RunDir(row["run_dir"]).summary.read_text())
         assert row["status"] == "ok"
         assert (row["method"], row["schedule"]) == (summary["method"], summary["schedule"])
         assert float(row["budget_params"]) == summary["budgets"]["params"]
@@ -211,36 +215,42 @@ def test_results_agree_with_summaries(finished):
     assert "2 at a time" in stdout
 
 
-def test_second_invocation_runs_nothing(finished):
+@pytest.mark.slow
+def test_second_invocation_runs_nothing(finished, monkeypatch):
     path, out, _ = finished
-    before, logs = mtimes(out, SUMMARY_FILE), mtimes(out, LOG_FILE)
-    t0 = time.perf_counter()
+    before, logs = mtimes(out, RunDir.SUMMARY), mtimes(out, RunDir.LOG)
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a finished sweep started a process: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
     code, stdout, err = call("sweep", path, "--out", out, "--no-progress")
     assert code == 0, err
-    assert time.perf_counter() - t0 < 15
     assert "4 finished, 0 to run" in stdout
-    assert mtimes(out, SUMMARY_FILE) == before and mtimes(out, LOG_FILE) == logs
+    assert mtimes(out, RunDir.SUMMARY) == before and mtimes(out, RunDir.LOG) == logs
     assert len(read_csv(out / "results.csv")) == 4
 
 
+@pytest.mark.slow
 def test_interrupted_point_resumes_alone(finished):
     path, out, _ = finished
-    victim = out / "params0.2-minimax-joint-seed0"
-    (victim / SUMMARY_FILE).unlink()  # what a run stopped after its last saved epoch leaves: state.pt, no summary
-    assert (victim / "state.pt").is_file()
+    victim = RunDir(out / "params0.2-minimax-joint-seed0")
+    victim.summary.unlink()  # what a run stopped after its last saved epoch leaves: state.pt, no summary
+    assert victim.state.is_file()
     code, dry, _ = call("sweep", path, "--out", out, "--dry-run")
     assert code == 0 and "3 done, 1 resume" in dry
-    before = mtimes(out, SUMMARY_FILE)
+    before = mtimes(out, RunDir.SUMMARY)
     code, stdout, err = call("sweep", path, "--out", out, "--no-progress")
     assert code == 0, stdout + err
     assert "1 to run (1 resume)" in stdout
-    after = mtimes(out, SUMMARY_FILE)
-    assert set(after) == set(before) | {victim.name} and {k: after[k] for k in before} == before
-    assert (victim / LOG_FILE).read_text().splitlines()[-1] != ""
-    assert "--resume" in [l for l in (victim / LOG_FILE).read_text().splitlines() if l.startswith("===")][-1]
+    after = mtimes(out, RunDir.SUMMARY)
+    assert set(after) == set(before) | {victim.root.name} and {k: after[k] for k in before} == before
+    assert victim.log.read_text().splitlines()[-1] != ""
+    assert "--resume" in [l for l in victim.log.read_text().splitlines() if l.startswith("===")][-1]
     assert all(r["status"] == "ok" for r in read_csv(out / "results.csv"))
 
 
+@pytest.mark.slow
 def test_failing_point_is_recorded_and_the_others_go_on(tmp_path, tiny_model):
     # Images of another shape pass the sweep's checks (it does not read data) and fail inside rccsnn compress.
     bad = tmp_path / "other.npz"
@@ -251,23 +261,24 @@ def test_failing_point_is_recorded_and_the_others_go_on(tmp_path, tiny_model):
     code, stdout, err = call("sweep", path, "--out", out, "--jobs", 1, "--no-progress")
     assert code == 1, stdout + err
     assert "1 of 2 points failed" in err.splitlines()[-1]
-    failed, good = out / "params0.5-minimax-joint-seed0-namenpz-pathother", out / "params0.5-minimax-joint-seed0-namedigits"
-    assert (good / SUMMARY_FILE).is_file() and not (good / ERROR_FILE).exists()  # ran after the failure
-    error = (failed / ERROR_FILE).read_text()
+    failed = RunDir(out / "params0.5-minimax-joint-seed0-namenpz-pathother")
+    good = RunDir(out / "params0.5-minimax-joint-seed0-namedigits")
+    assert good.summary.is_file() and not good.error.exists()  # ran after the failure
+    error = failed.error.read_text()
     assert "rccsnn compress: error:" in error and "shape" in error and len(error.splitlines()) == 1
     rows = {r["name"]: r for r in read_csv(out / "results.csv")}
-    assert rows[good.name]["status"] == "ok" and rows[failed.name]["status"] == "failed"
-    assert rows[failed.name]["error"] == error.strip()
+    assert rows[good.root.name]["status"] == "ok" and rows[failed.root.name]["status"] == "failed"
+    assert rows[failed.root.name]["error"] == error.strip()
     assert "1 of 2 points finished, 1 failed" in (out / "results.md").read_text()
 
     # Rerunning retries the failed point only.
-    before = mtimes(out, SUMMARY_FILE)
+    before = mtimes(out, RunDir.SUMMARY)
     code, stdout, err = call("sweep", path, "--out", out, "--no-progress")
     assert code == 1, stdout + err
     assert "1 finished, 1 to run (1 failed)" in stdout
-    assert mtimes(out, SUMMARY_FILE) == before
-    assert (failed / ERROR_FILE).read_text() == error
-    assert (failed / LOG_FILE).read_text().count("=== rccsnn sweep") == 2
+    assert mtimes(out, RunDir.SUMMARY) == before
+    assert failed.error.read_text() == error
+    assert failed.log.read_text().count("=== rccsnn sweep") == 2
 
 
 # ------------------------------------------------------------------------------------------- aggregation
@@ -276,7 +287,7 @@ def fake_summary(point, accuracy: float, ratio: float) -> dict:
     return {"method": point.config.method.name, "schedule": point.config.method.schedule,
             "budgets": point.config.budgets, "resources": resources,
             "accuracy": {"dense": 0.9, "compressed": accuracy}, "epochs": 1, "wall_seconds": 1.5,
-            "checkpoint": str(point.run_dir / "model.pt"), "events": []}
+            "checkpoint": str(RunDir(point.run_dir).model), "events": []}
 
 
 def test_results_aggregate_over_seeds(tmp_path, tiny_model):
@@ -285,13 +296,14 @@ def test_results_aggregate_over_seeds(tmp_path, tiny_model):
     sweep = load_sweep(path, out=tmp_path / "out")
     values = {}
     for i, point in enumerate(sweep.points):
-        point.run_dir.mkdir(parents=True)
-        write_yaml(point.config, point.run_dir / POINT_FILE)
+        files = RunDir(point.run_dir)
+        files.root.mkdir(parents=True)
+        write_yaml(point.config, files.point)
         if point.config.seed == 2 and point.config.budgets["params"] == 0.2:
-            (point.run_dir / ERROR_FILE).write_text("boom\n")
+            files.error.write_text("boom\n")
             continue
         values[point.name] = (0.5 + 0.01 * i * i, point.config.budgets["params"] - 0.001 * i)
-        (point.run_dir / SUMMARY_FILE).write_text(json.dumps(fake_summary(point, *values[point.name])))
+        files.summary.write_text(json.dumps(fake_summary(point, *values[point.name])))
     markdown = write_results(sweep)
     assert markdown == (sweep.out / "results.md").read_text()
     for budget, n in ((0.5, 3), (0.2, 2)):
@@ -312,7 +324,7 @@ def test_results_aggregate_over_seeds(tmp_path, tiny_model):
 
     # A run directory whose settings differ from the sweep's is stale: not counted, and rerun afresh.
     stale = sweep.points[0]
-    write_yaml({**stale.config_dict(), "seed": 7}, stale.run_dir / POINT_FILE)
+    write_yaml({**stale.config_dict(), "seed": 7}, RunDir(stale.run_dir).point)
     assert point_status(stale) == "changed"
     assert collect_results(sweep)[0]["status"] == "missing"
     # Moving the sweep directory changes nothing.
