@@ -15,13 +15,10 @@ from torch.utils.data import DataLoader
 from rccsnn.data import DataSplits
 from rccsnn.errors import UserError
 from rccsnn.models.checkpoint import LoadedModel
+from rccsnn.resources import ENERGY_PJ, layer_costs
 from rccsnn.snn import weight_layers
 from rccsnn.trainer import EvalResult, evaluate
 
-#: Energy per operation in pJ, 45 nm (Horowitz, ISSCC 2014): 32-bit float MAC (mult 3.7 + add 0.9) and add;
-#: 8-bit integer multiply (0.2) and add (0.03).
-ENERGY_FP32 = {"e_mac": 4.6, "e_ac": 0.9}
-ENERGY_INT8 = {"e_mac": 0.2, "e_ac": 0.03}
 #: Keys of every entry of ``cost_report(...)["layers"]``, in order; ``total`` has the numeric ones from "weights" on.
 LAYER_KEYS = ("name", "kind", "analog_input", "positions", "input_rate", "weights", "nonzero", "macs", "dense_macs",
               "synops", "energy_pj_fp32", "energy_pj_int8", "bytes_dense", "bytes_compact")
@@ -75,9 +72,10 @@ def measure(loaded: LoadedModel, data: DataSplits, split: str, device: torch.dev
     result = run_split(loaded, data, split, device, batch_size, spikes=True)
     net = loaded.net
     mon = result.monitor
-    dense_macs = mon.macs()
     nonzero = {name: int(torch.count_nonzero(m.weight)) for name, m in weight_layers(net)}
-    macs = sum(dense_macs[n] * nonzero[n] // max(mon.weights[n], 1) for n in dense_macs)
+    # Only the counts of MACs are read, so the input rate does not matter here (analog: every MAC counted).
+    costs = [layer_costs(positions=mon.positions[n], T=mon.T, weights=mon.weights[n], nonzero=nonzero[n],
+                         input_rate=1.0, analog=True) for n in mon.positions]
     return {
         "accuracy": result.accuracy,
         "split": split,
@@ -86,8 +84,8 @@ def measure(loaded: LoadedModel, data: DataSplits, split: str, device: torch.dev
         "nonzero_params": int(sum(torch.count_nonzero(p) for p in net.parameters())),
         "weights": sum(mon.weights.values()),
         "nonzero_weights": sum(nonzero.values()),
-        "macs": int(macs),
-        "dense_macs": int(sum(dense_macs.values())),
+        "macs": int(sum(c["macs"] for c in costs)),
+        "dense_macs": int(sum(c["dense_macs"] for c in costs)),
         "firing_rates": mon.firing_rates(),
     }
 
@@ -100,13 +98,13 @@ def cost_report(loaded: LoadedModel, data: DataSplits, split: str, device: torch
     mean input per element per step (the firing rate of spike inputs), ``analog_input`` whether the input is not
     spikes; ``weights``, ``nonzero``; ``macs`` = positions x T x nonzero and ``dense_macs`` = positions x T x
     weights; ``synops`` = positions x T x input_rate x nonzero (``macs`` for analog inputs); energy in pJ =
-    E_MAC x macs for analog inputs, E_AC x synops otherwise, with :data:`ENERGY_FP32` and :data:`ENERGY_INT8`;
+    E_MAC x macs for analog inputs, E_AC x synops otherwise, with the constants of :data:`rccsnn.resources.ENERGY_PJ`;
     ``bytes_dense`` = 4 x weights (fp32) and ``bytes_compact`` = the weight's bytes in the compact format (the
     stored bytes given in ``stored_bytes`` for a compact file; otherwise what a float32 export would store).
 
     Returns a dict with keys :data:`REPORT_KEYS`; ``total`` sums :data:`TOTAL_KEYS` over the layers.
     """
-    from rccsnn.export import encode_weight, entry_nbytes
+    from rccsnn.export.compact import encode_weight, entry_nbytes
 
     result = run_split(loaded, data, split, device, batch_size, spikes=True)
     mon = result.monitor
@@ -121,18 +119,14 @@ def cost_report(loaded: LoadedModel, data: DataSplits, split: str, device: torch
         n, nonzero = w.numel(), int(torch.count_nonzero(w))
         positions, analog = mon.positions[name], bool(mon.analog_input[name])
         rate = 1.0 if analog else float(rates.get(name, 0.0))
-        macs = positions * T * nonzero
-        synops = float(macs) if analog else positions * T * rate * nonzero
+        costs = layer_costs(positions=positions, T=T, weights=n, nonzero=nonzero, input_rate=rate, analog=analog)
         if stored_bytes is not None and key in stored_bytes:
             compact = int(stored_bytes[key])
         else:
             compact = entry_nbytes(encode_weight(w.cpu(), "float32"))
         layers.append({
             "name": name, "kind": type(module).__name__, "analog_input": analog, "positions": positions,
-            "input_rate": float(rates.get(name, 0.0)), "weights": n, "nonzero": nonzero, "macs": macs,
-            "dense_macs": positions * T * n, "synops": synops,
-            "energy_pj_fp32": ENERGY_FP32["e_mac"] * macs if analog else ENERGY_FP32["e_ac"] * synops,
-            "energy_pj_int8": ENERGY_INT8["e_mac"] * macs if analog else ENERGY_INT8["e_ac"] * synops,
+            "input_rate": float(rates.get(name, 0.0)), "weights": n, "nonzero": nonzero, **costs,
             "bytes_dense": 4 * n, "bytes_compact": compact,
         })
     total = {k: sum(layer[k] for layer in layers) for k in TOTAL_KEYS}
@@ -144,7 +138,7 @@ def cost_report(loaded: LoadedModel, data: DataSplits, split: str, device: torch
         "samples": result.samples,
         "T": T,
         "accuracy": result.accuracy,
-        "energy_constants": {"fp32": dict(ENERGY_FP32), "int8": dict(ENERGY_INT8)},
+        "energy_constants": {fmt: dict(e) for fmt, e in ENERGY_PJ.items()},
         "layers": layers,
         "total": total,
     }

@@ -154,6 +154,37 @@ class ResourceModel:
 
 RESOURCES: Registry[ResourceModel] = Registry("resource")
 
+#: Energy per operation in pJ at 45 nm (Horowitz, ISSCC 2014), per number format: ``e_mac`` a multiply-accumulate
+#: (fp32: multiply 3.7 + add 0.9), ``e_ac`` an accumulate (an add). The one place these constants are written.
+ENERGY_PJ: Dict[str, Dict[str, float]] = {
+    "fp32": {"e_mac": 4.6, "e_ac": 0.9},
+    "int8": {"e_mac": 0.2, "e_ac": 0.03},
+}
+
+
+def layer_costs(*, positions: int, T: int, weights: int, nonzero: int, input_rate: float,
+                analog: bool) -> Dict[str, float]:
+    """What one layer costs per inference, the formulas every resource model above uses, for whole layers.
+
+    Args:
+        positions: output positions per step and sample (H_out x W_out for a conv, 1 for a linear layer).
+        T: time steps per inference.
+        weights, nonzero: the layer's weights, and those that are nonzero.
+        input_rate: mean input spikes per element per step (ignored for an analog input).
+        analog: whether the layer's input is analog (not spikes): then every MAC is done.
+
+    Returns:
+        ``macs`` and ``dense_macs`` (positions x T x nonzero / weights), ``synops`` (MACs for analog inputs, else
+        MACs x input rate) and, per format of :data:`ENERGY_PJ`, ``energy_pj_<format>`` (E_MAC x MACs for analog
+        inputs, E_AC x SynOps otherwise).
+    """
+    macs = positions * T * nonzero
+    synops = float(macs) if analog else positions * T * input_rate * nonzero
+    out: Dict[str, float] = {"macs": macs, "dense_macs": positions * T * weights, "synops": synops}
+    for fmt, e in ENERGY_PJ.items():
+        out[f"energy_pj_{fmt}"] = e["e_mac"] * macs if analog else e["e_ac"] * synops
+    return out
+
 
 @RESOURCES.register("params")
 class Params(ResourceModel):
@@ -191,13 +222,13 @@ class Energy(ResourceModel):
     """Energy per inference in pJ: E_MAC per MAC on analog inputs, E_AC per accumulate on spikes.
 
     Args:
-        e_mac: energy of one 32-bit float multiply-accumulate (pJ; 4.6 at 45 nm, Horowitz 2014).
-        e_ac: energy of one 32-bit float accumulate (pJ; 0.9 at 45 nm).
+        e_mac: energy of one multiply-accumulate (pJ; default :data:`ENERGY_PJ`'s fp32, 4.6 at 45 nm).
+        e_ac: energy of one accumulate (pJ; default fp32, 0.9 at 45 nm).
     """
 
     name, unit, data_dependent = "energy", "pJ", True
 
-    def __init__(self, e_mac: float = 4.6, e_ac: float = 0.9) -> None:
+    def __init__(self, e_mac: float = ENERGY_PJ["fp32"]["e_mac"], e_ac: float = ENERGY_PJ["fp32"]["e_ac"]) -> None:
         for key, value in (("e_mac", e_mac), ("e_ac", e_ac)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
                 raise UserError(f"resources.energy.{key} must be a positive number of pJ, got {value!r}")
