@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from rccsnn import __version__
 from rccsnn.errors import UserError
-from rccsnn.rundir import prepare_run_dir, write_json
+from rccsnn.rundir import write_json
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -223,67 +223,19 @@ def single_process_only(command_name: str) -> None:
 # --------------------------------------------------------------------------------------------- train
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
-    from rccsnn import distributed
-    from rccsnn.config import TrainConfig, load_config, parse_assignment, trainer_options, write_yaml
-    from rccsnn.data import load_data
-    from rccsnn.models import build_model
-    from rccsnn.models.checkpoint import ModelSpec, save_checkpoint
-    from rccsnn.monitor import Monitor, print_metrics
-    from rccsnn.trainer import Trainer
+    from rccsnn.config import TrainConfig, load_config, parse_assignment
+    from rccsnn.monitor import print_metrics
+    from rccsnn.training import train
 
     overrides = dict(parse_assignment(s) for s in args.set)
     overrides.update(data_overrides(args))
     overrides.update({"optim.epochs": args.epochs, "optim.lr": args.lr, "seed": args.seed, "out": args.out,
                       "checkpoint": args.checkpoint, "device": args.device})
     cfg = load_config(TrainConfig, args.recipe, overrides)
-    device = join_run(cfg.device, cfg.data.batch_size)
+    join_run(cfg.device, cfg.data.batch_size)
     args.resume = resume_after_restart(args.resume, cfg.out)
-
-    def load():  # on every process: a node that cannot read the data stops the run with its message
-        data = load_data(cfg.data.name or "digits", root=cfg.data.root, download=cfg.data.download,
-                         path=cfg.data.path)
-        spec = ModelSpec(arch=cfg.model.arch, arch_args=cfg.model.args, input_shape=data.input_shape,
-                         num_classes=data.num_classes, data=data.name, T=cfg.model.T, encoding=cfg.model.encoding,
-                         loss=cfg.model.loss, neuron=cfg.model.neuron)
-        from rccsnn.snn import ENCODERS, LOSSES
-
-        ENCODERS.get(spec.encoding)
-        LOSSES.get(spec.loss)
-        return data, spec
-
-    data, spec = distributed.agreed(load)
-    import torch
-
-    torch.manual_seed(cfg.seed)  # the initial weights, too, come from the run's seed (the same on every process)
-    net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
-
-    def make_run_dir() -> Path:
-        out = prepare_run_dir(cfg.out, resume=args.resume)
-        write_yaml(cfg, out / "config.yaml")
-        return out
-
-    out = distributed.on_main(make_run_dir)
-    main = distributed.is_main()
-    monitor = Monitor(out if main else None, progress=not args.no_progress and main)
-    options = trainer_options(cfg.optim, cfg.data, cfg.seed, not args.no_progress and main, desc="train")
-    trainer = Trainer(net=net, data=data, spec=spec, options=options, out_dir=out, monitor=monitor, device=device)
-    fit = trainer.fit(resume=args.resume)
-    test = trainer.evaluate("test")
-    metrics = {"val_accuracy": fit["best_val"], "test_accuracy": test.accuracy, "best_epoch": fit["best_epoch"] + 1,
-               "epochs": cfg.optim.epochs}
-    import dataclasses
-
-    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else out / "model.pt"
-
-    def write_outputs() -> None:
-        monitor.hparams({"arch": spec.arch, "data": spec.data, "T": spec.T, "lr": cfg.optim.lr,
-                         "epochs": cfg.optim.epochs, "seed": cfg.seed}, {"val_accuracy": fit["best_val"],
-                                                                         "test_accuracy": test.accuracy})
-        monitor.close()
-        save_checkpoint(ckpt, trainer.net, spec, metrics=metrics, recipe=dataclasses.asdict(cfg))
-
-    distributed.on_main(write_outputs)
-    print_metrics(f"trained {spec.arch} on {spec.data}; checkpoint: {ckpt}", metrics)
+    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    print_metrics(f"trained {result.spec.arch} on {result.spec.data}; checkpoint: {result.checkpoint}", result.metrics)
     return 0
 
 
@@ -299,7 +251,7 @@ def load_model_file(args: argparse.Namespace):
         data = load_data(name, root=args.data_root or "data", download=bool(args.download), path=args.data_path)
         fallback = ModelSpec(arch=args.model or "pickled-module", input_shape=(), num_classes=data.num_classes,
                              data=name, T=args.T or 4, encoding=args.encoding or "direct")
-    from rccsnn.export import load_model
+    from rccsnn.loading import load_model
 
     if args.model_file is None:
         raise UserError("no model file: give MODEL (or 'model:' in the config)")
@@ -408,65 +360,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- export
 @command("export")
 def cmd_export(args: argparse.Namespace) -> int:
-    from rccsnn.export import (decoded, export_nir, file_bytes, percent, plan_compact, require_nir, same_state,
-                               save_compact, load_compact)
-    from rccsnn.monitor import format_table
-    from rccsnn.report import accuracy
-    from rccsnn.trainer import resolve_device
+    from rccsnn.export import check_options, export, summary
 
     single_process_only("export")
-    if args.format == "nir":
-        if args.dtype != "float32" or args.per_channel:
-            raise UserError("--dtype and --per-channel apply to --format compact only")
-        require_nir()
-        loaded = load_model_file(args)
-        if not loaded.spec.input_shape:  # a bare state_dict + --model: the data set says what goes in
-            loaded.spec.input_shape = tuple(load_data_for(args, loaded).input_shape)
-        result = export_nir(loaded, args.out)
-        for note in result.notes:
-            print(f"note: {note}")
-        graph = result.graph
-        print(f"NIR graph: {args.out} ({len(graph.nodes)} nodes, {len(graph.edges)} edges, "
-              f"{file_bytes(args.out)} bytes); one time step, run it for T = {loaded.spec.T} steps")
-        return 0
-
+    check_options(args.format, args.dtype, args.per_channel)  # before the model loads, which may take long
     loaded = load_model_file(args)
-    data = None if args.no_eval and loaded.spec.input_shape else load_data_for(args, loaded)
-    if not loaded.spec.input_shape and data is not None:
-        loaded.spec.input_shape = tuple(data.input_shape)
-    plan = plan_compact(loaded, dtype=args.dtype, per_channel=args.per_channel)
-    after = decoded(plan, model=args.model)
-    if data is not None and not args.no_eval:
-        device = resolve_device(args.device)
-        before_acc = accuracy(loaded, data, args.split, device, args.batch_size)
-        after_acc = accuracy(after, data, args.split, device, args.batch_size)
-        plan.contents["export"]["accuracy"] = {"split": args.split, "before": before_acc, "after": after_acc}
-    save_compact(plan, args.out)
-    if not same_state(load_compact(args.out, model=args.model).net, after.net):
-        raise RuntimeError(f"{args.out} does not load back to the exported weights")  # a bug, not a user error
-    weights = [r for r in plan.records if r.encoding != "raw"]
-    others = [r for r in plan.records if r.encoding == "raw"]
-    rows = [[r.name, "x".join(map(str, r.shape)), f"{100 * r.nonzero / r.numel:.2f}" if r.numel else "-",
-             r.encoding, r.dense_bytes, r.stored_bytes] for r in weights]
-    rows.append([f"{len(others)} other tensors", "", "", "raw", sum(r.dense_bytes for r in others),
-                 sum(r.stored_bytes for r in others)])
-    print(format_table(["tensor", "shape", "density %", "stored as", "dense bytes", "stored bytes"], rows))
-    print()
-    size = file_bytes(args.out)
-    print(f"compact file: {args.out} ({args.dtype}{', per channel' if args.per_channel else ''})")
-    print(f"tensor payload: {plan.payload_bytes} bytes = {percent(plan.payload_bytes, plan.dense_bytes)} of the dense "
-          f"state_dict's {plan.dense_bytes} bytes; whole file {size} bytes = {percent(size, plan.dense_bytes)}")
-    acc = plan.contents["export"]["accuracy"]
-    if acc:
-        print(f"{acc['split']} accuracy: before {acc['before']:.4f}, after {acc['after']:.4f} "
-              f"(change {100 * (acc['after'] - acc['before']):+.2f} points)")
+    evaluate = args.format == "compact" and not args.no_eval
+    data = load_data_for(args, loaded) if evaluate or not loaded.spec.input_shape else None
+    result = export(loaded, args.out, format=args.format, dtype=args.dtype, per_channel=args.per_channel, data=data,
+                    split=args.split if evaluate else None, device=args.device, batch_size=args.batch_size,
+                    model=args.model)
+    print(summary(result))
     return 0
 
 
 # --------------------------------------------------------------------------------------------- report
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
-    from rccsnn.export import compact_tensor_bytes, is_compact_file
+    from rccsnn.export.compact import compact_tensor_bytes, is_compact_file
     from rccsnn.report import cost_report, report_table
     from rccsnn.trainer import resolve_device
 

@@ -1,0 +1,92 @@
+"""``train()``: a recipe in, a trained SNN checkpoint out - the library call behind ``rccsnn train``.
+
+    recipe -> data -> model (seeded) -> Trainer (dense: the no-op method) -> best validated weights -> checkpoint
+
+Under torchrun every process calls it: it joins the process group (:func:`rccsnn.distributed.start`), every
+process reads the data and builds the same initial weights, the Trainer runs DDP, and process 0 alone writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Tuple
+
+import torch
+
+from rccsnn import distributed
+from rccsnn.config import TrainConfig, trainer_options, write_yaml
+from rccsnn.data import DataSplits, load_data
+from rccsnn.models import build_model
+from rccsnn.models.checkpoint import ModelSpec, save_checkpoint
+from rccsnn.monitor import Monitor
+from rccsnn.rundir import RunDir, prepare_run_dir
+from rccsnn.snn import ENCODERS, LOSSES
+from rccsnn.trainer import Trainer, resolve_device
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        checkpoint: path of the saved model (the recipe's ``checkpoint``, else ``<out>/model.pt``).
+        spec: how the model runs (architecture, T, encoding, loss, data set).
+        metrics: ``val_accuracy`` (best, a fraction), ``test_accuracy`` (of those weights), ``best_epoch``
+            (1-based) and ``epochs``.
+    """
+
+    checkpoint: str
+    spec: ModelSpec
+    metrics: Dict[str, float]
+
+
+def data_and_spec(cfg: TrainConfig) -> Tuple[DataSplits, ModelSpec]:
+    """The recipe's data set and the model spec it implies; unknown encodings and losses are one-line errors."""
+    data = load_data(cfg.data.name or "digits", root=cfg.data.root, download=cfg.data.download, path=cfg.data.path)
+    spec = ModelSpec(arch=cfg.model.arch, arch_args=cfg.model.args, input_shape=data.input_shape,
+                     num_classes=data.num_classes, data=data.name, T=cfg.model.T, encoding=cfg.model.encoding,
+                     loss=cfg.model.loss, neuron=cfg.model.neuron)
+    ENCODERS.get(spec.encoding)
+    LOSSES.get(spec.loss)
+    return data, spec
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train the recipe's model from scratch (or continue the run in ``cfg.out`` with ``resume``).
+
+    The run directory ``cfg.out`` gets ``config.yaml`` (the resolved recipe), TensorBoard events and ``state.pt``;
+    the checkpoint goes to ``cfg.checkpoint`` or ``<out>/model.pt``.
+    """
+    device = distributed.start(resolve_device(cfg.device))
+    distributed.per_process_batch(cfg.data.batch_size)
+    # On every process: a node that cannot read the data stops the run with its message.
+    data, spec = distributed.agreed(lambda: data_and_spec(cfg))
+    torch.manual_seed(cfg.seed)  # the initial weights, too, come from the run's seed (the same on every process)
+    net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
+
+    def make_run_dir() -> Path:
+        out = prepare_run_dir(cfg.out, resume=resume)
+        write_yaml(cfg, RunDir(out).config)
+        return out
+
+    out = distributed.on_main(make_run_dir)
+    main = distributed.is_main()
+    monitor = Monitor(out if main else None, progress=progress and main)
+    options = trainer_options(cfg.optim, cfg.data, cfg.seed, progress and main, desc="train")
+    trainer = Trainer(net=net, data=data, spec=spec, options=options, out_dir=out, monitor=monitor, device=device)
+    fit = trainer.fit(resume=resume)
+    test = trainer.evaluate("test")
+    metrics = {"val_accuracy": fit["best_val"], "test_accuracy": test.accuracy, "best_epoch": fit["best_epoch"] + 1,
+               "epochs": cfg.optim.epochs}
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else RunDir(out).model
+
+    def write_outputs() -> None:
+        monitor.hparams({"arch": spec.arch, "data": spec.data, "T": spec.T, "lr": cfg.optim.lr,
+                         "epochs": cfg.optim.epochs, "seed": cfg.seed}, {"val_accuracy": fit["best_val"],
+                                                                         "test_accuracy": test.accuracy})
+        monitor.close()
+        save_checkpoint(ckpt, trainer.net, spec, metrics=metrics, recipe=dataclasses.asdict(cfg))
+
+    distributed.on_main(write_outputs)
+    return TrainResult(checkpoint=str(ckpt), spec=spec, metrics=metrics)
