@@ -22,7 +22,7 @@ import torch
 from benchsweep import publish, run_grid
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
-from rccsnn.export import load_model
+from rccsnn.loading import load_model
 from rccsnn.report import cost_report
 from rccsnn.rundir import RunDir
 from rccsnn.sweep import collect_results

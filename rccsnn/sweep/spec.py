@@ -401,7 +401,7 @@ def _validate(cfg: CompressConfig) -> None:
 
 def _check_files(cfg: CompressConfig, loaded: Dict[str, bool]) -> None:
     """The point's files exist, and its model loads safely (once per distinct file; ``loaded`` is the cache)."""
-    from rccsnn.export import load_model
+    from rccsnn.loading import load_model
 
     if not Path(cfg.model).is_file():
         raise UserError(f"model file not found: {cfg.model} (train it first, or fix 'model:')")
