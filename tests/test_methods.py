@@ -791,5 +791,5 @@ def test_auto_allocation_is_layerwise_for_weighted_resources():
     method.tracker.close()
 
 
-def test_registry_holds_the_three_methods():
-    assert METHODS.names() == ["gmp", "magnitude", "minimax"]
+def test_registry_holds_the_four_methods():
+    assert METHODS.names() == ["criticality", "gmp", "magnitude", "minimax"]
