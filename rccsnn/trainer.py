@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from rccsnn import distributed
+from rccsnn.batchnorm import sync_batchnorm
 from rccsnn.data import DataSplits
 from rccsnn.errors import UserError
 from rccsnn.methods.base import CompressionMethod
@@ -178,7 +179,7 @@ class Trainer:
     ) -> None:
         # In a distributed run BatchNorm normalises over the global batch (before the optimizer sees the
         # parameters; the converted layers keep the same Parameter objects anyway).
-        self.net = distributed.sync_batchnorm(net.to(device), device)
+        self.net = sync_batchnorm(net.to(device), device)
         self.data = data
         self.spec = spec
         self.opt = options

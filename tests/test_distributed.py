@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import assert_user_error, cli, train_tiny
-from rccsnn import distributed
+from rccsnn import batchnorm, distributed
 from rccsnn.errors import UserError
 from rccsnn.trainer import ShardedShuffle
 
@@ -323,10 +323,10 @@ def test_global_batchnorm_is_batchnorm_over_the_whole_batch(monkeypatch):
     with torch.no_grad():
         plain.weight.uniform_(0.5, 1.5)
         plain.bias.uniform_(-0.5, 0.5)
-    ours = distributed.sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=0.2)),
+    ours = batchnorm.sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=0.2)),
                                       torch.device("cpu"))
     ours[0].load_state_dict(plain.state_dict())
-    assert isinstance(ours[0], distributed.GlobalBatchNorm)
+    assert isinstance(ours[0], batchnorm.GlobalBatchNorm)
     x = torch.randn(6, 3, 4, 5) * 3 + 1
     upstream = torch.randn(6, 3, 4, 5)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
