@@ -1,6 +1,8 @@
 """Model zoo: every registered architecture builds, runs multi-step and has exactly the hand-computed size."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -117,3 +119,22 @@ def test_unknown_architecture_lists_the_choices():
 def test_bad_arch_args_are_a_user_error():
     with pytest.raises(UserError, match="resnet19"):
         build_model("resnet19", (3, 32, 32), 10, NeuronConfig(), {"depth": 19})
+
+
+def test_misspelt_or_mistyped_arch_args_name_the_argument():
+    with pytest.raises(UserError, match=r"^architecture 'convsnn': bad arguments \{'chanels': \[4\]\}: "
+                                        r"unknown option 'chanels' \(did you mean 'channels'\?\)$"):
+        build_model("convsnn", (1, 8, 8), 10, NeuronConfig(), {"chanels": [4]})
+    with pytest.raises(UserError, match=r"'hidden' must be an integer, got 'wide'"):
+        build_model("convsnn", (1, 8, 8), 10, NeuronConfig(), {"hidden": "wide"})
+    with pytest.raises(UserError, match=r"unknown option 'num_classes'"):  # fixed by the data set, not an arch arg
+        build_model("convsnn", (1, 8, 8), 10, NeuronConfig(), {"num_classes": 3})
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_architectures_declare_their_arguments(name):
+    """The data set's inputs come first, positional-only; every architecture argument is keyword-only and typed."""
+    params = list(inspect.signature(MODELS.get(name)).parameters.values())
+    assert [p.name for p in params[:3]] == ["input_shape", "num_classes", "neuron"]
+    assert all(p.kind is p.POSITIONAL_ONLY for p in params[:3])
+    assert params[3:] and all(p.kind is p.KEYWORD_ONLY and p.annotation is not p.empty for p in params[3:])

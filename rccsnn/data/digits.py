@@ -6,14 +6,14 @@ from typing import Optional
 import torch
 from torch.utils.data import TensorDataset
 
-from rccsnn.data import DATASETS, DataSplits, seeded_split
+from rccsnn.data.base import DATASETS, DataSplits, seeded_split
 
 #: train / validation / test fractions; the split is fixed (seed 0) so every run sees the same test set.
 DIGITS_SPLIT = (0.7, 0.15, 0.15)
 
 
 @DATASETS.register("digits")
-def digits(root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
+def digits(*, root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
     """Pixels scaled from 0..16 to [0, 1]; x ``[1, 8, 8]`` float32, y int64. ``root``/``download`` are unused."""
     from sklearn.datasets import load_digits
 

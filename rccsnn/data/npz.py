@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from rccsnn.data import DATASETS, DataSplits, seeded_split
+from rccsnn.data.base import DATASETS, DataSplits, seeded_split
 from rccsnn.errors import UserError
 
 #: fraction of the given training samples carved out for each missing split (validation, test).
@@ -90,7 +90,7 @@ def _pair(arrays: Dict[str, np.ndarray], x_key: str, y_key: str, path: str) -> T
 
 
 @DATASETS.register("npz")
-def npz(root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
+def npz(*, root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
     """Arrays from the ``.npz`` at ``path`` (see the module docstring); ``root``/``download`` are unused."""
     arrays = _read_npz(path)
     for key in ("x", "y"):

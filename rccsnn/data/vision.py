@@ -18,7 +18,7 @@ from urllib.error import URLError
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
-from rccsnn.data import DATASETS, DataSplits, seeded_split
+from rccsnn.data.base import DATASETS, DataSplits, seeded_split
 from rccsnn.errors import UserError
 
 #: fraction of the training set held out for validation (model selection), fixed with seed 0.
@@ -161,24 +161,24 @@ def _cifar(name: str, dataset_class: type, root: str, download: bool, num_classe
 
 
 @DATASETS.register("mnist")
-def mnist(root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
+def mnist(*, root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
     """MNIST handwritten digits: x ``[1, 28, 28]`` in [0, 1], 10 classes; 54k/6k/10k. ``path`` is unused."""
     return _mnist_like("mnist", datasets.MNIST, root, download)
 
 
 @DATASETS.register("fashion-mnist")
-def fashion_mnist(root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
+def fashion_mnist(*, root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
     """Fashion-MNIST clothing images: x ``[1, 28, 28]`` in [0, 1], 10 classes; 54k/6k/10k. ``path`` is unused."""
     return _mnist_like("fashion-mnist", datasets.FashionMNIST, root, download)
 
 
 @DATASETS.register("cifar10")
-def cifar10(root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
+def cifar10(*, root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
     """CIFAR-10: x ``[3, 32, 32]`` normalised, 10 classes; 45k/5k/10k; crop+flip on train. ``path`` is unused."""
     return _cifar("cifar10", _FileCheckedCIFAR10, root, download, 10, CIFAR10_MEAN, CIFAR10_STD)
 
 
 @DATASETS.register("cifar100")
-def cifar100(root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
+def cifar100(*, root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
     """CIFAR-100: x ``[3, 32, 32]`` normalised, 100 classes; 45k/5k/10k; crop+flip on train. ``path`` unused."""
     return _cifar("cifar100", _FileCheckedCIFAR100, root, download, 100, CIFAR100_MEAN, CIFAR100_STD)

@@ -37,7 +37,7 @@ from torch import nn
 
 from rccsnn import __version__
 from rccsnn.errors import UserError
-from rccsnn.models import build_model
+from rccsnn.models.registry import build_model
 from rccsnn.rundir import fsync_directory, write_error
 from rccsnn.snn import ENCODERS, LOSSES, NeuronConfig
 

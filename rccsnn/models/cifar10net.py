@@ -11,7 +11,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from rccsnn.errors import UserError
-from rccsnn.models import MODELS
+from rccsnn.models.registry import MODELS
 from rccsnn.snn import LIF, NeuronConfig, PerStep, SeqDropout
 
 
@@ -32,6 +32,7 @@ class VotingPool(nn.Module):
         return f"voting={self.voting}"
 
 
+@MODELS.register("cifar10net")
 class Cifar10Net(nn.Module):
     """``conv3x3 - BN - LIF`` then ``5 x [conv3x3 - BN - LIF]`` with maxpool2 after the 2nd and 5th, then
     ``dropout - FC hidden - LIF - dropout - FC voting*K - LIF - voting pool``.
@@ -55,6 +56,8 @@ class Cifar10Net(nn.Module):
         input_shape: Sequence[int],
         num_classes: int,
         neuron: NeuronConfig,
+        /,
+        *,
         channels: int = 256,
         hidden: int = 2048,
         dropout: float = 0.5,
@@ -86,8 +89,3 @@ class Cifar10Net(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
-
-
-@MODELS.register("cifar10net")
-def cifar10net(**kwargs) -> nn.Module:
-    return Cifar10Net(**kwargs)

@@ -5,10 +5,11 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from rccsnn.models import MODELS
+from rccsnn.models.registry import MODELS
 from rccsnn.snn import LIF, NeuronConfig, PerStep
 
 
+@MODELS.register("convsnn")
 class ConvSNN(nn.Module):
     """``[conv3x3 - BN - LIF - maxpool2] x len(channels) -> FC hidden - LIF -> FC classes - LIF``.
 
@@ -27,6 +28,8 @@ class ConvSNN(nn.Module):
         input_shape: Sequence[int],
         num_classes: int,
         neuron: NeuronConfig,
+        /,
+        *,
         channels: Sequence[int] = (32, 64),
         hidden: int = 256,
     ) -> None:
@@ -50,8 +53,3 @@ class ConvSNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
-
-
-@MODELS.register("convsnn")
-def convsnn(**kwargs) -> nn.Module:
-    return ConvSNN(**kwargs)

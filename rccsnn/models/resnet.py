@@ -6,7 +6,7 @@ from typing import List, Sequence
 from torch import Tensor, nn
 
 from rccsnn.errors import UserError
-from rccsnn.models import MODELS
+from rccsnn.models.registry import MODELS
 from rccsnn.snn import LIF, NeuronConfig, PerStep
 
 
@@ -45,6 +45,7 @@ class SpikingBasicBlock(nn.Module):
         return self.lif(self.residual(x) + self.shortcut(x))
 
 
+@MODELS.register("resnet19")
 class ResNet19(nn.Module):
     """``conv3x3 - BN - LIF -> stages of SpikingBasicBlocks -> global avg pool -> FC hidden - LIF -> FC K - LIF``.
 
@@ -64,6 +65,8 @@ class ResNet19(nn.Module):
         input_shape: Sequence[int],
         num_classes: int,
         neuron: NeuronConfig,
+        /,
+        *,
         widths: Sequence[int] = (128, 256, 512),
         blocks: Sequence[int] = (3, 3, 2),
         hidden: int = 256,
@@ -92,8 +95,3 @@ class ResNet19(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(self.stem(x)))
-
-
-@MODELS.register("resnet19")
-def resnet19(**kwargs) -> nn.Module:
-    return ResNet19(**kwargs)

@@ -5,7 +5,7 @@ from typing import List, Sequence, Union
 
 from torch import Tensor, nn
 
-from rccsnn.models import MODELS
+from rccsnn.models.registry import MODELS
 from rccsnn.snn import LIF, NeuronConfig, PerStep, SeqDropout
 
 VGG16_CFG: List[Union[int, str]] = [
@@ -13,6 +13,7 @@ VGG16_CFG: List[Union[int, str]] = [
 ]
 
 
+@MODELS.register("vgg16")
 class VGG(nn.Module):
     """``[conv3x3 - BN - LIF] / maxpool2`` following a cfg, then ``[FC - LIF - dropout] x len(fc) -> FC K - LIF``.
 
@@ -35,6 +36,8 @@ class VGG(nn.Module):
         input_shape: Sequence[int],
         num_classes: int,
         neuron: NeuronConfig,
+        /,
+        *,
         cfg: Sequence[Union[int, str]] = tuple(VGG16_CFG),
         fc: Sequence[int] = (4096, 4096),
         dropout: float = 0.5,
@@ -63,8 +66,3 @@ class VGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
-
-
-@MODELS.register("vgg16")
-def vgg16(**kwargs) -> nn.Module:
-    return VGG(**kwargs)
