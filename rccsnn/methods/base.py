@@ -380,7 +380,8 @@ class PruningMethod(CompressionMethod):
             if round_ == self.guarantee_rounds:
                 break
             # Finetuning moves firing rates, so aim a little below the budget on each retry.
-            pruned = project(self.targets, self.costs(), self.limits(margin=0.02 * (round_ + 1)).tolist(), self.scale)
+            pruned = project(self.targets, self.costs(), self.limits(margin=0.02 * (round_ + 1)).tolist(), self.scale,
+                             self.floors())
             self.projected += pruned
             self.say(f"measured on validation: {over}; pruned {pruned} more weights and finetuning one epoch")
             apply_masks(self.targets)
