@@ -39,7 +39,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture and spiking settings. ``T`` is the number of time steps per inference."""
+    """Architecture and spiking settings: a recipe's ``model:`` section. ``T`` is the number of time steps per
+    inference; ``args`` are the architecture's own keyword arguments.
+
+    The one schema of these settings: :class:`rccsnn.models.checkpoint.ModelSpec`, the spec that checkpoints and
+    compact files record, is this plus what the data set fixes.
+    """
 
     arch: str = "convsnn"
     args: Dict[str, Any] = field(default_factory=dict)

@@ -11,7 +11,9 @@ from torch import nn
 from rccsnn import __version__
 from rccsnn.errors import UserError
 from rccsnn.models import build_model
-from rccsnn.models.checkpoint import FORMAT, FORMAT_VERSION, LoadedModel, ModelSpec, load_checkpoint, save_checkpoint
+from rccsnn.config import ModelConfig
+from rccsnn.models.checkpoint import (FORMAT, FORMAT_VERSION, LoadedModel, ModelSpec, checkpoint_dict, load_checkpoint,
+                                     save_checkpoint)
 from rccsnn.snn import LIF, NeuronConfig, simulate
 
 ARGS = {"channels": [4], "hidden": 8}
@@ -19,7 +21,7 @@ NEURON = NeuronConfig(beta=0.75, threshold=0.5, reset="zero", surrogate="sigmoid
 
 
 def tiny_spec(**kw) -> ModelSpec:
-    base = dict(arch="convsnn", arch_args=dict(ARGS), input_shape=(1, 8, 8), num_classes=10, data="digits", T=3,
+    base = dict(arch="convsnn", args=dict(ARGS), input_shape=(1, 8, 8), num_classes=10, data="digits", T=3,
                 encoding="direct", loss="mse", neuron=NEURON)
     base.update(kw)
     return ModelSpec(**base)
@@ -28,7 +30,7 @@ def tiny_spec(**kw) -> ModelSpec:
 def trained_looking_net(spec: ModelSpec) -> nn.Module:
     """A tiny convsnn whose BatchNorm buffers differ from their defaults (so buffers must round-trip too)."""
     torch.manual_seed(0)
-    net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
+    net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.args)
     net.train()
     with torch.no_grad():
         for _ in range(3):
@@ -94,9 +96,39 @@ def test_file_is_plain_data_with_the_documented_keys(saved):
     assert all(v.device.type == "cpu" and not v.requires_grad for v in raw["state_dict"].values())
 
 
+def test_spec_is_the_recipes_model_settings_plus_what_the_data_fixes():
+    """One schema: a spec is a ModelConfig (arch, args, T, encoding, loss, neuron) with the data set's facts."""
+    config = ModelConfig(arch="convsnn", args=dict(ARGS), T=3, encoding="direct", loss="mse", neuron=NEURON)
+    spec = ModelSpec.from_config(config, input_shape=[1, 8, 8], num_classes=10, data="digits")
+    assert isinstance(spec, ModelConfig) and spec == tiny_spec()
+    assert spec.input_shape == (1, 8, 8)
+    old_name = ModelSpec(arch="convsnn", arch_args=dict(ARGS), input_shape=(1, 8, 8), num_classes=10)
+    assert old_name.args == ARGS and old_name.arch_args is old_name.args  # the files' name of args
+    with pytest.raises(TypeError, match="arch"):
+        ModelSpec(input_shape=(1, 8, 8), num_classes=10)  # unlike a recipe, a spec names its architecture
+
+
+def test_compact_file_is_the_checkpoint_dict_with_its_state_replaced(saved):
+    """The compact writer builds on checkpoint_dict: every checkpoint key but the format's and the state is there,
+    with the same value, in the same order."""
+    from rccsnn.export.compact import plan_compact
+
+    path, _, _ = saved
+    loaded = load_checkpoint(path)
+    contents = plan_compact(loaded).contents
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    shared = [k for k in raw if k not in ("format", "format_version", "state_dict")]
+    assert [k for k in contents if k in shared] == shared
+    assert all(contents[k] == raw[k] for k in shared)
+    assert contents["checkpoint_format_version"] == raw["format_version"]
+    assert list(contents)[:2] == ["format", "format_version"] and contents["format"] == "rccsnn-compact"
+    built = checkpoint_dict(loaded.spec, {}, metrics=loaded.metrics, recipe=loaded.recipe)
+    assert {k: v for k, v in built.items() if k != "state_dict"} == {k: v for k, v in raw.items() if k != "state_dict"}
+
+
 def test_compression_record_is_saved_only_when_given(tmp_path):
     spec = tiny_spec()
-    net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
+    net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.args)
     save_checkpoint(tmp_path / "c.pt", net, spec, compression={"method": "magnitude", "budget": 0.25})
     raw = torch.load(tmp_path / "c.pt", weights_only=True)
     assert raw["compression"] == {"method": "magnitude", "budget": 0.25}
@@ -241,7 +273,7 @@ def test_bad_model_factory(tmp_path, user_models, model, message):
 
 def test_checkpoint_of_a_user_architecture_needs_model(tmp_path, user_models):
     net = user_models.tiny_net().eval()
-    spec = tiny_spec(arch="user_models:tiny_net", arch_args={})
+    spec = tiny_spec(arch="user_models:tiny_net", args={})
     save_checkpoint(tmp_path / "u.pt", net, spec)
     with pytest.raises(UserError, match="pass --model user_models:tiny_net"):
         load_checkpoint(tmp_path / "u.pt")

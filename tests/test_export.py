@@ -386,7 +386,7 @@ def test_nir_round_trip(tiny, test_batch):
     # run it back: the same weights with NIR's reset-to-zero
     spec = loaded.spec
     spec.neuron.reset = "zero"
-    net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
+    net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.args)
     net.load_state_dict(state)
     net.eval()
     zero = LoadedModel(net=net, spec=spec)

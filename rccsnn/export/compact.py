@@ -43,9 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rccsnn import __version__
 from rccsnn.errors import UserError
-from rccsnn.models.checkpoint import FORMAT, FORMAT_VERSION, LoadedModel, _from_checkpoint, _raw_load, atomic_save
+from rccsnn.models.checkpoint import FORMAT, LoadedModel, atomic_save, checkpoint_dict, from_checkpoint, read_raw
 from rccsnn.snn import weight_layers
 
 COMPACT_FORMAT = "rccsnn-compact"
@@ -55,6 +54,10 @@ VALUE_DTYPES: Dict[str, torch.dtype] = {"float32": torch.float32, "float16": tor
 DELTA_DTYPES = (np.uint8, np.uint16, np.uint32)
 _DELTA_TORCH = {torch.uint8: np.uint8, torch.uint16: np.uint16, torch.uint32: np.uint32}
 INDEX_ENCODINGS = ("bitmask", "delta")
+#: Keys of the checkpoint dict that a compact file has under other names (its own header) or replaced (tensors).
+_CHECKPOINT_ONLY = ("format", "format_version", "rccsnn_version", "state_dict")
+#: Keys of a compact file that its checkpoint dict does not have.
+_COMPACT_ONLY = ("format", "format_version", "tensors", "checksum", "export")
 
 
 # ============================================================================================ index coding
@@ -325,23 +328,14 @@ def plan_compact(loaded: LoadedModel, dtype: str = "float32", per_channel: bool 
         tensors[key] = entry
         records.append(TensorRecord(key, tuple(t.shape), int(torch.count_nonzero(t)), entry["encoding"],
                                     t.numel() * t.element_size(), entry_nbytes(entry)))
+    fields = checkpoint_dict(spec, {}, metrics=loaded.metrics, recipe=loaded.recipe, compression=loaded.compression)
     contents: Dict[str, Any] = {
         "format": COMPACT_FORMAT,  # first key: is_compact_file reads it without loading the file
         "format_version": COMPACT_VERSION,
-        "rccsnn_version": __version__,
-        "checkpoint_format_version": FORMAT_VERSION,
-        "arch": spec.arch,
-        "arch_args": dict(spec.arch_args),
-        "data": {"name": spec.data, "input_shape": list(spec.input_shape), "num_classes": spec.num_classes},
-        "T": spec.T,
-        "encoding": spec.encoding,
-        "loss": spec.loss,
-        "neuron": spec.neuron.to_dict(),
-        "metrics": dict(loaded.metrics),
-        "recipe": dict(loaded.recipe),
+        "rccsnn_version": fields["rccsnn_version"],
+        "checkpoint_format_version": fields["format_version"],
     }
-    if loaded.compression is not None:
-        contents["compression"] = loaded.compression
+    contents.update((key, value) for key, value in fields.items() if key not in _CHECKPOINT_ONLY)
     contents["export"] = {"dtype": dtype, "per_channel": per_channel, "accuracy": None}
     contents["tensors"] = tensors
     contents["checksum"] = tensor_digest(tensors)
@@ -365,9 +359,9 @@ def _to_loaded(raw: Dict[str, Any], source: str, model: Optional[str]) -> Loaded
             state[name] = decode_entry(entry)
         except (ValueError, TypeError, RuntimeError, IndexError) as exc:
             raise UserError(f"{source}: corrupt compact file: tensor '{name}': {exc}") from None
-    ckpt = {k: v for k, v in raw.items() if k not in ("format", "format_version", "tensors", "checksum", "export")}
+    ckpt = {k: v for k, v in raw.items() if k not in _COMPACT_ONLY}
     ckpt.update({"format": FORMAT, "format_version": raw.get("checkpoint_format_version"), "state_dict": state})
-    return _from_checkpoint(ckpt, Path(source), model)
+    return from_checkpoint(ckpt, Path(source), model)
 
 
 def is_compact_file(path: str | Path) -> bool:
@@ -398,7 +392,7 @@ def is_compact_file(path: str | Path) -> bool:
 def read_compact(path: str | Path) -> Dict[str, Any]:
     """The raw dict of a compact file (``weights_only=True``); one-line :class:`UserError` if unreadable."""
     path = Path(path)
-    raw = _raw_load(path, trust=False)
+    raw = read_raw(path, trust=False)
     if not isinstance(raw, dict) or raw.get("format") != COMPACT_FORMAT:
         raise UserError(f"{path} is not an rccsnn compact file")
     return raw

@@ -28,14 +28,15 @@ import pickletools
 import tempfile
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from rccsnn import __version__
+from rccsnn.config import ModelConfig
 from rccsnn.errors import UserError
 from rccsnn.models.registry import build_model
 from rccsnn.rundir import fsync_directory, write_error
@@ -45,19 +46,39 @@ FORMAT = "rccsnn-checkpoint"
 FORMAT_VERSION = 1
 
 
-@dataclass
-class ModelSpec:
-    """What it takes to rebuild and run a network, besides its weights."""
+@dataclass(kw_only=True)
+class ModelSpec(ModelConfig):
+    """What it takes to rebuild and run a network besides its weights: the model settings of a recipe
+    (:class:`~rccsnn.config.ModelConfig`: ``arch``, ``args``, ``T``, ``encoding``, ``loss``, ``neuron``) and what
+    the data set fixes (``input_shape`` ``(C, H, W)``, ``num_classes``, the data set's name ``data``).
 
-    arch: str
-    input_shape: tuple
+    One schema for recipes, checkpoints and compact files: :func:`checkpoint_dict` writes it and
+    :func:`spec_from_checkpoint` reads it back. ``arch`` is required here. The files call ``args``
+    ``arch_args``; ``ModelSpec(arch_args=...)`` (which fills an empty ``args``) and ``spec.arch_args`` accept
+    that name too.
+    """
+
+    arch: str = field()  # required: field() hides ModelConfig's default, which a bare annotation would inherit
+    input_shape: Tuple[int, ...]
     num_classes: int
     data: str = "digits"
-    arch_args: Dict[str, Any] = field(default_factory=dict)
-    T: int = 4
-    encoding: str = "direct"
-    loss: str = "ce"
-    neuron: NeuronConfig = field(default_factory=NeuronConfig)
+    arch_args: InitVar[Optional[Dict[str, Any]]] = None
+
+    def __post_init__(self, arch_args: Optional[Dict[str, Any]]) -> None:
+        # A non-empty ``args`` wins, so that dataclasses.replace (which passes both) keeps a replaced ``args``.
+        if arch_args is not None and not self.args:
+            self.args = arch_args
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, *, input_shape: Sequence[int], num_classes: int,
+                    data: str) -> "ModelSpec":
+        """The spec of a network built from a recipe's ``model`` settings for a data set."""
+        settings = {f.name: getattr(model, f.name) for f in fields(ModelConfig)}
+        return cls(**settings, input_shape=tuple(input_shape), num_classes=num_classes, data=data)
+
+
+# Read as a property, ``arch_args`` is ``args`` (set after the class: the dataclass takes the name as an InitVar).
+ModelSpec.arch_args = property(lambda self: self.args, doc="``args`` under the name the checkpoint files use")
 
 
 @dataclass
@@ -105,22 +126,25 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     fsync_directory(path.parent)
 
 
-def save_checkpoint(
-    path: str | Path,
-    net: nn.Module,
+def checkpoint_dict(
     spec: ModelSpec,
+    state_dict: Dict[str, torch.Tensor],
+    *,
     metrics: Optional[Dict[str, Any]] = None,
     recipe: Optional[Dict[str, Any]] = None,
     compression: Optional[Dict[str, Any]] = None,
-) -> None:
-    """Write ``net`` (with masks already baked) and its spec in the checkpoint format, atomically."""
+) -> Dict[str, Any]:
+    """The checkpoint dict (see the module docstring): the one place its keys are written.
+
+    The compact format (:mod:`rccsnn.export.compact`) stores the same dict with ``state_dict`` replaced.
+    """
     ckpt = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "rccsnn_version": __version__,
         "arch": spec.arch,
-        "arch_args": dict(spec.arch_args),
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "arch_args": dict(spec.args),
+        "state_dict": state_dict,
         "data": {"name": spec.data, "input_shape": list(spec.input_shape), "num_classes": spec.num_classes},
         "T": spec.T,
         "encoding": spec.encoding,
@@ -131,7 +155,36 @@ def save_checkpoint(
     }
     if compression is not None:
         ckpt["compression"] = compression
-    atomic_save(ckpt, path)
+    return ckpt
+
+
+def spec_from_checkpoint(raw: Dict[str, Any]) -> ModelSpec:
+    """The spec :func:`checkpoint_dict` wrote; ``KeyError`` or ``TypeError`` when a field is missing or malformed."""
+    data = raw["data"]
+    return ModelSpec(
+        arch=raw["arch"],
+        args=dict(raw.get("arch_args") or {}),
+        input_shape=tuple(data["input_shape"]),
+        num_classes=int(data["num_classes"]),
+        data=data["name"],
+        T=int(raw["T"]),
+        encoding=raw["encoding"],
+        loss=raw.get("loss", "ce"),
+        neuron=NeuronConfig(**raw["neuron"]),
+    )
+
+
+def save_checkpoint(
+    path: str | Path,
+    net: nn.Module,
+    spec: ModelSpec,
+    metrics: Optional[Dict[str, Any]] = None,
+    recipe: Optional[Dict[str, Any]] = None,
+    compression: Optional[Dict[str, Any]] = None,
+) -> None:
+    """Write ``net`` (with masks already baked) and its spec in the checkpoint format, atomically."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    atomic_save(checkpoint_dict(spec, state, metrics=metrics, recipe=recipe, compression=compression), path)
 
 
 def import_factory(target: str):
@@ -159,7 +212,7 @@ def _build(spec: ModelSpec, model: Optional[str]) -> nn.Module:
     elif model is not None:
         net = import_factory(model)()
     else:
-        net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
+        net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.args)
     if not isinstance(net, nn.Module):
         raise UserError(f"--model {model}: the factory returned {type(net).__name__}, not a torch.nn.Module")
     return net
@@ -231,7 +284,9 @@ def _not_readable(path: Path, exc: BaseException) -> UserError:
     return UserError(f"{path} is not a readable PyTorch checkpoint (truncated or another format?): {first}")
 
 
-def _raw_load(path: Path, trust: bool) -> Any:
+def read_raw(path: Path, trust: bool) -> Any:
+    """What ``torch.load`` reads from ``path``: with ``weights_only=True`` (runs no code), or fully only when
+    ``trust`` allows a file of pickled objects; every failure is a one-line :class:`UserError`."""
     if not path.exists():
         raise UserError(f"no such file: {path}")
     if path.is_dir():
@@ -280,14 +335,14 @@ def load_checkpoint(
         fallback: the spec to use for files that carry none (state_dicts and pickled modules).
     """
     path = Path(path)
-    raw = _raw_load(path, trust)
+    raw = read_raw(path, trust)
     if isinstance(raw, nn.Module):
         spec = fallback or ModelSpec(arch="pickled-module", input_shape=(), num_classes=0)
         return LoadedModel(net=raw.eval(), spec=spec)
     if not isinstance(raw, dict):
         raise UserError(f"{path} holds a {type(raw).__name__}, not a checkpoint, state_dict or module")
     if raw.get("format") == FORMAT:
-        return _from_checkpoint(raw, path, model)
+        return from_checkpoint(raw, path, model)
     state = raw.get("state_dict", raw)
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} is a dict but neither an rccsnn checkpoint nor a state_dict of tensors")
@@ -300,23 +355,13 @@ def load_checkpoint(
     return LoadedModel(net=net.eval(), spec=spec)
 
 
-def _from_checkpoint(raw: Dict[str, Any], path: Path, model: Optional[str]) -> LoadedModel:
+def from_checkpoint(raw: Dict[str, Any], path: Path, model: Optional[str]) -> LoadedModel:
+    """The network of a checkpoint dict already read (``path`` names it in errors), in eval mode."""
     version = raw.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"{path}: checkpoint format version {version} is newer than this rccsnn reads ({FORMAT_VERSION})")
     try:
-        data = raw["data"]
-        spec = ModelSpec(
-            arch=raw["arch"],
-            arch_args=dict(raw.get("arch_args") or {}),
-            input_shape=tuple(data["input_shape"]),
-            num_classes=int(data["num_classes"]),
-            data=data["name"],
-            T=int(raw["T"]),
-            encoding=raw["encoding"],
-            loss=raw.get("loss", "ce"),
-            neuron=NeuronConfig(**raw["neuron"]),
-        )
+        spec = spec_from_checkpoint(raw)
         state = raw["state_dict"]
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path}: checkpoint is missing or has a malformed field ({exc})") from None
