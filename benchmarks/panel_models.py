@@ -240,11 +240,11 @@ class PanelModel:
 PANEL: Dict[str, PanelModel] = {m.name: m for m in (
     PanelModel("convsnn", None, 4, about="rccsnn zoo convsnn (64, 128 channels, BN, hidden 512), shipped checkpoint"),
     PanelModel("fc", "benchmarks.panel_models:fc", 8, about="fully connected 64-128-64-10, snn.Leaky, own loop"),
-    PanelModel("tutorial_conv", "benchmarks.panel_models:tutorial_conv", 8,
+    PanelModel("tutorial_conv", "benchmarks.panel_models:tutorial_conv", 6,
                about="snntorch tutorial-6 Sequential (init_hidden), 12 and 64 5x5 convs, no BN"),
     PanelModel("recurrent", "benchmarks.panel_models:recurrent", 8,
                about="64-128-10 with snn.RLeaky (recurrent 128x128 weights pruned too)"),
-    PanelModel("synaptic_conv", "benchmarks.panel_models:synaptic_conv", 6,
+    PanelModel("synaptic_conv", "benchmarks.panel_models:synaptic_conv", 4,
                about="3 convs 16-32-64 with BN, snn.Synaptic neurons"),
 )}
 
