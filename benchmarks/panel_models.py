@@ -275,7 +275,8 @@ def pretrain(name: str, path: Path, epochs: Optional[int] = None, progress: bool
     The checkpoint's ``arch`` is the factory path, so ``rccsnn evaluate|compress FILE --model FACTORY`` load it.
     Returns ``{"val_accuracy", "test_accuracy"}`` (fractions).
     """
-    from rccsnn.config import DataConfig, OptimConfig, trainer_options
+    from rccsnn.config import DataConfig, OptimConfig
+    from rccsnn.trainer import trainer_options
     from rccsnn.data import load_data
     from rccsnn.models.checkpoint import ModelSpec, save_checkpoint
     from rccsnn.trainer import Trainer

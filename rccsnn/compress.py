@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rccsnn import distributed
-from rccsnn.config import CompressConfig, trainer_options, typed_kwargs, write_yaml
+from rccsnn.config import CompressConfig, typed_kwargs, write_yaml
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.masks import bake, find_targets
@@ -34,7 +34,7 @@ from rccsnn.monitor import Monitor, format_table
 from rccsnn.rundir import prepare_run_dir, write_error, write_json
 from rccsnn.report import check_fit
 from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
-from rccsnn.trainer import Trainer, evaluate, resolve_device
+from rccsnn.trainer import Trainer, evaluate, resolve_device, trainer_options
 
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "model.pt"

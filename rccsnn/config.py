@@ -244,15 +244,6 @@ def typed_kwargs(fn: Any, options: Dict[str, Any], prefix: str) -> Dict[str, Any
     return _checked(options, params, typing.get_type_hints(target), prefix, "option")
 
 
-def trainer_options(optim: OptimConfig, data: DataConfig, seed: int, progress: bool, desc: str):
-    """The Trainer's typed options from the optimisation and data sections of a config."""
-    from rccsnn.trainer import TrainerOptions
-
-    return TrainerOptions(epochs=optim.epochs, lr=optim.lr, weight_decay=optim.weight_decay, min_lr=optim.min_lr,
-                          batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, workers=data.workers,
-                          seed=seed, progress=progress, desc=desc)
-
-
 def set_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``data['a']['b'] = value`` for ``dotted = 'a.b'``, creating mappings on the way."""
     *parents, last = dotted.split(".")

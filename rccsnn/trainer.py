@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from rccsnn import distributed
 from rccsnn.batchnorm import sync_batchnorm
+from rccsnn.config import DataConfig, OptimConfig
 from rccsnn.data import DataSplits
 from rccsnn.errors import UserError
 from rccsnn.methods.base import CompressionMethod
@@ -135,6 +136,13 @@ class TrainerOptions:
     seed: int = 0
     progress: bool = True
     desc: str = "train"
+
+
+def trainer_options(optim: OptimConfig, data: DataConfig, seed: int, progress: bool, desc: str) -> TrainerOptions:
+    """The Trainer's typed options from the optimisation and data sections of a config."""
+    return TrainerOptions(epochs=optim.epochs, lr=optim.lr, weight_decay=optim.weight_decay, min_lr=optim.min_lr,
+                          batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, workers=data.workers,
+                          seed=seed, progress=progress, desc=desc)
 
 
 class Interrupted(Exception):

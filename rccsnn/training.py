@@ -15,14 +15,14 @@ from typing import Dict, Tuple
 import torch
 
 from rccsnn import distributed
-from rccsnn.config import TrainConfig, trainer_options, write_yaml
+from rccsnn.config import TrainConfig, write_yaml
 from rccsnn.data import DataSplits, load_data
 from rccsnn.models import build_model
 from rccsnn.models.checkpoint import ModelSpec, save_checkpoint
 from rccsnn.monitor import Monitor
 from rccsnn.rundir import RunDir, prepare_run_dir
 from rccsnn.snn import ENCODERS, LOSSES
-from rccsnn.trainer import Trainer, resolve_device
+from rccsnn.trainer import Trainer, resolve_device, trainer_options
 
 
 @dataclass
@@ -44,9 +44,8 @@ class TrainResult:
 def data_and_spec(cfg: TrainConfig) -> Tuple[DataSplits, ModelSpec]:
     """The recipe's data set and the model spec it implies; unknown encodings and losses are one-line errors."""
     data = load_data(cfg.data.name or "digits", root=cfg.data.root, download=cfg.data.download, path=cfg.data.path)
-    spec = ModelSpec(arch=cfg.model.arch, arch_args=cfg.model.args, input_shape=data.input_shape,
-                     num_classes=data.num_classes, data=data.name, T=cfg.model.T, encoding=cfg.model.encoding,
-                     loss=cfg.model.loss, neuron=cfg.model.neuron)
+    spec = ModelSpec.from_config(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes,
+                                 data=data.name)
     ENCODERS.get(spec.encoding)
     LOSSES.get(spec.loss)
     return data, spec
@@ -63,7 +62,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> T
     # On every process: a node that cannot read the data stops the run with its message.
     data, spec = distributed.agreed(lambda: data_and_spec(cfg))
     torch.manual_seed(cfg.seed)  # the initial weights, too, come from the run's seed (the same on every process)
-    net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.arch_args)
+    net = build_model(spec.arch, spec.input_shape, spec.num_classes, spec.neuron, spec.args)
 
     def make_run_dir() -> Path:
         out = prepare_run_dir(cfg.out, resume=resume)
