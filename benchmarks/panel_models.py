@@ -275,11 +275,9 @@ def pretrain(name: str, path: Path, epochs: Optional[int] = None, progress: bool
     The checkpoint's ``arch`` is the factory path, so ``rccsnn evaluate|compress FILE --model FACTORY`` load it.
     Returns ``{"val_accuracy", "test_accuracy"}`` (fractions).
     """
-    from rccsnn.config import DataConfig, OptimConfig
-    from rccsnn.trainer import trainer_options
     from rccsnn.data import load_data
     from rccsnn.models.checkpoint import ModelSpec, save_checkpoint
-    from rccsnn.trainer import Trainer
+    from rccsnn.trainer import Trainer, TrainerOptions
 
     spec = PANEL[name]
     rec = recipe(name, epochs)
@@ -288,9 +286,8 @@ def pretrain(name: str, path: Path, epochs: Optional[int] = None, progress: bool
                            data=data.name, T=spec.T, encoding="direct", loss="ce")
     torch.manual_seed(0)
     net = build(name)
-    options = trainer_options(OptimConfig(lr=spec.lr, epochs=rec["panel_model"]["epochs"]),
-                              DataConfig(batch_size=spec.batch_size), seed=0, progress=progress,
-                              desc=f"pretrain {name}")
+    options = TrainerOptions(epochs=rec["panel_model"]["epochs"], lr=spec.lr, batch_size=spec.batch_size, seed=0,
+                             progress=progress, desc=f"pretrain {name}")
     trainer = Trainer(net=net, data=data, spec=model_spec, options=options)
     fit = trainer.fit()
     metrics = {"val_accuracy": fit["best_val"], "test_accuracy": trainer.evaluate("test").accuracy,
