@@ -2,7 +2,7 @@
 
 For each budget it compresses the model twice with minimax (joint), once under a params budget and once under a
 SynOps budget (through the code of ``rccsnn sweep``: resumable, one ``rccsnn compress`` per run), then measures
-every model - the dense one too - with ``rccsnn report``'s :func:`cost_report` on the test split: nonzero weights,
+every model - the dense one too - with ``rccsnn report``'s :func:`report` on the test split: nonzero weights,
 MACs, SynOps (input spikes times nonzero fan-out) and energy per inference (45 nm fp32 constants), over *all*
 conv/linear layers, the unpruned first layer included. It writes ``energy.md`` in the output directory.
 
@@ -23,7 +23,7 @@ from benchsweep import publish, run_grid
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.loading import load_model
-from rccsnn.report import cost_report
+from rccsnn.metrics import report
 from rccsnn.rundir import RunDir
 from rccsnn.sweep import collect_results
 
@@ -34,10 +34,10 @@ COLUMNS = ("nonzero", "macs", "synops", "energy_pj_fp32")
 
 
 def measure(path: str, data: DataSplits) -> Dict[str, float]:
-    """Test accuracy and the totals of :func:`cost_report` (all conv/linear layers) of one model file on ``data``."""
+    """Test accuracy and the totals of :func:`report` (all conv/linear layers) of one model file on ``data``."""
     loaded = load_model(path)
-    report = cost_report(loaded, data, "test", torch.device("cpu"))
-    return {"accuracy": report["accuracy"], **{k: float(report["total"][k]) for k in COLUMNS}}
+    costs = report(loaded, data, "test", torch.device("cpu"))
+    return {"accuracy": costs["accuracy"], **{k: float(costs["total"][k]) for k in COLUMNS}}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -88,8 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
     ]
-    report = "\n".join(lines) + "\n"
-    return publish(report, out / "energy.md", outcome)
+    text = "\n".join(lines) + "\n"
+    return publish(text, out / "energy.md", outcome)
 
 
 if __name__ == "__main__":

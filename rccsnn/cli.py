@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from rccsnn import __version__
+from rccsnn.version import __version__
 from rccsnn.errors import UserError
 from rccsnn.rundir import write_json
 
@@ -282,12 +282,12 @@ def model_and_data(args: argparse.Namespace):
 @command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rccsnn.monitor import format_table
-    from rccsnn.report import measure
+    from rccsnn.metrics import evaluate
     from rccsnn.trainer import resolve_device
 
     single_process_only("evaluate")
     loaded, data = model_and_data(args)
-    result = measure(loaded, data, args.split, resolve_device(args.device), batch_size=args.batch_size)
+    result = evaluate(loaded, data, args.split, resolve_device(args.device), batch_size=args.batch_size)
     rows = [[k, v] for k, v in result.items() if k != "firing_rates"]
     print(format_table(["metric", "value"], rows))
     print()
@@ -300,7 +300,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- compress
 @command("compress")
 def cmd_compress(args: argparse.Namespace) -> int:
-    from rccsnn.compress import compress, summary_table
+    from rccsnn.compression import compress, summary_table
     from rccsnn.config import CompressConfig, load_config, parse_assignment, parse_constraint, read_yaml
 
     overrides = dict(parse_assignment(s) for s in args.set)
@@ -360,7 +360,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- export
 @command("export")
 def cmd_export(args: argparse.Namespace) -> int:
-    from rccsnn.export import check_options, export, summary
+    from rccsnn.formats import check_options, export, summary
 
     single_process_only("export")
     check_options(args.format, args.dtype, args.per_channel)  # before the model loads, which may take long
@@ -377,14 +377,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- report
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
-    from rccsnn.export.compact import compact_tensor_bytes, is_compact_file
-    from rccsnn.report import cost_report, report_table
+    from rccsnn.formats.compact import compact_tensor_bytes, is_compact_file
+    from rccsnn.metrics import report, report_table
     from rccsnn.trainer import resolve_device
 
     single_process_only("report")
     loaded, data = model_and_data(args)
     stored = compact_tensor_bytes(args.model_file) if is_compact_file(args.model_file) else None
-    result = cost_report(loaded, data, args.split, resolve_device(args.device), batch_size=args.batch_size,
+    result = report(loaded, data, args.split, resolve_device(args.device), batch_size=args.batch_size,
                          file=args.model_file, stored_bytes=stored)
     print(f"{args.model_file}: {result['split']} accuracy {result['accuracy']:.4f} on {result['samples']} samples "
           f"of {result['data']}, T = {result['T']}; energy per inference (45 nm, Horowitz 2014)")

@@ -1,7 +1,7 @@
 """Load any model file rccsnn accepts, whatever wrote it: the one entry point of evaluate, report, export,
 compress, sweep and the benchmarks.
 
-* a compact file (``rccsnn export``, :mod:`rccsnn.export.compact`), recognised without unpickling it;
+* a compact file (``rccsnn export``, :mod:`rccsnn.formats.compact`), recognised without unpickling it;
 * an rccsnn checkpoint (:mod:`rccsnn.models.checkpoint`);
 * a bare state_dict, or a dict with a ``state_dict`` key, plus ``model="package.module:factory"``;
 * a whole pickled ``nn.Module``, only with ``trust=True`` (unpickling it runs code stored in the file).
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from rccsnn.export.compact import is_compact_file, load_compact
+from rccsnn.formats.compact import is_compact_file, load_compact
 from rccsnn.models.checkpoint import LoadedModel, ModelSpec, load_checkpoint
 
 

@@ -270,7 +270,7 @@ class Trainer:
         """
         loader = DataLoader(distributed.shard(self.data.split(split)), batch_size=self.opt.eval_batch_size,
                             shuffle=False)
-        return evaluate(self.net, loader, self.spec, self.device, spikes=spikes, across_ranks=True)
+        return evaluate_net(self.net, loader, self.spec, self.device, spikes=spikes, across_ranks=True)
 
     def train_epoch(self, epoch: int, desc: Optional[str] = None) -> Dict[str, float]:
         """One pass over the training split with the method's hooks; returns mean loss and accuracy."""
@@ -516,7 +516,7 @@ def read_state(path: Path, map_location) -> dict:
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, loader: DataLoader, spec: ModelSpec, device: torch.device,
+def evaluate_net(net: nn.Module, loader: DataLoader, spec: ModelSpec, device: torch.device,
              spikes: bool = False, across_ranks: bool = False) -> EvalResult:
     """Accuracy and mean loss of ``net`` over ``loader``; with ``spikes`` the SpikeMonitor of the pass.
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rccsnn import __version__
+from rccsnn.version import __version__
 from rccsnn.errors import UserError
 from rccsnn.models import build_model
 from rccsnn.config import ModelConfig
@@ -111,7 +111,7 @@ def test_spec_is_the_recipes_model_settings_plus_what_the_data_fixes():
 def test_compact_file_is_the_checkpoint_dict_with_its_state_replaced(saved):
     """The compact writer builds on checkpoint_dict: every checkpoint key but the format's and the state is there,
     with the same value, in the same order."""
-    from rccsnn.export.compact import plan_compact
+    from rccsnn.formats.compact import plan_compact
 
     path, _, _ = saved
     loaded = load_checkpoint(path)

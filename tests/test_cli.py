@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from rccsnn import __version__
+from rccsnn.version import __version__
 from rccsnn.cli import main
 
 from helpers import assert_user_error, cli, one_line
@@ -274,6 +274,7 @@ def test_evaluate_malicious_pickle_runs_no_code(tmp_path, capsys, user_models):
             assert not marker.exists(), f"evaluate {name} {extra} ran code from the file"
 
 
+@pytest.mark.slow
 def test_evaluate_malicious_pickle_in_a_real_process(tmp_path, user_models):
     # Out of process, so that warnings printed by torch.load count as stderr lines too.
     marker = tmp_path / "pwned"
@@ -314,6 +315,7 @@ def test_evaluate_unwritable_json(trained, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ entry point
+@pytest.mark.slow
 def test_version_in_a_subprocess():
     proc = subprocess.run([sys.executable, "-m", "rccsnn", "--version"], cwd=REPO_ROOT,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 
 from helpers import cli, one_line, train_tiny
-from rccsnn.compress import compress
+from rccsnn.compression import compress
 from rccsnn.config import CompressConfig, DataConfig, MethodConfig, OptimConfig, TargetsConfig
 from rccsnn.data import load_data
 from rccsnn.masks import find_targets

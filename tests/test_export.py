@@ -22,11 +22,11 @@ import torch
 from helpers import assert_user_error, cli, train_tiny
 from rccsnn.data import load_data
 from rccsnn.errors import UserError
-from rccsnn.export.compact import (COMPACT_FORMAT, IndexCode, decode_entry, decode_mask, delta_decode, delta_encode,
+from rccsnn.formats.compact import (COMPACT_FORMAT, IndexCode, decode_entry, decode_mask, delta_decode, delta_encode,
                                    encode_mask, encode_weight, entry_nbytes, is_compact_file, load_compact)
-from rccsnn.export.nir import nir_graph
+from rccsnn.formats.nir import nir_graph
 from rccsnn.models.checkpoint import load_checkpoint
-from rccsnn.report import LAYER_KEYS, REPORT_KEYS, TOTAL_KEYS
+from rccsnn.metrics import LAYER_KEYS, REPORT_KEYS, TOTAL_KEYS
 from rccsnn.snn import simulate
 
 T = 2
@@ -302,7 +302,7 @@ def test_corrupt_compact_file_is_one_line(tiny):
     for command in ("evaluate", "report"):
         assert_user_error(*cli(command, bad, "--device", "cpu"), "corrupt compact file", "checksum")
     raw["tensors"]["classifier.0.1.weight"]["values"] = values[:-1]  # consistent checksum, inconsistent layout
-    from rccsnn.export.compact import tensor_digest
+    from rccsnn.formats.compact import tensor_digest
 
     raw["checksum"] = tensor_digest(raw["tensors"])
     torch.save(raw, bad)
@@ -391,7 +391,7 @@ def test_nir_round_trip(tiny, test_batch):
     net.eval()
     zero = LoadedModel(net=net, spec=spec)
     path = root / "tiny-zero.nir"
-    from rccsnn.export.nir import export_nir
+    from rccsnn.formats.nir import export_nir
 
     export_nir(zero, path)
 

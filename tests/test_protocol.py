@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import cli, train_tiny
-from rccsnn.compress import compress
+from rccsnn.compression import compress
 from rccsnn.config import CompressConfig, MethodConfig, OptimConfig
 from rccsnn.methods import METHODS, CompressionMethod, Problem, TrainingLoop
 from rccsnn.models.checkpoint import load_checkpoint

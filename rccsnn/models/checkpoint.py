@@ -35,7 +35,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from rccsnn import __version__
+from rccsnn.version import __version__
 from rccsnn.config import ModelConfig
 from rccsnn.errors import UserError
 from rccsnn.models.registry import build_model
@@ -136,7 +136,7 @@ def checkpoint_dict(
 ) -> Dict[str, Any]:
     """The checkpoint dict (see the module docstring): the one place its keys are written.
 
-    The compact format (:mod:`rccsnn.export.compact`) stores the same dict with ``state_dict`` replaced.
+    The compact format (:mod:`rccsnn.formats.compact`) stores the same dict with ``state_dict`` replaced.
     """
     ckpt = {
         "format": FORMAT,

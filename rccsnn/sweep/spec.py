@@ -393,7 +393,7 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, check_files: 
 
 def _validate(cfg: CompressConfig) -> None:
     """What ``rccsnn compress`` checks before it reads model or data: names, budgets, method options."""
-    from rccsnn.compress import build_method, validate_config
+    from rccsnn.compression import build_method, validate_config
 
     validate_config(cfg)
     build_method(cfg)

@@ -1,7 +1,7 @@
 """Deployable output: :func:`export` writes a model as a compact sparse file or as a NIR graph (``rccsnn export``).
 
-* :mod:`rccsnn.export.compact`: the compact format (index and value codecs, planning, writing, reading, loading);
-* :mod:`rccsnn.export.nir`: the NIR graph of one time step.
+* :mod:`rccsnn.formats.compact`: the compact format (index and value codecs, planning, writing, reading, loading);
+* :mod:`rccsnn.formats.nir`: the NIR graph of one time step.
 
 A compact export encodes the weights, decodes them again in memory, measures the accuracy of both on a data split
 (optional), writes the file through a temporary file and a rename, and reloads it to check that it gives exactly
@@ -17,8 +17,8 @@ import torch
 
 from rccsnn.data import DataSplits
 from rccsnn.errors import UserError
-from rccsnn.export.compact import TensorRecord, decoded, load_compact, plan_compact, same_state, save_compact
-from rccsnn.export.nir import export_nir, require_nir
+from rccsnn.formats.compact import TensorRecord, decoded, load_compact, plan_compact, same_state, save_compact
+from rccsnn.formats.nir import export_nir, require_nir
 from rccsnn.models.checkpoint import LoadedModel
 
 FORMATS = ("compact", "nir")
@@ -120,8 +120,8 @@ def export(
     after = decoded(plan, model=model)
     accuracy = None
     if data is not None and split is not None:
-        # Imported here: rccsnn.report imports this package's codec (the compact bytes of every layer).
-        from rccsnn.report import accuracy as measure
+        # Imported here: rccsnn.metrics imports this package's codec (the compact bytes of every layer).
+        from rccsnn.metrics import accuracy as measure
         from rccsnn.trainer import resolve_device
 
         where = resolve_device(device) if isinstance(device, str) else device

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rccsnn import __version__
+from rccsnn.version import __version__
 from rccsnn.errors import UserError
 from rccsnn.models.checkpoint import LoadedModel
 from rccsnn.snn import ENCODERS, LIF, SeqDropout

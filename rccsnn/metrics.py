@@ -1,6 +1,6 @@
 """The metrics of any model file: accuracy, parameter counts, MACs, SynOps, energy and bytes on a data split.
 
-:func:`measure` is what ``rccsnn evaluate`` prints; :func:`cost_report` is ``rccsnn report``: per conv/linear layer
+:func:`evaluate` is what ``rccsnn evaluate`` prints; :func:`report` is ``rccsnn report``: per conv/linear layer
 and in total, weights, nonzero weights, MACs, SynOps measured on the data, energy per inference with fp32 and int8
 constants, and the bytes of the weights dense (fp32) and in the compact format.
 """
@@ -17,9 +17,9 @@ from rccsnn.errors import UserError
 from rccsnn.models.checkpoint import LoadedModel
 from rccsnn.resources import ENERGY_PJ, layer_costs
 from rccsnn.snn import weight_layers
-from rccsnn.trainer import EvalResult, evaluate
+from rccsnn.trainer import EvalResult, evaluate_net
 
-#: Keys of every entry of ``cost_report(...)["layers"]``, in order; ``total`` has the numeric ones from "weights" on.
+#: Keys of every entry of ``report(...)["layers"]``, in order; ``total`` has the numeric ones from "weights" on.
 LAYER_KEYS = ("name", "kind", "analog_input", "positions", "input_rate", "weights", "nonzero", "macs", "dense_macs",
               "synops", "energy_pj_fp32", "energy_pj_int8", "bytes_dense", "bytes_compact")
 TOTAL_KEYS = LAYER_KEYS[LAYER_KEYS.index("weights"):]
@@ -48,7 +48,7 @@ def run_split(loaded: LoadedModel, data: DataSplits, split: str, device: torch.d
     net = loaded.net.to(device)
     loader = DataLoader(data.split(split), batch_size=batch_size, shuffle=False)
     try:
-        return evaluate(net, loader, loaded.spec, device, spikes=spikes)
+        return evaluate_net(net, loader, loaded.spec, device, spikes=spikes)
     except RuntimeError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"the model cannot run on data set '{data.name}': {first}") from None
@@ -59,7 +59,7 @@ def accuracy(loaded: LoadedModel, data: DataSplits, split: str, device: torch.de
     return run_split(loaded, data, split, device, batch_size).accuracy
 
 
-def measure(loaded: LoadedModel, data: DataSplits, split: str, device: torch.device,
+def evaluate(loaded: LoadedModel, data: DataSplits, split: str, device: torch.device,
             batch_size: int = 512) -> Dict[str, Any]:
     """Evaluate ``loaded`` on ``split`` and count what it costs.
 
@@ -90,7 +90,7 @@ def measure(loaded: LoadedModel, data: DataSplits, split: str, device: torch.dev
     }
 
 
-def cost_report(loaded: LoadedModel, data: DataSplits, split: str, device: torch.device, batch_size: int = 512,
+def report(loaded: LoadedModel, data: DataSplits, split: str, device: torch.device, batch_size: int = 512,
                 file: Optional[str] = None, stored_bytes: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
     """What every conv/linear layer of ``loaded`` costs per inference, measured on ``split``.
 
@@ -104,7 +104,7 @@ def cost_report(loaded: LoadedModel, data: DataSplits, split: str, device: torch
 
     Returns a dict with keys :data:`REPORT_KEYS`; ``total`` sums :data:`TOTAL_KEYS` over the layers.
     """
-    from rccsnn.export.compact import encode_weight, entry_nbytes
+    from rccsnn.formats.compact import encode_weight, entry_nbytes
 
     result = run_split(loaded, data, split, device, batch_size, spikes=True)
     mon = result.monitor
@@ -145,7 +145,7 @@ def cost_report(loaded: LoadedModel, data: DataSplits, split: str, device: torch
 
 
 def report_table(report: Dict[str, Any]) -> str:
-    """The per-layer table of :func:`cost_report`, with a total row; energies in nJ, bytes in kB (1000 B)."""
+    """The per-layer table of :func:`report`, with a total row; energies in nJ, bytes in kB (1000 B)."""
     from rccsnn.monitor import format_table
 
     def row(name: str, kind: str, r: Dict[str, Any]) -> List[Any]:

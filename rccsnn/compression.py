@@ -32,9 +32,9 @@ from rccsnn.methods import METHODS, CompressionMethod, Constraint, Problem
 from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
 from rccsnn.monitor import Monitor, format_table
 from rccsnn.rundir import prepare_run_dir, write_error, write_json
-from rccsnn.report import check_fit
+from rccsnn.metrics import check_fit
 from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
-from rccsnn.trainer import Trainer, evaluate, resolve_device, trainer_options
+from rccsnn.trainer import Trainer, evaluate_net, resolve_device, trainer_options
 
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "model.pt"
@@ -111,7 +111,7 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
     test_loader = DataLoader(distributed.shard(data.test), batch_size=cfg.data.eval_batch_size, shuffle=False)
     targets = find_targets(net, cfg.targets.include, cfg.targets.exclude, cfg.targets.exclude_first)
     try:
-        dense_test = evaluate(net, test_loader, spec, device, across_ranks=True).accuracy
+        dense_test = evaluate_net(net, test_loader, spec, device, across_ranks=True).accuracy
     except RuntimeError as exc:
         raise UserError(f"the model cannot run on data set '{data.name}': {str(exc).splitlines()[0]}") from None
 
@@ -155,7 +155,7 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
     bake(net)
     final_stats = stats_now()
     compressed = resource_table(targets, final_stats, cfg.resources)
-    test_acc = evaluate(net, test_loader, spec, device, across_ranks=True).accuracy
+    test_acc = evaluate_net(net, test_loader, spec, device, across_ranks=True).accuracy
     resources = {name: {"dense": dense[name], "compressed": compressed[name],
                         "ratio": compressed[name] / dense[name] if dense[name] > 0 else 0.0} for name in dense}
     ckpt = out / CHECKPOINT_FILE

@@ -1,0 +1,130 @@
+"""The library calls, one per CLI command: ``train``, ``compress``, ``evaluate``, ``report``, ``export``.
+
+Each takes what a user holds - a model file or a loaded model, a recipe file, a config object or a dict of dotted
+settings - and returns what the command prints, as data. The CLI parses its flags into the same arguments and
+prints the result; nothing here parses flags or prints.
+
+Example::
+
+    import rccsnn
+
+    result = rccsnn.compress("checkpoints/digits_convsnn.pt", {"params": 0.05}, settings={"optim.epochs": 10})
+    print(result.accuracy["compressed"], result.resources["params"]["ratio"])
+    costs = rccsnn.report(result.checkpoint)                  # per-layer weights, MACs, SynOps, energy, bytes
+    rccsnn.export(result.checkpoint, "model.compact.pt")     # the deployable sparse file
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
+
+import torch
+
+from rccsnn.compression import RunResult
+from rccsnn.compression import compress as compress_loaded
+from rccsnn.config import CompressConfig, TrainConfig, from_dict, read_yaml, set_path
+from rccsnn.data import DataSplits, load_data
+from rccsnn.formats import ExportResult
+from rccsnn.formats import export as export_loaded
+from rccsnn.loading import load_model
+from rccsnn.metrics import check_fit
+from rccsnn.metrics import evaluate as evaluate_loaded
+from rccsnn.metrics import report as report_loaded
+from rccsnn.models.checkpoint import LoadedModel
+from rccsnn.trainer import resolve_device
+from rccsnn.training import TrainResult
+from rccsnn.training import train as train_config
+
+Model = Union[str, Path, LoadedModel]
+Data = Union[str, DataSplits, None]
+C = TypeVar("C", TrainConfig, CompressConfig)
+
+
+def _config(cls: Type[C], source: Union[C, str, Path, Mapping[str, Any], None],
+            settings: Optional[Mapping[str, Any]]) -> C:
+    """A config from an object, a YAML file or a nested dict, with dotted ``settings`` on top, validated."""
+    if isinstance(source, cls):
+        data: Dict[str, Any] = dataclasses.asdict(source)
+    elif isinstance(source, Mapping):
+        data = copy.deepcopy(dict(source))
+    else:
+        data = read_yaml(str(source)) if source is not None else {}
+    for key, value in (settings or {}).items():
+        set_path(data, key, value)
+    cfg = from_dict(cls, data)
+    cfg.validate()
+    return cfg
+
+
+def _loaded(model: Model) -> LoadedModel:
+    return model if isinstance(model, LoadedModel) else load_model(model)
+
+
+def _data(data: Data, loaded: LoadedModel) -> DataSplits:
+    """The data set to measure ``loaded`` on (by default the one its file recorded), checked to fit it."""
+    splits = data if isinstance(data, DataSplits) else load_data(data or loaded.spec.data)
+    check_fit(loaded, splits)
+    return splits
+
+
+def train(recipe: Union[TrainConfig, str, Path, Mapping[str, Any]], *, settings: Optional[Mapping[str, Any]] = None,
+          resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train a model from a recipe (``rccsnn train``); ``settings`` are dotted overrides (``{"optim.epochs": 5}``)."""
+    return train_config(_config(TrainConfig, recipe, settings), resume=resume, progress=progress)
+
+
+def compress(model: Model, budgets: Optional[Mapping[str, float]] = None, *,
+             config: Union[CompressConfig, str, Path, Mapping[str, Any], None] = None,
+             settings: Optional[Mapping[str, Any]] = None, resume: bool = False, progress: bool = True) -> RunResult:
+    """Compress ``model`` to ``budgets`` (resource -> fraction of dense), as ``rccsnn compress`` does.
+
+    Args:
+        model: a model file or a :class:`LoadedModel`.
+        budgets: e.g. ``{"params": 0.05}``; added to the config's.
+        config: a :class:`CompressConfig`, a YAML file or a dict with the same sections.
+        settings: dotted overrides, e.g. ``{"method.name": "gmp", "optim.epochs": 10, "out": "runs/x"}``.
+
+    Returns:
+        The :class:`RunResult` (also written to ``<out>/summary.json``; the model to ``<out>/model.pt``).
+    """
+    loaded = _loaded(model)
+    overrides: Dict[str, Any] = dict(settings or {})
+    # ``model`` names the run directory (and is recorded in config.yaml); an object is named after its architecture.
+    overrides.setdefault("model", loaded.spec.arch if isinstance(model, LoadedModel) else str(model))
+    overrides.update({f"budgets.{name}": fraction for name, fraction in (budgets or {}).items()})
+    cfg = _config(CompressConfig, config, overrides)
+    return compress_loaded(cfg, loaded, resume=resume, progress=progress)
+
+
+def evaluate(model: Model, *, data: Data = None, split: str = "test", device: Union[str, torch.device] = "auto",
+             batch_size: int = 512) -> Dict[str, Any]:
+    """Accuracy, weights, nonzero weights, MACs and firing rates of ``model`` on ``split`` (``rccsnn evaluate``)."""
+    loaded = _loaded(model)
+    return evaluate_loaded(loaded, _data(data, loaded), split, _device(device), batch_size=batch_size)
+
+
+def report(model: Model, *, data: Data = None, split: str = "val", device: Union[str, torch.device] = "auto",
+           batch_size: int = 512) -> Dict[str, Any]:
+    """Per-layer and total costs of ``model`` on ``split``: weights, MACs, SynOps, energy, bytes (``rccsnn report``).
+
+    The default split is the validation split, on which compression measured the budgets.
+    """
+    loaded = _loaded(model)
+    file = None if isinstance(model, LoadedModel) else str(model)
+    return report_loaded(loaded, _data(data, loaded), split, _device(device), batch_size=batch_size, file=file)
+
+
+def export(model: Model, out: Union[str, Path], *, format: str = "compact", dtype: str = "float32",
+           per_channel: bool = False, data: Data = None, split: Optional[str] = "test",
+           device: Union[str, torch.device] = "auto") -> ExportResult:
+    """Write ``model`` as a compact sparse file or a NIR graph (``rccsnn export``); see :func:`rccsnn.formats.export`."""
+    loaded = _loaded(model)
+    splits = _data(data, loaded) if split is not None else None
+    return export_loaded(loaded, out, format=format, dtype=dtype, per_channel=per_channel, data=splits, split=split,
+                         device=device)
+
+
+def _device(device: Union[str, torch.device]) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(device)
