@@ -7,13 +7,16 @@ root (``PYTHONPATH=.`` elsewhere)::
 
     rccsnn evaluate runs/benchmarks/quality-panel/pretrained/fc.pt --model benchmarks.panel_models:fc
 
-| name | written as | neurons | prunable weights (first layer excluded) |
-|---|---|---|---|
-| ``convsnn`` | rccsnn's zoo model (the shipped ``checkpoints/digits_convsnn.pt``; no factory here) | rccsnn LIF, BatchNorm | 340,992 |
-| ``fc`` | own time loop (snntorch tutorial 5), 64-128-64-10 | ``snn.Leaky`` | 8,832 |
-| ``tutorial_conv`` | single-step ``nn.Sequential`` with ``init_hidden=True`` (tutorial 6), no BatchNorm, in :class:`MultiStep` | ``snn.Leaky`` | 21,760 |
-| ``recurrent`` | own time loop, 64-128 (recurrent)-10 | ``snn.RLeaky`` (its 128x128 recurrent weights are targets), ``snn.Leaky`` | 17,664 |
-| ``synaptic_conv`` | three 3x3 convs with BatchNorm, time folded into the batch for the stateless layers | ``snn.Synaptic`` | 25,600 |
+* ``convsnn``: rccsnn's zoo model, the shipped ``checkpoints/digits_convsnn.pt`` (no factory here); rccsnn LIF,
+  BatchNorm; 340,992 prunable weights (the first layer is never pruned by default);
+* ``fc`` (:func:`fc`): fully connected 64-128-64-10 with ``snn.Leaky``, its own time loop (snntorch tutorial 5);
+  8,832 prunable weights, of which the output layer has 640;
+* ``tutorial_conv`` (:func:`tutorial_conv`): snntorch tutorial 6's single-step ``nn.Sequential`` with
+  ``init_hidden=True`` neurons and no BatchNorm, run over time by :class:`MultiStep`; 21,760;
+* ``recurrent`` (:func:`recurrent`): 64-128-10 with ``snn.RLeaky``, whose 128x128 recurrent weights are targets
+  like any other; 17,664;
+* ``synaptic_conv`` (:func:`synaptic_conv`): three 3x3 convs with BatchNorm and ``snn.Synaptic`` neurons, time
+  folded into the batch for the stateless layers; 25,600.
 
 :data:`PANEL` records how each is pretrained (:func:`pretrain`, rccsnn's own :class:`~rccsnn.trainer.Trainer`,
 seed 0) and compressed (``T``). ``python benchmarks/panel_models.py --out DIR`` pretrains them all.
