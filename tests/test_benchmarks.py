@@ -58,24 +58,33 @@ def test_overhead_exit_code_says_whether_the_limit_holds():
 
 
 @pytest.mark.slow
-def test_quality_quick_tables_the_runs_it_made(tmp_path):
+def test_quality_quick_runs_the_panel_and_tables_the_runs_it_made(tmp_path):
     out = tmp_path / "quality"
-    text = run_quick("quality", out)
-    rows = {float(r[0]): r for r in table_rows(text, r"0\.\d+")}
-    assert sorted(rows) == [0.01, 0.05]
-    labels = ["joint", "sequential", "magnitude", "gmp"]
-    for budget, cells in rows.items():
-        for label, cell in zip(labels, cells[1:5]):
-            mean = float(cell.split("±")[0])
-            method = {"joint": "minimax-joint", "sequential": "minimax-sequential"}.get(label, f"{label}-joint")
-            summary = json.loads((out / f"params{budget:g}-{method}-seed0" / "summary.json").read_text())
+    proc = run_benchmark("quality.py", "--quick", "--jobs", "2", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (out / "quality.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| model | epochs |"))
+    labels = [c.strip() for c in header.strip().strip("|").split("|")]
+    models = ["convsnn", "fc", "tutorial_conv", "recurrent", "synaptic_conv"]
+    rows = {r[0]: r for r in table_rows(text, "|".join(models)) if r[1:3] == ["2", "0.01"]}
+    assert sorted(rows) == sorted(models)
+    for name, cells in rows.items():
+        stem = "digits_convsnn" if name == "convsnn" else name
+        for label in ("minimax", "gmp"):
+            run = out / f"params0.01-{label}-joint-seed0-model{stem}-epochs2"
+            summary = json.loads((run / "summary.json").read_text())
+            mean = float(cells[labels.index(label)].split("±")[0])
             assert mean == pytest.approx(100 * summary["accuracy"]["compressed"], abs=0.006)
-            assert summary["resources"]["params"]["ratio"] <= budget
-        gap = float(cells[5])
-        assert gap == pytest.approx(float(cells[1].split("±")[0]) - float(cells[2].split("±")[0]), abs=0.011)
-    # rerunning finds every run finished and only rebuilds the tables
+            assert summary["resources"]["params"]["ratio"] <= 0.01
+        assert 0.0 <= float(cells[labels.index("min firing rate")]) <= 1.0
+        assert float(cells[labels.index("max kept / budget")]) <= 1.0
+    assert "* every run within its budget (params kept / dense <= budget): ok" in text
+    finished = re.search(r"runs finished: (\d+) of (\d+)", text)
+    assert finished and finished[1] == finished[2]
+    # rerunning finds every run finished (and every model pretrained) and only rebuilds the tables
     again = run_benchmark("quality.py", "--quick", "--out", str(out), "--no-progress")
     assert again.returncode == 0 and "0 to run" in again.stdout + again.stderr
+    assert "pretraining" not in again.stdout
 
 
 @pytest.mark.slow
