@@ -33,7 +33,7 @@ from rccsnn.metrics import check_fit
 from rccsnn.metrics import evaluate as evaluate_loaded
 from rccsnn.metrics import report as report_loaded
 from rccsnn.models.checkpoint import LoadedModel
-from rccsnn.trainer import resolve_device
+from rccsnn.distributed import resolve_device
 from rccsnn.training import TrainResult
 from rccsnn.training import train as train_config
 

@@ -174,50 +174,24 @@ def data_overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- torchrun
 def join_run(device_name: str, batch_size: int):
-    """Under torchrun (2+ processes): check that the global batch splits evenly, then join the other processes.
-
-    Returns this process's device (``cuda:LOCAL_RANK`` under torchrun on GPUs). Without torchrun: the device.
-    """
+    """Under torchrun, join the other processes (see :func:`rccsnn.distributed.join_launch`); returns the device."""
     from rccsnn import distributed
-    from rccsnn.trainer import resolve_device
 
-    launch = distributed.launch_from_env()
-    if launch is not None:
-        distributed.per_process_batch(batch_size, launch.world_size)
-    return distributed.start(resolve_device(device_name), timeout_s=distributed.timeout_from_env())
+    return distributed.join_launch(distributed.resolve_device(device_name), batch_size)
 
 
 def resume_after_restart(resume: bool, out: str) -> bool:
-    """``torchrun --max-restarts``: a restarted group of processes continues the run from its state.pt.
-
-    torchrun restarts the command exactly as it was given; without this a restart after a failure would start
-    the run afresh and clear the epochs it had finished.
-    """
-    import os
-
+    """Whether to resume: ``--resume``, or a torchrun restart of a run with a state file."""
     from rccsnn import distributed
+    from rccsnn.rundir import RunDir
 
-    try:
-        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
-    except ValueError:
-        restarts = 0
-    if resume or restarts == 0 or distributed.launch_from_env() is None:
-        return resume
-    found = distributed.on_main(lambda: (Path(out) / "state.pt").is_file())
-    if found and distributed.is_main():
-        print(f"torchrun restarted the processes (restart {restarts}): continuing from {Path(out) / 'state.pt'}",
-              flush=True)
-    return found
+    return distributed.resume_after_restart(resume, RunDir(out).state)
 
 
 def single_process_only(command_name: str) -> None:
-    """Refuse a command that has nothing to share across processes when torchrun started several."""
     from rccsnn import distributed
 
-    launch = distributed.launch_from_env()
-    if launch is not None:
-        raise UserError(f"rccsnn {command_name} runs in one process; only train and compress run under torchrun "
-                        f"(it started {launch.world_size})")
+    distributed.single_process_only(command_name)
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -240,50 +214,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------- evaluate
+def model_file_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The model-file and data options of a command, as :func:`rccsnn.loading.load_model_file` takes them."""
+    from rccsnn.loading import DataSource
+
+    data = DataSource(name=args.data, root=args.data_root or "data", path=args.data_path, download=bool(args.download))
+    return dict(model=args.model, trust=args.trust_checkpoint, data=data, T=args.T, encoding=args.encoding)
+
+
 def load_model_file(args: argparse.Namespace):
     """Load MODEL with the model-file options; files without a spec take it from --data/--T/--encoding."""
-    from rccsnn.data import load_data
-    from rccsnn.models.checkpoint import ModelSpec
+    from rccsnn.loading import load_model_file as load
 
-    fallback = None
-    if args.model or args.trust_checkpoint:
-        name = args.data or "digits"
-        data = load_data(name, root=args.data_root or "data", download=bool(args.download), path=args.data_path)
-        fallback = ModelSpec(arch=args.model or "pickled-module", input_shape=(), num_classes=data.num_classes,
-                             data=name, T=args.T or 4, encoding=args.encoding or "direct")
-    from rccsnn.loading import load_model
-
-    if args.model_file is None:
-        raise UserError("no model file: give MODEL (or 'model:' in the config)")
-    loaded = load_model(args.model_file, model=args.model, trust=args.trust_checkpoint, fallback=fallback)
-    if args.T:
-        loaded.spec.T = args.T
-    if args.encoding:
-        loaded.spec.encoding = args.encoding
-    return loaded
-
-
-def load_data_for(args: argparse.Namespace, loaded):
-    from rccsnn.data import load_data
-
-    return load_data(args.data or loaded.spec.data, root=args.data_root or "data", download=bool(args.download),
-                     path=args.data_path)
+    return load(args.model_file, **model_file_options(args))
 
 
 def model_and_data(args: argparse.Namespace):
     """The model file and its data set, with the model's encoding checked (what evaluate and report measure on)."""
-    from rccsnn.snn import ENCODERS
+    from rccsnn.loading import model_and_data as load
 
-    loaded = load_model_file(args)
-    ENCODERS.get(loaded.spec.encoding)
-    return loaded, load_data_for(args, loaded)
+    return load(args.model_file, **model_file_options(args))
 
 
 @command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rccsnn.monitor import format_table
+    from rccsnn.distributed import resolve_device
     from rccsnn.metrics import evaluate
-    from rccsnn.trainer import resolve_device
 
     single_process_only("evaluate")
     loaded, data = model_and_data(args)
@@ -366,7 +323,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_options(args.format, args.dtype, args.per_channel)  # before the model loads, which may take long
     loaded = load_model_file(args)
     evaluate = args.format == "compact" and not args.no_eval
-    data = load_data_for(args, loaded) if evaluate or not loaded.spec.input_shape else None
+    options = model_file_options(args)
+    data = options["data"].load(default=loaded.spec.data) if evaluate or not loaded.spec.input_shape else None
     result = export(loaded, args.out, format=args.format, dtype=args.dtype, per_channel=args.per_channel, data=data,
                     split=args.split if evaluate else None, device=args.device, batch_size=args.batch_size,
                     model=args.model)
@@ -378,8 +336,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
     from rccsnn.formats.compact import compact_tensor_bytes, is_compact_file
+    from rccsnn.distributed import resolve_device
     from rccsnn.metrics import report, report_table
-    from rccsnn.trainer import resolve_device
 
     single_process_only("report")
     loaded, data = model_and_data(args)
@@ -407,8 +365,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     import errno
     import os
     import shlex
-    import signal
-    import time
 
     from rccsnn import distributed
 
@@ -417,16 +373,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserError:
         launch = None  # the command itself reports the malformed environment
     quiet = launch is not None and launch.rank > 0
-
-    def wait_to_be_stopped(code: int) -> None:
-        """(Processes other than 0 under torchrun.) Give process 0, which hit the same error, time to print it:
-        torchrun stops this process as soon as process 0 exits, and that ends the wait."""
-        try:
-            for s in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(s, lambda signum, frame: os._exit(code))
-        except ValueError:  # not the main thread
-            return
-        time.sleep(PEER_REPORT_WAIT_S)
 
     with contextlib.ExitStack() as silence:
         if quiet:  # torchrun starts every process with the same arguments: one copy of the output is enough
@@ -439,7 +385,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as exc:
             if quiet and exc.code not in (0, None):
-                wait_to_be_stopped(exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR)
+                distributed.wait_to_be_stopped(exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR,
+                                               PEER_REPORT_WAIT_S)
             raise
         if not args.command:
             parser.print_help()
@@ -455,16 +402,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                     else "torchrun <the same rendezvous options>")
         again = f"{launcher} -m {shlex.join(['rccsnn', *resume_argv])}"
 
-    def hold_signals() -> None:
-        """Under torchrun, let a message out before torchrun's SIGTERM (sent once another process exits), or the
-        SIGINT it passes on when it is interrupted, lands."""
-        if launch is not None:
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-            except ValueError:  # not the main thread
-                pass
-
     def say(message: str, code: int, wait: bool = True) -> int:
         """Print ``message`` (process 0), or (other processes) wait to be stopped, then print it if still alive."""
         if not quiet:
@@ -472,29 +409,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             return code
         if not wait:
             return code
-        wait_to_be_stopped(code)
+        distributed.wait_to_be_stopped(code, PEER_REPORT_WAIT_S)
         print(f"{message} (process {launch.rank} of {launch.world_size})", file=sys.stderr, flush=True)
         return code
 
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt  # outside the epoch loop (which saves its epoch first) SIGTERM stops like Ctrl-C
-
-    try:
-        previous_sigint = signal.getsignal(signal.SIGINT)
-        previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
-        if previous_sigterm is None:  # installed outside Python: the default is the closest we can restore
-            previous_sigterm = signal.SIG_DFL
-    except ValueError:  # not the main thread: leave the signal alone
-        previous_sigterm = None
     lost = False
     try:
-        with contextlib.ExitStack() as silence:
+        with contextlib.ExitStack() as scope:
+            scope.enter_context(distributed.sigterm_interrupts())
             if quiet:  # progress, tables and the methods' event lines come from process 0 alone
-                silence.enter_context(contextlib.redirect_stdout(silence.enter_context(open(os.devnull, "w"))))
+                scope.enter_context(contextlib.redirect_stdout(scope.enter_context(open(os.devnull, "w"))))
             return COMMANDS[args.command](args)
     except distributed.PeerLost as exc:
         lost = True
-        hold_signals()
+        distributed.hold_signals(launch)
         hint = ""
         if args.command in ("train", "compress"):
             hint = f"; epochs that finished are saved in the run's state.pt, continue with: {again}"
@@ -502,14 +430,14 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"that failed){hint}", file=sys.stderr, flush=True)
         return EXIT_PROCESS_LOST
     except UserError as exc:
-        hold_signals()
+        distributed.hold_signals(launch)
         return say(f"rccsnn {args.command}: error: {exc}", EXIT_USER_ERROR)
     except Interrupted as exc:
-        hold_signals()
+        distributed.hold_signals(launch)
         # Every process stops after the same epoch (agreed in Trainer.fit) with this message: no need to wait.
         return say(f"rccsnn {args.command}: {exc}; continue with: {again}", EXIT_INTERRUPTED, wait=False)
     except KeyboardInterrupt:
-        hold_signals()
+        distributed.hold_signals(launch)
         hint = ""
         if args.command in ("train", "compress"):
             hint = f" (epochs that finished are saved in the run's state.pt; continue with: {again})"
@@ -530,12 +458,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             message = f"{exc.strerror}: {exc.filename}"
         else:
             raise
-        hold_signals()
+        distributed.hold_signals(launch)
         return say(f"rccsnn {args.command}: error: {message}", EXIT_USER_ERROR)
     finally:
         if not lost:  # after a lost process the group is broken; leaving it could wait on the dead
             distributed.stop()
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
-            if previous_sigint is not None:  # a lost process (rccsnn.distributed) or a waiting one changed it
-                signal.signal(signal.SIGINT, previous_sigint)

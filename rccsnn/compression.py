@@ -34,7 +34,8 @@ from rccsnn.monitor import Monitor, format_table
 from rccsnn.rundir import prepare_run_dir, write_error, write_json
 from rccsnn.metrics import check_fit
 from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
-from rccsnn.trainer import Trainer, evaluate_net, resolve_device, trainer_options
+from rccsnn.distributed import resolve_device
+from rccsnn.trainer import Trainer, evaluate_net, trainer_options
 
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "model.pt"

@@ -22,13 +22,15 @@ distributed is whatever :mod:`torch.distributed` says.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
 import re
 import signal
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Mapping, Optional, TypeVar
+from typing import Any, Callable, Iterator, List, Mapping, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -359,3 +361,108 @@ def agreed(fn: Callable[[], T]) -> T:
         if message is not None:
             raise UserError(message if r == 0 else f"process {r} of {len(errors)}: {message}")
     return result  # type: ignore[return-value]
+
+
+# ================================================================================================ launching commands
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device '{name}' requested, but no CUDA GPU is available (use --device cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise UserError(
+                f"device '{name}' requested, but only {count} CUDA GPU{'s' if count != 1 else ''} "
+                f"(cuda:0{f'..cuda:{count - 1}' if count > 1 else ''}) available"
+            )
+    return device
+
+
+def join_launch(device: torch.device, batch_size: int) -> torch.device:
+    """Under torchrun (2+ processes): check that the global batch splits evenly, then join the other processes.
+
+    Returns this process's device (``cuda:LOCAL_RANK`` under torchrun on GPUs). Without torchrun: ``device``.
+    """
+    launch = launch_from_env()
+    if launch is not None:
+        per_process_batch(batch_size, launch.world_size)
+    return start(device, timeout_s=timeout_from_env())
+
+
+def resume_after_restart(resume: bool, state_file: str | os.PathLike) -> bool:
+    """``torchrun --max-restarts``: a restarted group of processes continues the run from its state file.
+
+    torchrun restarts the command exactly as it was given; without this a restart after a failure would start
+    the run afresh and clear the epochs it had finished.
+    """
+    try:
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    except ValueError:
+        restarts = 0
+    if resume or restarts == 0 or launch_from_env() is None:
+        return resume
+    found = on_main(lambda: os.path.isfile(state_file))
+    if found and is_main():
+        print(f"torchrun restarted the processes (restart {restarts}): continuing from {state_file}", flush=True)
+    return found
+
+
+def single_process_only(command_name: str) -> None:
+    """Refuse a command that has nothing to share across processes when torchrun started several."""
+    launch = launch_from_env()
+    if launch is not None:
+        raise UserError(f"rccsnn {command_name} runs in one process; only train and compress run under torchrun "
+                        f"(it started {launch.world_size})")
+
+
+def wait_to_be_stopped(code: int, wait_s: float) -> None:
+    """(Processes other than 0 under torchrun, after an error.) Give process 0, which normally hit the same error,
+    ``wait_s`` seconds to print it: torchrun stops this process as soon as process 0 exits, and a SIGTERM or SIGINT
+    then ends the wait (and the process, with ``code``)."""
+    try:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, lambda signum, frame: os._exit(code))
+    except ValueError:  # not the main thread
+        return
+    time.sleep(wait_s)
+
+
+def hold_signals(launch: Optional[Launch]) -> None:
+    """Under torchrun, let a message out before torchrun's SIGTERM (sent once another process exits), or the
+    SIGINT it passes on when it is interrupted, lands."""
+    if launch is None:
+        return
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside the block (outside the epoch loop, which saves its epoch first,
+    SIGTERM stops a command like Ctrl-C); the previous SIGINT and SIGTERM handlers are back afterwards."""
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous_sigint = signal.getsignal(signal.SIGINT)
+        previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+        if previous_sigterm is None:  # installed outside Python: the default is the closest we can restore
+            previous_sigterm = signal.SIG_DFL
+    except ValueError:  # not the main thread: leave the signals alone
+        previous_sigterm = previous_sigint = None
+    try:
+        yield
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+            if previous_sigint is not None:  # a lost process or a waiting one changed it
+                signal.signal(signal.SIGINT, previous_sigint)

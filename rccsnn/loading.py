@@ -10,11 +10,31 @@ Every file is read with ``torch.load(weights_only=True)`` first, so nothing in i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
+from rccsnn.data import DataSplits, load_data
+from rccsnn.errors import UserError
 from rccsnn.formats.compact import is_compact_file, load_compact
 from rccsnn.models.checkpoint import LoadedModel, ModelSpec, load_checkpoint
+from rccsnn.snn import ENCODERS
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a data set comes from (the ``--data``, ``--data-root``, ``--data-path`` and ``--download`` options).
+
+    ``name`` None means the data set the model file recorded (digits for files that record none).
+    """
+
+    name: Optional[str] = None
+    root: str = "data"
+    path: Optional[str] = None
+    download: bool = False
+
+    def load(self, default: str = "digits") -> DataSplits:
+        return load_data(self.name or default, root=self.root, download=self.download, path=self.path)
 
 
 def load_model(path: str | Path, model: Optional[str] = None, trust: bool = False,
@@ -35,4 +55,35 @@ def load_model(path: str | Path, model: Optional[str] = None, trust: bool = Fals
     return load_checkpoint(path, model=model, trust=trust, fallback=fallback)
 
 
-__all__ = ["load_model"]
+def load_model_file(path: Optional[str | Path], *, model: Optional[str] = None, trust: bool = False,
+                    data: DataSource = DataSource(), T: Optional[int] = None,
+                    encoding: Optional[str] = None) -> LoadedModel:
+    """:func:`load_model` with the model-file options of the CLI: a file that records no spec (a state_dict with
+    ``model``, a trusted pickled module) runs on ``data`` (its class count) with ``T`` (default 4) and ``encoding``
+    (default direct); ``T`` and ``encoding`` also override what a file recorded."""
+    fallback = None
+    if model or trust:
+        splits = data.load()
+        fallback = ModelSpec(arch=model or "pickled-module", input_shape=(), num_classes=splits.num_classes,
+                             data=data.name or "digits", T=T or 4, encoding=encoding or "direct")
+    if path is None:
+        raise UserError("no model file: give MODEL (or 'model:' in the config)")
+    loaded = load_model(path, model=model, trust=trust, fallback=fallback)
+    if T:
+        loaded.spec.T = T
+    if encoding:
+        loaded.spec.encoding = encoding
+    return loaded
+
+
+def model_and_data(path: Optional[str | Path], *, model: Optional[str] = None, trust: bool = False,
+                   data: DataSource = DataSource(), T: Optional[int] = None,
+                   encoding: Optional[str] = None) -> Tuple[LoadedModel, DataSplits]:
+    """The model file and its data set (by default the one it recorded), with the model's encoding checked: what
+    evaluate, report and export measure on."""
+    loaded = load_model_file(path, model=model, trust=trust, data=data, T=T, encoding=encoding)
+    ENCODERS.get(loaded.spec.encoding)
+    return loaded, data.load(default=loaded.spec.data)
+
+
+__all__ = ["DataSource", "load_model", "load_model_file", "model_and_data"]

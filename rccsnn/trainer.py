@@ -40,26 +40,6 @@ from rccsnn.snn import LOSSES, SpikeMonitor, simulate
 STATE_FILE = "state.pt"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UserError(f"device '{name}' requested, but no CUDA GPU is available (use --device cpu or auto)")
-        if device.index is not None and device.index >= count:
-            raise UserError(
-                f"device '{name}' requested, but only {count} CUDA GPU{'s' if count != 1 else ''} "
-                f"(cuda:0{f'..cuda:{count - 1}' if count > 1 else ''}) available"
-            )
-    return device
-
-
 def cosine(total_steps: int, min_factor: float = 0.0) -> Callable[[int], float]:
     """Learning-rate factor at a step: 1 at step 0, ``min_factor`` at ``total_steps``, half a cosine between."""
 

@@ -22,7 +22,8 @@ from rccsnn.models.checkpoint import ModelSpec, save_checkpoint
 from rccsnn.monitor import Monitor
 from rccsnn.rundir import RunDir, prepare_run_dir
 from rccsnn.snn import ENCODERS, LOSSES
-from rccsnn.trainer import Trainer, resolve_device, trainer_options
+from rccsnn.distributed import resolve_device
+from rccsnn.trainer import Trainer, trainer_options
 
 
 @dataclass

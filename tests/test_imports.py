@@ -91,7 +91,7 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_the_graph_sees_function_level_and_type_checking_imports():
     graph = import_graph()
     assert "rccsnn.api" in graph["rccsnn"]  # imported inside __getattr__
-    assert "rccsnn.trainer" in graph["rccsnn.api"]
+    assert "rccsnn.metrics" in graph["rccsnn.formats"]  # imported inside export()
 
 
 def test_no_import_cycle_in_rccsnn():

@@ -122,7 +122,7 @@ def export(
     if data is not None and split is not None:
         # Imported here: rccsnn.metrics imports this package's codec (the compact bytes of every layer).
         from rccsnn.metrics import accuracy as measure
-        from rccsnn.trainer import resolve_device
+        from rccsnn.distributed import resolve_device
 
         where = resolve_device(device) if isinstance(device, str) else device
         accuracy = AccuracyChange(split, measure(loaded, data, split, where, batch_size),
