@@ -68,6 +68,9 @@ class CriticalityRegrowth:
         critical_fraction: share of each layer's output units (channels / features) counted as its most critical;
             only their pruned inputs may regrow (at least one unit). 1: every unit, gradient magnitude alone.
         momentum: of the EMAs of criticality and of ``|dL/dW|`` per recorded step, in [0, 1).
+
+    Memory: the gradient EMA is one float32 per target weight (on the weights' device, and in the state for resume),
+    as much as one of Adam's moments; the criticality EMA one float per output unit.
     """
 
     def __init__(self, net: nn.Module, targets: Sequence[Target], *, fraction: float = 0.1,
