@@ -1,4 +1,5 @@
-"""Multi-process runs under torchrun: 2 CPU processes with gloo on a tiny digits model (about 40 s in all).
+"""Multi-process runs under torchrun: 2 CPU processes with gloo on a tiny digits model (about 40 s in all; these
+start subprocesses and are marked slow, the in-process checks of the launch below are fast).
 
 The data set is an npz of the 8x8 digits with 1,024 training samples, so the global batch of 64 (32 per process)
 divides every epoch and no sample is repeated as padding: one process with batch 64 and two with 32 each see
@@ -19,7 +20,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -129,6 +129,7 @@ def masks(state: dict) -> dict:
     return {k: v for k, v in state["net"].items() if k.endswith(".mask")}
 
 
+@pytest.mark.slow
 def test_processes_agree_exactly_and_match_one_process(tiny, two_processes):
     out, dumps, _ = two_processes
     rank0, rank1 = load_dump(dumps / "rank0.pt"), load_dump(dumps / "rank1.pt")
@@ -159,6 +160,7 @@ def test_processes_agree_exactly_and_match_one_process(tiny, two_processes):
         assert s2["resources"][name]["ratio"] <= s2["budgets"][name]
 
 
+@pytest.mark.slow
 def test_only_process_0_writes_and_prints(two_processes):
     out, _, logs = two_processes
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("events")) == \
@@ -172,15 +174,15 @@ def test_only_process_0_writes_and_prints(two_processes):
     assert out1.read_text() == "" and err1.read_text() == ""
 
 
+@pytest.mark.slow
 def test_dead_process_stops_the_run_and_resume_continues_it(tiny, two_processes):
     root = tiny[0]
     out = root / "dies"
-    t0 = time.monotonic()
-    # Process 1 dies at step 20 (16 steps per epoch): epoch 1 is saved, epoch 2 is lost.
-    result = torchrun(LAUNCHER, *compress_args(tiny, out), RCCSNN_TEST_DIE="1:20")
-    elapsed = time.monotonic() - t0
+    # Process 1 dies at step 20 (16 steps per epoch): epoch 1 is saved, epoch 2 is lost. The collective timeout is
+    # set far beyond TIMEOUT_S: a survivor that waited for it would hang this call until it fails, so finishing at
+    # all shows that torchrun stopped the survivor (or its collective failed at once).
+    result = torchrun(LAUNCHER, *compress_args(tiny, out), RCCSNN_TEST_DIE="1:20", RCCSNN_DIST_TIMEOUT="86400")
     assert result.returncode != 0
-    assert elapsed < 120, elapsed  # torchrun stops the survivor; nothing waits for the collective timeout
     lines = rccsnn_lines(result.stderr)
     assert len(lines) == 1, result.stderr[-4000:]
     assert ("lost contact with another process" in lines[0] and "the run is aborted" in lines[0]) or \
@@ -198,6 +200,7 @@ def test_dead_process_stops_the_run_and_resume_continues_it(tiny, two_processes)
     assert_identical(load_dump(dumps / "rank1.pt"), load_dump(two_processes[1] / "rank0.pt"))
 
 
+@pytest.mark.slow
 def test_train_two_processes_matches_one(tiny):
     root, npz, single_ckpt = tiny
     result = torchrun("-m", "rccsnn", "train", root / "recipe.yaml", "--out", root / "train-ddp", "--no-progress",
@@ -214,6 +217,7 @@ def test_train_two_processes_matches_one(tiny):
             assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_batch_that_does_not_split_is_one_line(tiny):
     out = tiny[0] / "never"
     result = torchrun("-m", "rccsnn", *compress_args(tiny, out)[:-2], "--set", "data.batch_size=63", "--out", out)

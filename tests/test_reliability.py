@@ -4,6 +4,10 @@ from an untrusted file by any command, exact resume after SIGKILL, Ctrl-C/SIGTER
 
 The tiny model (trained once per module, 2 epochs, as in test_compress.py): convsnn channels [4, 8], hidden 16 on
 digits, T = 2; a compression epoch is 20 steps (1258 training digits in batches of 64).
+
+Signals are raised with ``signal.raise_signal``, which runs the Python handler before it returns, so each test knows
+exactly where the signal landed. The SIGKILL test (subprocesses, marked slow) kills a child that has stopped itself
+right after saving the epoch it is to be killed at.
 """
 from __future__ import annotations
 
@@ -250,9 +254,9 @@ def test_full_disk_writing_json_keeps_the_old_file(tiny, tmp_path, monkeypatch, 
 
 def test_full_disk_on_any_other_write_is_one_line(tiny, tmp_path, monkeypatch, capsys):
     # e.g. config.yaml, which train writes with a plain write: the CLI maps the OSError itself.
-    import rccsnn.config
+    import rccsnn.training
 
-    monkeypatch.setattr(rccsnn.config, "write_yaml", enospc)
+    monkeypatch.setattr(rccsnn.training, "write_yaml", enospc)
     code, out, err = cli("train", tiny.parent.parent / "tiny.yaml", "--out", tmp_path / "run", "--no-progress",
                          "--device", "cpu")
     user_error(code, out, err, "rccsnn train: error: no space left on device; free space or choose another --out")
@@ -391,8 +395,8 @@ def test_sigterm_saves_the_epoch_and_names_the_command_that_continues(tiny, tmp_
     assert code == 0, err
 
     def terminate(call, value, counts):
-        if call == 5:  # in the first epoch
-            os.kill(os.getpid(), signal.SIGTERM)
+        if call == 5:  # in the first epoch; the handler has run when raise_signal returns
+            signal.raise_signal(signal.SIGTERM)
         return value
 
     monkeypatch.setattr(rccsnn.trainer, "LOSSES", LossHook(terminate))
@@ -418,15 +422,14 @@ def test_sigterm_saves_the_epoch_and_names_the_command_that_continues(tiny, tmp_
 
 
 def test_sigterm_before_the_first_epoch_is_one_line(tiny, tmp_path, monkeypatch, capsys):
-    import rccsnn.compress as api
+    import rccsnn.compression as api
 
     real_prepare = api.prepare
 
     def prepare(*a, **kw):
         data = real_prepare(*a, **kw)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(1)  # the handler raises in here
-        return data
+        signal.raise_signal(signal.SIGTERM)  # the handler runs (and raises) before this returns
+        raise AssertionError("SIGTERM before the first epoch did not stop the run")
 
     monkeypatch.setattr(api, "prepare", prepare)
     code, out, err = compress(tiny, tmp_path / "run", "--budget", "0.5")
@@ -495,52 +498,86 @@ KILL_VARIANTS = {
               "--set", "method.options.nodes=[0.5]"],
 }
 KILL_AFTER_EPOCHS = 2
+CHILD_DEADLINE_S = 600  # only a hang guard: a busy 2-core machine may be slow, a correct run never waits this long
+
+#: ``python -c STOP_AFTER_SAVE ARGS`` runs ``rccsnn ARGS``, and the process stops itself (SIGSTOP) right after
+#: ``Trainer.save_state`` has written the state that continues at epoch ``$RCCSNN_TEST_STOP_AT``: the test then
+#: kills it at exactly that point, with no race against the epochs that follow.
+STOP_AFTER_SAVE = """\
+import os, signal, sys
+import rccsnn.trainer
+from rccsnn.cli import main
+
+stop_at = int(os.environ["RCCSNN_TEST_STOP_AT"])
+save_state = rccsnn.trainer.Trainer.save_state
 
 
-def next_epoch(run: Path) -> int:
-    try:
-        return int(torch.load(run / STATE_FILE, weights_only=True)["next_epoch"])
-    except (FileNotFoundError, RuntimeError, EOFError):  # not written yet (replaced atomically: never half)
-        return 0
+def save_then_stop(self, next_epoch):
+    save_state(self, next_epoch)
+    if next_epoch == stop_at:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
+rccsnn.trainer.Trainer.save_state = save_then_stop
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def wait_until_stopped(proc: subprocess.Popen) -> None:
+    """Block until ``proc`` has stopped itself (SIGSTOP); fails if it exits instead or never gets there."""
+    deadline = time.monotonic() + CHILD_DEADLINE_S
+    while True:
+        pid, status = os.waitpid(proc.pid, os.WUNTRACED | os.WNOHANG)
+        if pid == proc.pid:
+            assert os.WIFSTOPPED(status), f"the run to be killed ended first (wait status {status})"
+            return
+        assert time.monotonic() < deadline, "the run to be killed never saved its epoch"
+        time.sleep(0.05)  # polling interval of the wait above, not a guess at how far the child got
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_model(tiny, tmp_path):
-    """For each variant an uninterrupted run, and one SIGKILLed once it has saved 2 of 6 epochs and then rerun
+    """For each variant an uninterrupted run, and one SIGKILLed right after it saved epoch 2 of 6 and then rerun
     with --resume, in separate processes with one thread each (CPU kernels are then deterministic): the saved
     models are identical tensor for tensor (so the masks are), and so are their accuracy, resources and events."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-    def command(variant, run, *more):
-        return [sys.executable, "-m", "rccsnn", "compress", str(tiny), "--epochs", "6", "--device", "cpu",
-                "--no-progress", "--out", str(run), *KILL_VARIANTS[variant], *more]
+    def start(variant, run, *more, stop_at=None):
+        entry = ["-m", "rccsnn"] if stop_at is None else ["-c", STOP_AFTER_SAVE]
+        args = ["compress", str(tiny), "--epochs", "6", "--device", "cpu", "--no-progress", "--out", str(run),
+                *KILL_VARIANTS[variant], *more]
+        log = open(tmp_path / f"{run.name}{'-resumed' if more else ''}.log", "w")
+        extra = {} if stop_at is None else {"RCCSNN_TEST_STOP_AT": str(stop_at)}
+        with log:  # the child holds its own copy of the descriptor
+            return subprocess.Popen([sys.executable, *entry, *args], cwd=tmp_path, env={**env, **extra},
+                                    stdout=subprocess.DEVNULL, stderr=log)
 
-    def start(variant, run, *more):
-        return subprocess.Popen(command(variant, run, *more), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+    def stderr_of(run, resumed=False):
+        return (tmp_path / f"{run.name}{'-resumed' if resumed else ''}.log").read_text()[-3000:]
 
     whole = {v: start(v, tmp_path / f"{v}-whole") for v in KILL_VARIANTS}
-    cut = {v: start(v, tmp_path / f"{v}-cut") for v in KILL_VARIANTS}
-    deadline = time.monotonic() + 300
     resumed = {}
-    while len(resumed) < len(cut):
-        assert time.monotonic() < deadline, "the runs to be killed never saved enough epochs"
-        for v, proc in cut.items():
-            if v in resumed:
-                continue
-            assert proc.poll() is None, f"{v} finished before it was killed: {proc.stderr.read()[-2000:]}"
-            if next_epoch(tmp_path / f"{v}-cut") >= KILL_AFTER_EPOCHS:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                proc.stderr.close()
-                assert proc.returncode == -signal.SIGKILL
-                run = tmp_path / f"{v}-cut"
-                assert not (run / "model.pt").exists() and not (run / "summary.json").exists()
-                assert torch.load(run / STATE_FILE, weights_only=True)["method"]["phase"] == "compress"
-                resumed[v] = start(v, run, "--resume")
-        time.sleep(0.02)
-    for proc in [*whole.values(), *resumed.values()]:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-3000:]
+    for v in KILL_VARIANTS:
+        run = tmp_path / f"{v}-cut"
+        proc = start(v, run, stop_at=KILL_AFTER_EPOCHS)
+        try:
+            wait_until_stopped(proc)
+        except AssertionError:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(stderr_of(run)) from None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        state = torch.load(run / STATE_FILE, weights_only=True)
+        assert state["next_epoch"] == KILL_AFTER_EPOCHS and state["method"]["phase"] == "compress"
+        assert not (run / "model.pt").exists() and not (run / "summary.json").exists()
+        resumed[v] = start(v, run, "--resume")
+    for runs, was_resumed in ((whole, False), (resumed, True)):
+        for v, proc in runs.items():
+            proc.wait(timeout=CHILD_DEADLINE_S)
+            run = tmp_path / f"{v}-{'cut' if was_resumed else 'whole'}"
+            assert proc.returncode == 0, stderr_of(run, was_resumed)
 
     for v in KILL_VARIANTS:
         a, b = tmp_path / f"{v}-whole", tmp_path / f"{v}-cut"
