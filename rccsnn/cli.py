@@ -61,6 +61,17 @@ def add_model_file_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
+def add_measured_model(p: argparse.ArgumentParser, model_help: Optional[str], split: str, split_help: str) -> None:
+    """MODEL (unless ``model_help`` is None: the command added it itself), the split it is measured on and the
+    batch size, and the data and model-file options: what evaluate, export and report share."""
+    if model_help is not None:
+        p.add_argument("model_file", metavar="MODEL", help=model_help)
+    p.add_argument("--split", choices=("train", "val", "test"), default=split, help=split_help)
+    p.add_argument("--batch-size", type=positive_int, default=512)
+    add_data_options(p, "default: the one recorded in the checkpoint")
+    add_model_file_options(p)
+
+
 def budget_arg(text: str) -> float:
     from rccsnn.config import check_budget
 
@@ -100,12 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p, "default: the recipe's")
 
     p = sub.add_parser("evaluate", help="accuracy, parameters, MACs and firing rates of a model file")
-    p.add_argument("model_file", metavar="MODEL", help="rccsnn checkpoint, state_dict (+ --model) or pickled module")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")
+    add_measured_model(p, "rccsnn checkpoint, state_dict (+ --model) or pickled module", "test", "default: test")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--batch-size", type=positive_int, default=512)
-    add_data_options(p, "default: the one recorded in the checkpoint")
-    add_model_file_options(p)
     p = sub.add_parser("compress", help="compress a model file to a hard resource budget")
     p.add_argument("model_file", metavar="MODEL", nargs="?", help="the model to compress (or 'model:' in --config)")
     p.add_argument("--budget", type=budget_arg, metavar="FRACTION",
@@ -147,21 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float16", "int8"), default="float32",
                    help="stored weight values (compact only; default float32, which loads back exactly)")
     p.add_argument("--per-channel", action="store_true", help="int8: one scale per output channel")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test",
-                   help="split of the accuracy check before/after (default: test)")
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy check")
-    p.add_argument("--batch-size", type=positive_int, default=512)
-    add_data_options(p, "default: the one recorded in the checkpoint")
-    add_model_file_options(p)
+    add_measured_model(p, None, "test", "split of the accuracy check before/after (default: test)")
 
     p = sub.add_parser("report", help="per-layer weights, MACs, SynOps, energy and bytes of a model file")
-    p.add_argument("model_file", metavar="MODEL", help="rccsnn checkpoint or compact file (or state_dict + --model)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="val",
-                   help="split the firing rates and accuracy are measured on (default: val, as the budgets)")
+    add_measured_model(p, "rccsnn checkpoint or compact file (or state_dict + --model)", "val",
+                       "split the firing rates and accuracy are measured on (default: val, as the budgets)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
-    p.add_argument("--batch-size", type=positive_int, default=512)
-    add_data_options(p, "default: the one recorded in the checkpoint")
-    add_model_file_options(p)
 
     return parser
 

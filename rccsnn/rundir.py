@@ -11,6 +11,10 @@ from typing import Any
 from rccsnn.errors import UserError
 
 
+def _file(name: str) -> property:
+    return property(lambda self: self.root / name, doc=f"``root/{name}``")
+
+
 @dataclass(frozen=True)
 class RunDir:
     """The one layout of a run directory: every file name a run, a sweep point or a benchmark reads or writes.
@@ -26,41 +30,16 @@ class RunDir:
     def __init__(self, root: "str | Path") -> None:
         object.__setattr__(self, "root", Path(root))
 
-    STATE = "state.pt"      # resume state, rewritten atomically after every epoch
-    MODEL = "model.pt"      # the run's model (masks baked), the checkpoint format
+    STATE = "state.pt"        # resume state, rewritten atomically after every epoch
+    MODEL = "model.pt"        # the run's model (masks baked), the checkpoint format
     SUMMARY = "summary.json"  # what the run produced; its presence marks a finished run
-    CONFIG = "config.yaml"  # the resolved settings
-    POINT = "point.yaml"    # a sweep point's settings (input of the run)
-    LOG = "log.txt"         # a sweep point's console output
-    ERROR = "error.txt"     # a failed sweep point's last line
+    CONFIG = "config.yaml"    # the resolved settings
+    POINT = "point.yaml"      # a sweep point's settings (input of the run)
+    LOG = "log.txt"           # a sweep point's console output
+    ERROR = "error.txt"       # a failed sweep point's last line
 
-    @property
-    def state(self) -> Path:
-        return self.root / self.STATE
-
-    @property
-    def model(self) -> Path:
-        return self.root / self.MODEL
-
-    @property
-    def summary(self) -> Path:
-        return self.root / self.SUMMARY
-
-    @property
-    def config(self) -> Path:
-        return self.root / self.CONFIG
-
-    @property
-    def point(self) -> Path:
-        return self.root / self.POINT
-
-    @property
-    def log(self) -> Path:
-        return self.root / self.LOG
-
-    @property
-    def error(self) -> Path:
-        return self.root / self.ERROR
+    state, model, summary, config = _file(STATE), _file(MODEL), _file(SUMMARY), _file(CONFIG)
+    point, log, error = _file(POINT), _file(LOG), _file(ERROR)
 
 
 #: Files a run writes; a fresh run removes these (and only these) from a reused directory.

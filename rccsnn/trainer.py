@@ -35,9 +35,9 @@ from rccsnn.errors import UserError
 from rccsnn.methods.base import CompressionMethod
 from rccsnn.models.checkpoint import ModelSpec, atomic_save
 from rccsnn.monitor import Monitor
+from rccsnn.rundir import RunDir
 from rccsnn.snn import LOSSES, SpikeMonitor, simulate
 
-STATE_FILE = "state.pt"
 
 
 def cosine(total_steps: int, min_factor: float = 0.0) -> Callable[[int], float]:
@@ -302,7 +302,7 @@ class Trainer:
         """The one-line error for a run whose loss or weights stopped being finite (nothing is saved after it)."""
         advice = "lower the learning rate (--lr) and rerun"
         if self.out_dir is not None and self.saved_epoch > 0:
-            advice += (f"; {self.out_dir / STATE_FILE} keeps the last good epoch ({self.saved_epoch}), "
+            advice += (f"; {RunDir(self.out_dir).state} keeps the last good epoch ({self.saved_epoch}), "
                        "--resume continues from it")
         return UserError(f"training diverged: {what}; {advice}")
 
@@ -380,7 +380,7 @@ class Trainer:
                 signum = distributed.any_process(int(stop["signal"] or 0))
                 if signum:
                     raise Interrupted(signal.Signals(signum).name, epoch + 1, self.opt.epochs,
-                                      self.out_dir / STATE_FILE if self.out_dir is not None else None)
+                                      RunDir(self.out_dir).state if self.out_dir is not None else None)
         finally:
             for s, h in previous.items():
                 if signal.getsignal(s) is handler:  # not when a lost process had signals ignored (see distributed)
@@ -424,7 +424,7 @@ class Trainer:
         if distributed.active():
             own_cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.zeros(0)
             state["rng_ranks"] = distributed.all_gather_object([torch.get_rng_state(), own_cuda])
-        distributed.on_main(lambda: atomic_save(state, self.out_dir / STATE_FILE))
+        distributed.on_main(lambda: atomic_save(state, RunDir(self.out_dir).state))
         self.saved_epoch = next_epoch
 
     def load_state(self) -> int:
@@ -433,7 +433,7 @@ class Trainer:
         A file that cannot be read, or that was written by a run with another model, method or budget set (its
         tensors or keys do not fit), is a one-line :class:`UserError`.
         """
-        path = (self.out_dir or Path(".")) / STATE_FILE
+        path = RunDir(self.out_dir or ".").state
         # In a distributed run process 0 reads the file and sends it to the others: only its node need hold the
         # run directory, and a file it cannot read stops every process with its message.
         state = distributed.on_main(lambda: read_state(path, self.device if not distributed.active() else "cpu"))
