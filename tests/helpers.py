@@ -43,3 +43,11 @@ def train_tiny(root, recipe: str, run: str = "run"):
     code, _, err = cli("train", root / "tiny.yaml", "--out", root / run, "--no-progress", "--device", "cpu")
     assert code == 0, err
     return root / run / "model.pt"
+
+
+def tiny_recipe(epochs: int = 2) -> str:
+    """The recipe of the tiny digits convsnn the compression-level tests train (seconds on a CPU)."""
+    return ("data: {name: digits, batch_size: 64}\n"
+            "model: {arch: convsnn, args: {channels: [4, 8], hidden: 16}, T: 2}\n"
+            f"optim: {{lr: 0.02, epochs: {epochs}}}\n"
+            "seed: 0\n")

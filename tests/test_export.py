@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_user_error, cli, train_tiny
+from helpers import assert_user_error, cli, tiny_recipe, train_tiny
 from rccsnn.data import load_data
 from rccsnn.errors import UserError
 from rccsnn.formats.compact import (COMPACT_FORMAT, IndexCode, decode_entry, decode_mask, delta_decode, delta_encode,
@@ -36,12 +36,7 @@ LAYERS = {  # name: (kind, weights, output positions per step)
     "classifier.0.1": ("Linear", 512, 1),
     "classifier.2.0": ("Linear", 160, 1),
 }
-RECIPE = """\
-data: {name: digits, batch_size: 64}
-model: {arch: convsnn, args: {channels: [4, 8], hidden: 16}, T: 2}
-optim: {lr: 0.02, epochs: 1}
-seed: 0
-"""
+RECIPE = tiny_recipe(epochs=1)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Dict, Optional
 import pytest
 import torch
 
-from helpers import cli, train_tiny
+from helpers import cli, tiny_recipe, train_tiny
 from rccsnn.compression import compress
 from rccsnn.config import CompressConfig, MethodConfig, OptimConfig
 from rccsnn.methods import METHODS, CompressionMethod, Problem, TrainingLoop
@@ -18,12 +18,7 @@ from rccsnn.models.checkpoint import load_checkpoint
 from rccsnn.trainer import Trainer
 
 RCCSNN = Path(__file__).resolve().parent.parent / "rccsnn"
-RECIPE = """\
-data: {name: digits, batch_size: 64}
-model: {arch: convsnn, args: {channels: [4, 8], hidden: 16}, T: 2}
-optim: {lr: 0.02, epochs: 1}
-seed: 0
-"""
+RECIPE = tiny_recipe(epochs=1)
 
 
 class ScaleOneWeight(CompressionMethod):
