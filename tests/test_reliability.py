@@ -7,7 +7,7 @@ digits, T = 2; a compression epoch is 20 steps (1258 training digits in batches 
 
 Signals are raised with ``signal.raise_signal``, which runs the Python handler before it returns, so each test knows
 exactly where the signal landed. The SIGKILL test (subprocesses, marked slow) kills a child that has stopped itself
-right after saving the epoch it is to be killed at.
+right after saving the state it is to be killed in.
 """
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ from rccsnn.errors import UserError
 from rccsnn.models import build_model
 from rccsnn.models import checkpoint as checkpoint_module
 from rccsnn.models.checkpoint import ModelSpec, atomic_save
-from rccsnn.rundir import write_json
-from rccsnn.trainer import STATE_FILE, Trainer, TrainerOptions
+from rccsnn.rundir import RunDir, write_json
+from rccsnn.trainer import Trainer, TrainerOptions
+
+STATE_FILE = RunDir.STATE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 20
@@ -497,24 +499,23 @@ KILL_VARIANTS = {
     "joint": ["--budget", "0.2", "--constraint", "synops=0.4", "--set", "method.options.s_rate=1",
               "--set", "method.options.nodes=[0.5]"],
 }
-KILL_AFTER_EPOCHS = 2
 CHILD_DEADLINE_S = 600  # only a hang guard: a busy 2-core machine may be slow, a correct run never waits this long
 
-#: ``python -c STOP_AFTER_SAVE ARGS`` runs ``rccsnn ARGS``, and the process stops itself (SIGSTOP) right after
-#: ``Trainer.save_state`` has written the state that continues at epoch ``$RCCSNN_TEST_STOP_AT``: the test then
-#: kills it at exactly that point, with no race against the epochs that follow.
-STOP_AFTER_SAVE = """\
+#: ``python -c STOP_WHILE_HELD ARGS`` runs ``rccsnn ARGS``, and the process stops itself (SIGSTOP) right after
+#: ``Trainer.save_state`` has written the first state.pt of the compression phase with the masks held at a node:
+#: the test then kills it at exactly that point, with no race against the epochs that follow.
+STOP_WHILE_HELD = """\
 import os, signal, sys
 import rccsnn.trainer
 from rccsnn.cli import main
 
-stop_at = int(os.environ["RCCSNN_TEST_STOP_AT"])
 save_state = rccsnn.trainer.Trainer.save_state
 
 
 def save_then_stop(self, next_epoch):
     save_state(self, next_epoch)
-    if next_epoch == stop_at:
+    method = self.method.state_dict()
+    if method.get("phase") == "compress" and method.get("hold", 0) > 0:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
@@ -529,27 +530,28 @@ def wait_until_stopped(proc: subprocess.Popen) -> None:
     while True:
         pid, status = os.waitpid(proc.pid, os.WUNTRACED | os.WNOHANG)
         if pid == proc.pid:
-            assert os.WIFSTOPPED(status), f"the run to be killed ended first (wait status {status})"
+            assert os.WIFSTOPPED(status), (f"the run to be killed ended (wait status {status}) without saving an "
+                                           "epoch in the compression phase with the masks held at a node")
             return
-        assert time.monotonic() < deadline, "the run to be killed never saved its epoch"
+        assert time.monotonic() < deadline, "the run to be killed never got to the state it is killed in"
         time.sleep(0.05)  # polling interval of the wait above, not a guess at how far the child got
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_model(tiny, tmp_path):
-    """For each variant an uninterrupted run, and one SIGKILLed right after it saved epoch 2 of 6 and then rerun
-    with --resume, in separate processes with one thread each (CPU kernels are then deterministic): the saved
-    models are identical tensor for tensor (so the masks are), and so are their accuracy, resources and events."""
+    """For each variant an uninterrupted run of 6 epochs, and one SIGKILLed right after it saved an epoch while
+    compressing with the masks held at a node and then rerun with --resume, in separate processes with one thread
+    each (CPU kernels are then deterministic): the saved models are identical tensor for tensor (so the masks are),
+    and so are their accuracy, resources and events."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-    def start(variant, run, *more, stop_at=None):
-        entry = ["-m", "rccsnn"] if stop_at is None else ["-c", STOP_AFTER_SAVE]
+    def start(variant, run, *more, stop=False):
+        entry = ["-c", STOP_WHILE_HELD] if stop else ["-m", "rccsnn"]
         args = ["compress", str(tiny), "--epochs", "6", "--device", "cpu", "--no-progress", "--out", str(run),
                 *KILL_VARIANTS[variant], *more]
         log = open(tmp_path / f"{run.name}{'-resumed' if more else ''}.log", "w")
-        extra = {} if stop_at is None else {"RCCSNN_TEST_STOP_AT": str(stop_at)}
         with log:  # the child holds its own copy of the descriptor
-            return subprocess.Popen([sys.executable, *entry, *args], cwd=tmp_path, env={**env, **extra},
+            return subprocess.Popen([sys.executable, *entry, *args], cwd=tmp_path, env=env,
                                     stdout=subprocess.DEVNULL, stderr=log)
 
     def stderr_of(run, resumed=False):
@@ -559,18 +561,19 @@ def test_sigkill_then_resume_gives_the_same_model(tiny, tmp_path):
     resumed = {}
     for v in KILL_VARIANTS:
         run = tmp_path / f"{v}-cut"
-        proc = start(v, run, stop_at=KILL_AFTER_EPOCHS)
+        proc = start(v, run, stop=True)
         try:
             wait_until_stopped(proc)
-        except AssertionError:
+        except AssertionError as exc:
             proc.kill()
             proc.wait()
-            raise AssertionError(stderr_of(run)) from None
+            raise AssertionError(f"{exc}\n{stderr_of(run)}") from None
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL
         state = torch.load(run / STATE_FILE, weights_only=True)
-        assert state["next_epoch"] == KILL_AFTER_EPOCHS and state["method"]["phase"] == "compress"
+        assert 1 <= state["next_epoch"] < 6, state["next_epoch"]
+        assert state["method"]["phase"] == "compress" and state["method"]["hold"] > 0
         assert not (run / "model.pt").exists() and not (run / "summary.json").exists()
         resumed[v] = start(v, run, "--resume")
     for runs, was_resumed in ((whole, False), (resumed, True)):
