@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from helpers import train_tiny
-from rccsnn.compress import compress
+from rccsnn.compression import compress
 from rccsnn.config import CompressConfig, MethodConfig, OptimConfig
 from rccsnn.errors import UserError
 from rccsnn.masks import attach_masks, find_targets
