@@ -2,20 +2,35 @@
 
     min_{W, s} max_{y >= 0, z >= 0}  L(W * M(s)) + y * sum_l S_l(W, k_l) + sum_j z_j (R_j(k) - B_j)
 
+What a weight is worth (``importance``):
+
+* ``fisher`` (the default): Optimal Brain Damage's saliency ``a_i = F_ii w_i^2 / 2``, the loss increase from
+  removing weight i, with the Hessian's diagonal approximated by the empirical Fisher ``F_ii``, an EMA of squared
+  gradients (the straight-through backward gives pruned weights their gradient too). Saliency is in loss units, so
+  it compares across layers without per-layer units: selection and allocation rank every weight by it, ``S_l``
+  sums the ``k_l`` smallest saliencies, the proximal step shrinks those weights, and ``s`` descends on ``y`` times
+  the marginal saliency against the marginal cost. S and v are taken relative to one unit for all layers,
+  ``sum_l e_l sum_i F_i / N`` (the mean Fisher at the layers' initial mean squares ``e_l``), which follows the
+  loss's gradient scale as the network is cut but not the pruning itself. The ``1/2`` is in that unit. A layer
+  followed by BatchNorm needs no special unit: scaling its weights by a scales its gradients by ``1/a``, and
+  ``F w^2`` not at all. A target with no gradient history yet has no evidence: it is ranked by its magnitude,
+  ``f w^2`` with ``f = sum F w^2 / sum w^2`` over the targets that have one, and the run says so.
+  Measured on a fully connected Leaky SNN on digits (15 epochs, 0.05 of the weights), ``w2`` units kept 4.8 % of
+  the small output layer and the network fell to 68 % (gmp: 96 %); ``fisher`` kept 37.5 % of it and reached 97 %.
+* ``w2`` (the engine before loss-aware allocation): ``w^2`` relative to a unit ``e_l``: one constant for all
+  targets, the mean squared weight over all of them (``normalize: global``, METHOD.md's raw magnitudes up to a
+  constant), or each target's own mean square (``normalize: layer``). The penalty is ``S = sum_l S_l / (N * e_l)``
+  and the s-gradient is ``y * v_l / e_l - sum_j z_j * c_hat_jl``. With ``layer`` (its default), a layer followed by
+  BatchNorm is measured in its own scale, but every layer ends up about equally dense, which starves a small
+  output layer; raw magnitudes (``global``) cut the BatchNorm-followed conv layer of the digits convsnn to 0.12 %
+  and joint minimax collapsed when the masks froze (78 +- 7 % against 95 %; BENCHMARKS.md).
+
 Scale-free parameterisation (so one set of defaults serves networks of 1e4 to 1e8 weights):
 
 * ``s_l`` is the *fraction* of target l pruned, ``k_l = ceil(s_l * n_l)``. Updating fractions instead of counts
   rescales each layer's gradient by ``1 / n_l``, which changes the path but not the stationary points.
-* ``w^2`` enters relative to a unit ``e_l``: one constant for all targets, the mean squared weight over all of
-  them (``normalize: global``, METHOD.md's raw magnitudes up to a constant), or each target's own mean square
-  (``normalize: layer``). The penalty is ``S = sum_l S_l / (N * e_l)`` and the s-gradient is
-  ``y * v_l / e_l - sum_j z_j * c_hat_jl`` with ``c_hat_jl = c_jl * N / sum_l c_jl n_l`` (mean cost per weight
-  = 1). Both terms are O(1) on any network. The default is ``layer``: a layer followed by BatchNorm has no
-  meaningful weight scale, and in one global ranking per-layer units prune the layers to similar densities.
-  Raw magnitudes (``global``, as the reference, magnitude pruning and gmp rank) keep far more of the small output
-  layer of the digits network (27 % against 4 % at a 1 % budget) but cut its BatchNorm-followed conv layer to
-  0.12 %; there joint minimax collapsed when the masks froze (78 +- 7 % test accuracy over 3 seeds, against
-  95 % with per-layer units; BENCHMARKS.md).
+* Costs enter as ``c_hat_jl = c_jl * N / sum_l c_jl n_l`` (mean cost per weight = 1), importances relative to
+  their unit (above): both terms of the s-gradient are O(1) on any network.
 * Step sizes are per compression phase: ``lr_s = 1`` lets s move by one gradient unit over the whole phase, so
   the phase length in steps drops out. The per-step rates are ``lr / P`` for a phase of P steps.
 * The proximal shrink uses the weights' *relative* step size ``lr_w / sqrt(e_l)`` (Adam moves every weight by
@@ -35,14 +50,25 @@ from torch import Tensor
 
 from rccsnn.errors import UserError
 from rccsnn.masks import Target, apply_masks, set_straight_through
-from rccsnn.methods.base import METHODS, PruningMethod, resource_values
+from rccsnn.methods.base import METHODS, PruningMethod, kept_counts, resource_values
 
 ALLOCATIONS = ("auto", "global", "layerwise")
+IMPORTANCES = ("fisher", "w2")
+PACINGS = ("auto", "legacy")
+REGROWS = ("none", "criticality")
 
 #: ``nodes: auto`` stages the descent at these multiples of the tightest budget. Going from dense straight to a 1 %
 #: budget leaves the weights no time to adapt; holding the masks at 5x and 2x the budget for a tenth of the phase
 #: each took the digits network from 93.4 to 96.7 % at 0.01 and from 68.5 to 93.4 % at 0.005 (BENCHMARKS.md).
 AUTO_NODES = (5.0, 2.0)
+
+#: ``pacing: auto``: the whole descent, at the trust region's pace, takes this share of the compression phase (as
+#: ``s_rate = 2`` does under ``legacy``), spread evenly over the decades of density.
+DESCENT_SHARE = 0.5
+
+#: ``pacing: auto``: a hold at a node lasts at least an epoch, but the epoch stretches no hold beyond this share of the
+#: compression phase.
+MAX_HOLD = 0.25
 
 #: Default step sizes per compression phase and initial duals (see the module docstring).
 DEFAULTS = dict(lr_s=1.0, lr_y=1.0, lr_z=5.0, y0=1.0, z0=1.0)
@@ -82,7 +108,11 @@ class MinimaxEngine:
 
     def __init__(self, targets: Sequence[Target], num_constraints: int, *, allocation: str, steps: int,
                  lr_s: float, lr_y: float, lr_z: float, y0: float, z0: float, s_max: float,
-                 normalize: str = "layer", s_rate: float = 2.0, sample_size: int = 2 ** 14) -> None:
+                 normalize: str = "layer", s_rate: float = 2.0, sample_size: int = 2 ** 14,
+                 importance: str = "w2", fisher_steps: float = 1.0, decade_steps: Optional[float] = None,
+                 floor_layer: Optional[int] = None, floor_per_row: int = 0) -> None:
+        if importance not in IMPORTANCES:
+            raise UserError(f"unknown importance '{importance}'; choices: {', '.join(IMPORTANCES)}")
         self.targets = list(targets)
         self.allocation = allocation
         self.n = torch.tensor([t.n for t in targets], dtype=torch.float64)
@@ -114,13 +144,45 @@ class MinimaxEngine:
         # than the arithmetic on a small network); loading a state dict copies into these same tensors.
         self._weights = [t.weight for t in self.targets]
         self._masks = [t.mask.mask for t in self.targets]
+        # Pacing: ``decade_steps`` (log trust region) or the linear one above (``max_ds``).
+        self.decade_steps = decade_steps
+        # Loss-aware importance: the empirical Fisher per weight, an EMA of squared gradients over ``fisher_steps``
+        # steps; ``seen[l]`` counts the gradients target l has contributed (0: no evidence yet).
+        self.importance = importance
+        self.fisher: Optional[List[Tensor]] = None
+        self.beta = 1.0 - 1.0 / max(float(fisher_steps), 1.0)
+        self.seen = [0] * len(self.targets)
+        self.fallback: List[int] = []  # targets ranked by the magnitude fallback at the last ranking
+        self.fallback_unit = 1.0
+        self.unit: Optional[float] = None  # fisher: the unit of S and v (see _set_unit)
+        self._restart_unit = False  # a target got its first gradient: the unit is counted again
+        self._inf: List[int] = [0] * len(self.targets)
+        if importance == "fisher":
+            self.fisher = [torch.zeros_like(w, memory_format=torch.contiguous_format) for w in self._weights]
+        # The output floor: rows (output units) of target ``floor_layer`` keep their ``floor_per_row`` most
+        # important inputs whatever s says; ``protected[l]`` counts the weights so kept.
+        self.floor_layer = floor_layer if floor_per_row > 0 else None
+        self.floor_per_row = int(floor_per_row)
+        self.protected = torch.zeros(len(self.targets), dtype=torch.float64)
+        self._prot: Optional[Tensor] = None  # flat indices of the protected weights of floor_layer
+        if self.floor_layer is not None:
+            shape = self.targets[self.floor_layer].shape
+            rows, cols = shape[0], self.targets[self.floor_layer].n // shape[0]
+            self.protected[self.floor_layer] = float(rows * min(self.floor_per_row, cols))
 
     # ------------------------------------------------------------------------------------------- selection
     def k(self, s: Optional[Tensor] = None) -> Tensor:
-        """``[L]`` weights to prune per target (global: the overall count, split later by the ranking)."""
+        """``[L]`` weights to prune per target (global: the overall count, split later by the ranking); never one
+        that the output floor protects."""
         s = self.s if s is None else s
-        n = torch.tensor([self.N]) if self.allocation == "global" else self.n
-        return torch.minimum(torch.ceil(s * n - 1e-9), n)
+        if self.allocation == "global":
+            n = torch.tensor([self.N])
+            cap = n - self.protected.sum()
+        else:
+            n = cap = self.n
+            if self.floor_layer is not None:
+                cap = self.n - self.protected
+        return torch.minimum(torch.ceil(s * n - 1e-9), cap)
 
     def _groups(self) -> List[List[int]]:
         """The targets ranked together: all of them (global) or each alone (layerwise)."""
@@ -142,22 +204,115 @@ class MinimaxEngine:
                 out[l] = torch.randint(self.targets[l].n, (m,), generator=g).to(self._weights[l].device)
         return out
 
+    # ------------------------------------------------------------------------------------------- importance
+    @torch.no_grad()
+    def accumulate(self) -> None:
+        """Fold this step's gradients into the Fisher EMA, ``F <- beta F + (1 - beta) g^2`` (a target's first
+        gradient initialises it, so there is no bias to correct). Two fused passes over the weights, through
+        ``torch._foreach``; call after ``loss.backward()``, before anything drops the targets' gradients."""
+        if self.fisher is None:
+            return
+        fs, gs = [], []
+        for l, (w, f) in enumerate(zip(self._weights, self.fisher)):
+            g = w.grad
+            if g is None:
+                continue
+            if self.seen[l] == 0:
+                torch.mul(g, g, out=f)
+                self._restart_unit = True
+            else:
+                fs.append(f)
+                gs.append(g)
+            self.seen[l] += 1
+        if fs:
+            torch._foreach_mul_(fs, self.beta)
+            torch._foreach_addcmul_(fs, gs, gs, value=1.0 - self.beta)
+
+    @torch.no_grad()
+    def _prepare(self) -> None:
+        """Before a ranking: the magnitude fallback of targets without gradient history, and the output floor."""
+        if self.fisher is not None and not all(self.seen):
+            self._fill_fallback()
+        elif self.fallback:
+            self.fallback = []
+        if self.floor_layer is not None:
+            l, t = self.floor_layer, self.targets[self.floor_layer]
+            scores = self._scores(l, None).view(t.shape[0], -1)
+            top = torch.topk(scores, min(self.floor_per_row, scores.shape[1]), dim=1).indices
+            rows = torch.arange(scores.shape[0], device=top.device)[:, None] * scores.shape[1]
+            self._prot = (top + rows).reshape(-1)
+
+    @torch.no_grad()
+    def _fill_fallback(self) -> None:
+        """A target with no gradient yet has no evidence of what it costs the loss: it is ranked by ``f w^2`` with
+        ``f = sum F w^2 / sum w^2`` over the targets that have a gradient history (1 if none has), the unit in which
+        magnitude and saliency agree in sum on those targets (its Fisher buffer holds ``f`` until its first
+        gradient replaces it)."""
+        self.fallback = [l for l, c in enumerate(self.seen) if c == 0]
+        have = [l for l, c in enumerate(self.seen) if c > 0]
+        unit = 1.0
+        if have:
+            num = sum(float((self.fisher[l] * self._weights[l].detach().pow(2)).sum()) for l in have)
+            den = sum(float(self._weights[l].detach().pow(2).sum()) for l in have)
+            unit = num / den if den > 0 and num > 0 else 1.0
+        self.fallback_unit = unit
+        for l in self.fallback:
+            self.fisher[l].fill_(unit)
+
+    def _set_unit(self, fisher_sums: Tensor) -> None:
+        """The unit of S and v from each target's summed Fisher: ``sum_l e_l sum_i F_i / N``, the mean saliency the
+        weights would have at their layer's initial mean square ``e_l``. It follows the loss's gradient scale as the
+        network is cut, but not the pruning itself (a unit from the current weights would fall as the pruned ones
+        shrink, and the y-term would stall the descent)."""
+        unit = float((fisher_sums.double() * self.layer_energy).sum()) / self.N
+        if unit > 0 and math.isfinite(unit):
+            self.unit = unit
+
+    @torch.no_grad()
+    def _count_unit(self) -> None:
+        """:meth:`_set_unit` counted now (one pass over the Fisher buffers)."""
+        self._set_unit(torch.stack([f.sum() for f in self.fisher]).double().cpu())
+
+    def _scores(self, l: int, idx: Optional[Tensor]) -> Tensor:
+        """Importance of target ``l``'s weights at the flat indices ``idx`` (all where None), float, on the weights'
+        device: ``w^2 / e_l`` (``w2``) or ``F w^2`` (``fisher``, in loss units; the common unit divides S and v)."""
+        w = self._weights[l].detach().reshape(-1)
+        x = (w if idx is None else w[idx]).pow(2)
+        if self.fisher is None:
+            return x.div_(self._units[l])
+        f = self.fisher[l].reshape(-1)
+        return x.mul_(f if idx is None else f[idx])
+
     def _candidates(self, picks: List[Optional[Tensor]]) -> List[Tensor]:
-        """Per target ``w^2 / e_l`` (float, on the weights' device) at ``picks`` (all weights where None)."""
+        """Per target its importance at ``picks`` (all weights where None); the output floor's protected weights are
+        +inf (never pruned, never the marginal value), and ``self._inf[l]`` counts them among the candidates."""
         out = []
-        for weight, idx, unit in zip(self._weights, picks, self._units):
-            w = weight.detach().reshape(-1)
-            out.append((w if idx is None else w[idx]).pow(2).div_(unit))
+        self._inf = [0] * len(self.targets)
+        for l, idx in enumerate(picks):
+            c = self._scores(l, idx)
+            if l == self.floor_layer and self._prot is not None:
+                if idx is None:
+                    c[self._prot] = torch.inf
+                    self._inf[l] = int(self._prot.numel())
+                else:
+                    hit = torch.zeros(self.targets[l].n, dtype=torch.bool, device=c.device)
+                    hit[self._prot] = True
+                    hit = hit[idx]
+                    c = torch.where(hit, torch.inf, c)
+                    self._inf[l] = int(hit.sum())
+            out.append(c)
         return out
 
     def _thresholds(self, cands: List[Tensor], k: Tensor) -> List[float]:
-        """Per target the threshold (in units of ``e_l``) at which ``k`` weights are pruned; -inf prunes none."""
+        """Per target the threshold (in its importance's unit) at which ``k`` weights are pruned; -inf prunes none."""
         thr = [float("-inf")] * len(self.targets)
         found, where = [], []
+        infs = self._inf
         for group, kg in zip(self._groups(), k.tolist()):
             x = cands[group[0]] if len(group) == 1 else torch.cat([cands[l] for l in group])
             weight = float(self.n[group].sum()) / x.numel()  # weights each candidate stands for
-            j = min(max(math.ceil(kg / weight - 1e-9), 0), x.numel())  # candidates pruned
+            finite = x.numel() - sum(infs[l] for l in group)
+            j = min(max(math.ceil(kg / weight - 1e-9), 0), finite)  # candidates pruned
             if j > 0:
                 found.append(torch.kthvalue(x, j).values)
                 where.append(group)
@@ -167,8 +322,8 @@ class MinimaxEngine:
         return thr
 
     def _penalty(self, cands: List[Tensor], thr: Sequence[float]) -> tuple:
-        """``S`` ``[L]``, the sum of the pruned ``w^2 / e_l`` (estimated from the sample where sampled), and ``v``
-        ``[L or 1]``, the smallest kept ``w^2 / e_l``, for the pruned sets given by the thresholds ``thr``."""
+        """``S`` ``[L]``, the sum of the pruned importances (estimated from the sample where sampled), ``v``
+        ``[L or 1]``, the smallest kept importance, for the pruned sets given by the thresholds ``thr``."""
         sums, mins = [], []
         for c, t, n in zip(cands, thr, self.n.tolist()):
             below = c <= t
@@ -192,23 +347,35 @@ class MinimaxEngine:
 
     @torch.no_grad()
     def _write_masks(self, thr: Sequence[float], exact: bool = True) -> None:
-        """Masks keep ``w^2 / e_l > thr_l`` (ties pruned); counts the kept weights (one host sync)."""
-        sums = []
-        for t, w, mask, limit, unit in zip(self.targets, self._weights, self._masks, thr, self._units):
+        """Masks keep the importance ``> thr_l`` (ties pruned) and the output floor's protected weights; counts the
+        kept weights (one host sync)."""
+        sums, dots = [], []
+        for l, (t, w, mask, limit, unit) in enumerate(zip(self.targets, self._weights, self._masks, thr,
+                                                           self._units)):
             buf = self._buffer(t)
             torch.mul(w.detach(), w.detach(), out=buf)
-            if exact:  # the same float operations as the candidates, so an exact threshold prunes exactly k
+            if self.fisher is not None:  # F w^2: the same float operations as the candidates
+                torch.gt(buf.mul_(self.fisher[l]), limit, out=mask)
+            elif exact:  # the same float operations as the candidates, so an exact threshold prunes exactly k
                 torch.gt(buf.div_(unit), limit, out=mask)
             else:  # a sampled threshold is approximate anyway: save the division pass
                 torch.gt(buf, limit * unit, out=mask)
+            if l == self.floor_layer and self._prot is not None:
+                mask.view(-1)[self._prot] = 1.0
             # A float32 sum counts exactly below 2^24 and is several times faster than a float64 one.
             sums.append(mask.sum() if t.n < 2 ** 24 else torch.count_nonzero(mask))
-        self.kept = torch.stack([x.double() for x in sums]).cpu()
+            if self.fisher is not None:  # the layer's total Fisher, for the unit (one reduction pass)
+                dots.append(self.fisher[l].sum())
+        out = torch.stack([x.double() for x in sums + dots]).cpu()  # one host sync
+        self.kept = out[: len(sums)]
+        if dots:
+            self._set_unit(out[len(sums):])
 
     @torch.no_grad()
     def set_masks(self, exact: bool = True, picks: Optional[List[Optional[Tensor]]] = None) -> None:
         """Step 5: masks from the current s and W: exact thresholds, or from the candidates at ``picks``."""
         picks = self._draw(exact) if exact or picks is None else picks
+        self._prepare()
         self.thr = self._thresholds(self._candidates(picks), self.k())
         self.exact = all(p is None for p in picks)
         self._write_masks(self.thr, self.exact)
@@ -243,7 +410,15 @@ class MinimaxEngine:
             final: ``[J]`` the run's budgets (default ``budgets``), the unit of the violation in the z-ascent.
         """
         picks = self._draw(exact=False)
+        self._prepare()
         S, v = self._penalty(self._candidates(picks), self.thr)
+        if self.fisher is not None:
+            # Saliencies are in loss units: S and v enter relative to one unit for every layer, the mean Fisher times
+            # the initial mean square (counted when the masks are written; here after a target's first gradient).
+            if self.unit is None or self._restart_unit:
+                self._count_unit()
+                self._restart_unit = False
+            S, v = S / (self.unit or 1.0), v / (self.unit or 1.0)
         # 2. proximal step of the y-term on the pruned sets
         self._shrink(lr_w)
         # R_j on the hard masks of this step
@@ -254,10 +429,19 @@ class MinimaxEngine:
         pull = (self.z[:, None] * c_hat).sum(0)                               # [L]
         if self.allocation == "global":
             pull = (pull * self.n).sum(0, keepdim=True) / self.N
-        grad = self.y * v - pull  # v is already in units of the layer's mean square
-        # A trust region on s: no layer's pruned fraction moves faster than s_rate per phase, which leaves the
-        # weights time to adapt (and firing-rate estimates time to follow) however hard the duals push.
-        ds = (-self.lr_s * grad).clamp(-self.max_ds, self.max_ds)
+        grad = self.y * v - pull  # v is already in units of the layer's mean square (w2) or mean saliency (fisher)
+        ds = -self.lr_s * grad
+        if self.decade_steps is None:
+            # A trust region on s: no layer's pruned fraction moves faster than s_rate per phase, which leaves the
+            # weights time to adapt (and firing-rate estimates time to follow) however hard the duals push.
+            ds = ds.clamp(-self.max_ds, self.max_ds)
+        else:
+            # The trust region in log density: the kept fraction d = 1 - s shrinks (or grows) by at most a factor
+            # 10^(1/decade_steps) per step, so every decade of density takes at least decade_steps steps and the
+            # last weights are not cut faster than the first.
+            d = 1.0 - self.s
+            f = 10.0 ** (-1.0 / self.decade_steps)
+            ds = torch.maximum(torch.minimum(ds, d * (1.0 - f)), -d * (1.0 / f - 1.0))
         self.s = self._land(self.s, (self.s + ds).clamp(0.0, self.s_max), costs, dense, budgets)
         # 4. duals ascend, projected onto >= 0
         self.penalty = float(S.sum()) / self.N
@@ -278,10 +462,9 @@ class MinimaxEngine:
     def _resources(self, s: Tensor, costs: Tensor, dense: Tensor) -> Tensor:
         """``[J]`` resources that the sparsity levels ``s`` would give, from the counts ``k = ceil(s n)``."""
         if self.allocation == "global":  # global is params-only: every weight costs the same
-            kept = self.N - float(torch.minimum(torch.ceil(s * self.N - 1e-9), torch.tensor(self.N)))
+            kept = self.N - float(self.k(s))
             return costs[:, 0] * kept / dense.clamp_min(1e-300)
-        kept = self.n - torch.minimum(torch.ceil(s * self.n - 1e-9), self.n)
-        return resource_values(costs, dense, kept)
+        return resource_values(costs, dense, self.n - self.k(s))
 
     def _land(self, old: Tensor, new: Tensor, costs: Tensor, dense: Tensor, budgets: Tensor) -> Tensor:
         """Shorten the step ``old -> new`` to the first point where every budget holds, if it gets there.
@@ -303,13 +486,20 @@ class MinimaxEngine:
         return old + hi * (new - old)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"s": self.s.clone(), "y": self.y, "z": self.z.clone(), "penalty": self.penalty, "t": self.t,
-                "kept": self.kept.clone(), "thr": torch.tensor(self.thr, dtype=torch.float64), "exact": self.exact}
+        out = {"s": self.s.clone(), "y": self.y, "z": self.z.clone(), "penalty": self.penalty, "t": self.t,
+               "kept": self.kept.clone(), "thr": torch.tensor(self.thr, dtype=torch.float64), "exact": self.exact}
+        if self.fisher is not None:
+            out.update(fisher=[f.detach().cpu().clone() for f in self.fisher], seen=list(self.seen), unit=self.unit)
+        return out
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.s, self.y, self.z, self.penalty = state["s"].double(), state["y"], state["z"].double(), state["penalty"]
         self.t, self.kept, self.thr = int(state["t"]), state["kept"].double().cpu(), state["thr"].tolist()
         self.exact = bool(state["exact"])
+        if self.fisher is not None and state.get("fisher") is not None:  # the same buffers, so no reallocation
+            for f, saved in zip(self.fisher, state["fisher"]):
+                f.copy_(saved)
+            self.seen, self.unit = [int(c) for c in state["seen"]], state["unit"]
 
 
 def auto_nodes(budget: float) -> List[float]:
@@ -331,12 +521,39 @@ def _complements(a: float, dtype: torch.dtype) -> tuple:
 
 @METHODS.register("minimax")
 class Minimax(PruningMethod):
-    """The primal-dual engine with optional staged ``nodes`` (see the module docstring for the scaling).
+    """The primal-dual engine with loss-aware importance, paced by the run's length, staged at ``nodes``.
+
+    **Pacing** (``pacing: auto``, the default). The run's compression phase is ``P = compress_fraction x`` its
+    steps (half by default); the masks freeze as soon as every budget holds. With B the tightest budget and
+    ``D = log10(1 / B)`` the decades of density to descend:
+
+    * *The descent is paced in log density.* No ranking's kept fraction ``d = 1 - s`` shrinks (or grows) by more than
+      a factor ``10^(1/S)`` per step, ``S = DESCENT_SHARE x P / D`` steps per decade: at full speed the descent from
+      dense to B takes half the phase, and every decade the same number of steps, so the last weights are not cut
+      faster than the first. (The legacy trust region bounds ``s`` linearly, ``s_rate / P`` per step: it spends as
+      many steps on 1 -> 0.9 as on 0.1 -> 0; with P = 100 it took the density from 0.025 to 0.01 in one step.)
+    * *Nodes* at ``AUTO_NODES`` = 5x and 2x the budget (or the given ``nodes``): the masks are held at each for
+      ``max(node_fraction x P, min(one epoch, MAX_HOLD x P))`` steps while the weights finetune; the holds add to
+      the phase. A hold is sized in epochs on a short run (every batch seen once with the held masks) and in
+      phase shares on a long one.
+    * *The Fisher EMA* averages ``min(one epoch, P / 10)`` steps: a pass over the data where it can, fast enough
+      to follow a descent of ten or more steps per decade.
+
+    For example, 10 epochs of 20 steps on digits at B = 0.002: P = 100, D = 2.7, S = 18.5 steps (0.9 epoch) per
+    decade, holds of 20 steps at 0.01 and 0.004, masks frozen at step 92 of 200. ``pacing: legacy`` is the engine
+    before this rule: the linear trust region ``s_rate``, holds of ``node_fraction x P``, the Fisher EMA as above.
+
+    **Output floor.** Every output unit (row of the weight of the target that feeds the network's outputs: its last
+    weight layer) keeps its ``output_floor`` most important inputs whatever ``s`` says: in every mask the engine
+    writes, and in the projections (which drop it only when nothing else is left to prune). The count of
+    protected weights is taken off what ``s`` may prune, so the resources the engine predicts stay exact.
 
     Args:
-        schedule: ``joint`` (task loss updates every weight while compressing) or ``sequential``.
-        compress_fraction: longest share of the run spent compressing; the masks freeze as soon as every
-            constraint holds on the hard masks.
+        schedule: ``joint`` (task loss updates every weight while compressing) or ``sequential``. Under
+            ``sequential`` the task gradient of the targets is dropped after backward, but only after it has
+            entered the Fisher EMA: the task loss ranks the weights although it does not train them.
+        compress_fraction: longest share of the run spent compressing (before the holds); the masks freeze as
+            soon as every constraint holds on the hard masks.
         allocation: ``global`` (params only), ``layerwise``, or ``auto`` (global when every constraint is params).
         lr_s, lr_y, lr_z: step sizes of s, y, z per compression phase.
         y0, z0: initial duals.
@@ -344,15 +561,31 @@ class Minimax(PruningMethod):
             so no layer is cut below half the tightest budget (the magnitude ranking alone would otherwise empty
             a layer whose weights cost much more than the rest, killing the network).
         min_density: see ``s_max``.
-        s_rate: trust region of s per compression phase (2: a layer goes from dense to empty in half a phase).
-        nodes: intermediate budgets (fractions, decreasing, e.g. [0.25, 0.12]); at each the masks are held for
-            ``node_fraction`` of the compression phase while the weights finetune. ``auto`` (the default):
-            ``AUTO_NODES`` times the tightest budget, those below 1 (0.05 and 0.02 for a 1 % budget); ``[]``: none.
-        node_fraction: share of the compression phase spent at each node (added to the phase: see :meth:`deadline`).
-        normalize: unit of w^2 per target: ``layer`` (its own mean square) or ``global`` (one unit for all).
+        s_rate: trust region of s per compression phase under ``pacing: legacy`` (2: a layer goes from dense to
+            empty in half a phase).
+        nodes: intermediate budgets (fractions, decreasing, e.g. [0.25, 0.12]) at which the masks are held while
+            the weights finetune. ``auto`` (the default): ``AUTO_NODES`` times the tightest budget, those below 1
+            (0.05 and 0.02 for a 1 % budget); ``[]``: none.
+        node_fraction: share of the compression phase spent at each node, at least (see *Pacing*; the holds are
+            added to the phase: see :meth:`deadline`).
+        normalize: unit of w^2 per target under ``importance: w2``: ``layer`` (its own mean square) or ``global``.
         sample_size: candidates per ranking above which thresholds come from a random sample (see
             :class:`MinimaxEngine`); 0 ranks every weight on every step.
+        importance: what selection and allocation rank by: ``fisher`` (the default; loss-aware, see the module
+            docstring) or ``w2``.
+        pacing: ``auto`` (the default; see *Pacing*) or ``legacy``.
+        output_floor: inputs every output unit keeps (default 1; 0: none).
+        activity: ``rho_min`` of the activity constraints, a fraction of each spiking layer's dense firing rate
+            below which its rate may not fall (:class:`rccsnn.activity.ActivityConstraints`: one dual per layer,
+            a loss term through the surrogate gradient); 0 (the default): none.
+        regrow: ``none`` (the default) or ``criticality``: when the masks are about to be held (at each node, and
+            when they freeze), a budget-neutral swap regrows pruned inputs of the most critical units and drops as
+            many of the least important kept weights, layer by layer
+            (:class:`rccsnn.methods.criticality.CriticalityRegrowth`; never in the output floor's layer).
         guarantee_rounds: see :class:`PruningMethod`.
+
+    ``importance: w2, pacing: legacy, output_floor: 0, activity: 0, regrow: none`` is the engine as it was before
+    these options, step for step.
     """
 
     name = "minimax"
@@ -361,7 +594,9 @@ class Minimax(PruningMethod):
                  lr_s: float = 1.0, lr_y: float = 1.0, lr_z: float = 5.0, y0: float = 1.0, z0: float = 1.0,
                  s_max: Optional[float] = None, min_density: float = 0.5, s_rate: float = 2.0,
                  nodes: Union[str, Sequence[float]] = "auto", node_fraction: float = 0.1, normalize: str = "layer",
-                 sample_size: int = 2 ** 14, guarantee_rounds: int = 3) -> None:
+                 sample_size: int = 2 ** 14, importance: str = "fisher", pacing: str = "auto",
+                 output_floor: int = 1, activity: float = 0.0, regrow: str = "none",
+                 guarantee_rounds: int = 3) -> None:
         super().__init__(schedule=schedule, compress_fraction=compress_fraction, guarantee_rounds=guarantee_rounds)
         if allocation not in ALLOCATIONS:
             raise UserError(f"unknown allocation '{allocation}'; choices: {', '.join(ALLOCATIONS)}")
@@ -383,6 +618,17 @@ class Minimax(PruningMethod):
             raise UserError(f"method option min_density must be in [0, 1], got {min_density}")
         if normalize not in ("layer", "global"):
             raise UserError(f"unknown normalize '{normalize}'; choices: layer, global")
+        if importance not in IMPORTANCES:
+            raise UserError(f"unknown importance '{importance}'; choices: {', '.join(IMPORTANCES)}")
+        if pacing not in PACINGS:
+            raise UserError(f"unknown pacing '{pacing}'; choices: {', '.join(PACINGS)}")
+        if isinstance(output_floor, bool) or not isinstance(output_floor, int) or output_floor < 0:
+            raise UserError(f"method option output_floor must be an integer >= 0 (0: none), got {output_floor!r}")
+        if isinstance(activity, bool) or not isinstance(activity, (int, float)) or not 0.0 <= activity <= 1.0:
+            raise UserError(f"method option activity must be a fraction in [0, 1] (0: no activity constraints), "
+                            f"got {activity!r}")
+        if regrow not in REGROWS:
+            raise UserError(f"unknown regrow '{regrow}'; choices: {', '.join(REGROWS)}")
         self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, normalize=normalize, s_rate=s_rate)
         if sample_size < 0:
             raise UserError(f"method option sample_size must be >= 0 (0: rank every weight), got {sample_size}")
@@ -390,13 +636,47 @@ class Minimax(PruningMethod):
         self.nodes_auto = isinstance(nodes, str)  # resolved in start(), once the budgets are known
         self.nodes: List[float] = [] if self.nodes_auto else [float(b) for b in nodes]
         self.node_fraction = node_fraction
+        self.importance, self.pacing, self.output_floor = importance, pacing, int(output_floor)
+        self.rho_min, self.regrow = float(activity), regrow
+        self.activity: Optional[Any] = None  # rccsnn.activity.ActivityConstraints when rho_min > 0
+        self.regrowth: Optional[Any] = None  # rccsnn.methods.criticality.CriticalityRegrowth for regrow: criticality
+        self.regrown = 0
         self.stage = 0
         self.hold = 0  # steps left of the current hold at a node
+        self._said_fallback: set = set()
 
     def check(self, constraints) -> None:
         if self.allocation == "global" and any(c.resource.name != "params" for c in constraints):
             raise UserError("allocation 'global' ranks all weights as equals, so it needs params-only "
                             "constraints; use allocation layerwise for weighted resources")
+
+    # --------------------------------------------------------------------------------------------- setup
+    def output_layer(self) -> Optional[int]:
+        """Index of the target that feeds the network's outputs: the last weight layer of the network (in module
+        registration order), when it is a target; None otherwise."""
+        from rccsnn.snn import WEIGHT_LAYERS
+
+        net = getattr(getattr(self, "problem", None), "net", None)
+        layers = [m for m in net.modules() if isinstance(m, WEIGHT_LAYERS)] if net is not None else []
+        if not layers:
+            return len(self.targets) - 1 if self.targets else None
+        return next((l for l, t in enumerate(self.targets) if t.module is layers[-1]), None)
+
+    def plan(self) -> Dict[str, Any]:
+        """The pacing of this run: ``decade_steps`` (None: the linear trust region ``s_rate``), the ``nodes``, the
+        steps of one ``hold`` and the Fisher EMA's ``fisher_steps`` (see the class docstring for the rule)."""
+        B = float(self.budgets.min())
+        P = max(self.compress_steps, 1)
+        nodes = auto_nodes(B) if self.nodes_auto else list(self.nodes)
+        per_epoch = max(int(getattr(self.loop, "steps_per_epoch", 0) or 0), 1)
+        fisher_steps = float(max(1, min(per_epoch, P // 10)))
+        if self.pacing == "legacy":
+            return dict(decade_steps=None, nodes=nodes, hold=max(int(self.node_fraction * P), 1),
+                        fisher_steps=fisher_steps)
+        decades = max(math.log10(1.0 / B), 0.1)
+        hold = max(int(self.node_fraction * P), min(per_epoch, int(MAX_HOLD * P)), 1)
+        return dict(decade_steps=DESCENT_SHARE * P / decades, nodes=nodes, hold=hold,
+                    fisher_steps=fisher_steps)
 
     def start(self) -> None:
         self.check(self.constraints)
@@ -404,13 +684,54 @@ class Minimax(PruningMethod):
         if allocation == "auto":
             allocation = "global" if all(c.resource.name == "params" for c in self.constraints) else "layerwise"
         s_max = self.s_max if self.s_max is not None else 1.0 - self.min_density * float(self.budgets.min())
-        if self.nodes_auto:
-            self.nodes = auto_nodes(float(self.budgets.min()))
+        plan = self.plan()
+        self.nodes, self._hold_steps = plan["nodes"], plan["hold"]
+        floor_layer = self.output_layer() if self.output_floor > 0 else None
         self.engine = MinimaxEngine(self.targets, len(self.constraints), allocation=allocation,
                                     steps=self.compress_steps, s_max=s_max, sample_size=self.sample_size,
-                                    **self.hyper)
+                                    importance=self.importance, fisher_steps=plan["fisher_steps"],
+                                    decade_steps=plan["decade_steps"], floor_layer=floor_layer,
+                                    floor_per_row=self.output_floor, **self.hyper)
         self.engine.set_masks()
         self.scale = self.engine.scale
+        if self.rho_min > 0:
+            from rccsnn.activity import ActivityConstraints
+
+            self.activity = ActivityConstraints(self.problem.net, rho_min=self.rho_min)
+            # At setup, before any state is loaded: the weights are the dense model's here.
+            self.activity.calibrate(self.measure_stats)
+            self.activity.start(self.compress_steps)
+        if self.regrow == "criticality":
+            from rccsnn.methods.criticality import CriticalityRegrowth
+
+            self.regrowth = CriticalityRegrowth(self.problem.net, self.targets)
+            self.regrowth.record(False)
+
+    # --------------------------------------------------------------------------------------------- hooks
+    def before_forward(self, step: int) -> None:
+        if self.regrowth is not None:
+            self.regrowth.record(self.phase == "compress")
+        if self.activity is not None:
+            self.activity.before_forward(step)
+
+    def loss_term(self, step: int) -> Optional[Tensor]:
+        return self.activity.loss_term(step) if self.activity is not None else None
+
+    def after_backward(self, step: int) -> None:
+        # Before the sequential schedule drops the targets' task gradients: under sequential the Fisher (and the
+        # regrowth's gradient statistics) still come from the task loss, which then ranks the weights although it
+        # does not train them. Nothing is folded in while the masks are held or frozen: pruned weights get no
+        # gradient then, and their saliency would decay to zero for want of evidence, not because of it.
+        if self.phase == "compress" and self.hold == 0:
+            self.engine.accumulate()
+            if self.regrowth is not None:
+                self.regrowth.observe()
+        super().after_backward(step)
+
+    def after_step(self, step: int) -> None:
+        super().after_step(step)
+        if self.activity is not None:
+            self.activity.after_step(step)
 
     def floors(self) -> List[int]:
         """The engine's own limit (``s_max``) as the projections' floor: if the phase ends before the budget holds,
@@ -424,7 +745,7 @@ class Minimax(PruningMethod):
 
     def hold_steps(self) -> int:
         """Steps of one hold at a node (every node reached so far has started one: ``stage`` of them)."""
-        return max(int(self.node_fraction * self.compress_steps), 1)
+        return self._hold_steps
 
     def stage_budgets(self) -> torch.Tensor:
         """Budgets of the current stage: the node where one is pending, never below the final budgets."""
@@ -441,6 +762,11 @@ class Minimax(PruningMethod):
         budgets = self.stage_budgets()
         costs = self.costs()
         self.last = self.engine.step(costs, self.dense, budgets, self.loop.lr, final=self.budgets)
+        for l in self.engine.fallback:
+            if l not in self._said_fallback:
+                self._said_fallback.add(l)
+                self.say(f"{self.targets[l].name} has no gradient history: ranked by its magnitude, w^2 x "
+                         f"{self.engine.fallback_unit:.3g} (the mean Fisher of the other targets, weighted by w^2)")
         # The engine counted the kept weights when it wrote the masks (no second pass over them here). Masks from
         # a sampled threshold may fall under the budget by chance; only exact masks (the landing step's) freeze,
         # so the frozen masks hold what s says rather than a sampling error below it.
@@ -452,8 +778,93 @@ class Minimax(PruningMethod):
         self.say(f"reached node {self.nodes[self.stage]:g} at step {step + 1}: " + self.describe())
         self.stage += 1
         self.hold = self.hold_steps()
+        self._regenerate()
         apply_masks(self.targets)
         set_straight_through(self.targets, False)
+
+    def _regenerate(self) -> None:
+        """``regrow: criticality``: a budget-neutral swap when the masks are about to be held (at a node, and when
+        they freeze): regrow pruned inputs of the most critical units, drop as many of the least important kept
+        weights, layer by layer (never in the output floor's layer, whose floor it could drop)."""
+        if self.regrowth is None:
+            return
+        floor = self.engine.floor_layer
+        self.regrown += self.regrowth.regenerate(targets=[t for l, t in enumerate(self.targets) if l != floor])
+
+    def end_compression(self) -> None:
+        """Make the budget hold (the importance-ranked projection if needed), freeze the masks, start finetuning."""
+        if not self.feasible():
+            pruned = self.project(self.limits().tolist(), self.floors())
+            self.projected += pruned
+            self.say(f"compression phase ended before the budget held; projection pruned {pruned} more weights")
+        self.freeze()
+
+    def freeze(self) -> None:
+        self._regenerate()
+        if self.regrowth is not None:
+            self.regrowth.record(False)
+        if self.engine.fisher is not None:
+            # The guarantee rounds of finalize() project with base.project, per-layer units of w^2: the inverse mean
+            # Fisher of each layer makes w^2 / scale_l its mean saliency per unit of w^2.
+            self.scale = torch.stack([1.0 / f.double().mean().clamp_min(1e-30) for f in self.engine.fisher]).cpu()
+        super().freeze()
+        if self.regrowth is not None:
+            self.say(f"criticality regrowth swapped {self.regrown} weights")
+
+    @torch.no_grad()
+    def project(self, limits: Sequence[float], floors: Optional[Sequence[int]] = None) -> int:
+        """:func:`rccsnn.methods.base.project` with the engine's importance: prune the kept weights of lowest
+        importance per cost (``F w^2 / c`` or ``w^2 / (e_l c)``) until every limit holds, keeping each layer's
+        ``floors`` and the output floor while the limits can be met otherwise (the floors go first, then the
+        output floor). Returns the number of weights pruned."""
+        e = self.engine
+        e._prepare()
+        protect = e._prot if e.floor_layer is not None else None
+        costs = self.costs()
+        limit = torch.tensor(list(limits), dtype=torch.float64) * (1.0 - 1e-12)
+        pruned = 0
+        for _ in range(100 * len(limit) + 100):
+            kept = kept_counts(self.targets)
+            excess = (costs * kept).sum(1) - limit
+            if bool((excess <= 0).all()):
+                return pruned
+            j = int(torch.argmax(excess / limit.abs().clamp_min(1e-300)))
+            scores, cost, where = [], [], []
+            for l, t in enumerate(self.targets):
+                c = float(costs[j, l])
+                if c <= 0:
+                    continue
+                mask = t.mask.mask.flatten()
+                if l == e.floor_layer and protect is not None:
+                    mask = mask.clone()
+                    mask[protect] = 0.0  # protected: not a candidate
+                idx = torch.nonzero(mask, as_tuple=False).flatten()
+                x = e._scores(l, idx).double()
+                if floors is not None:  # only the weights below the layer's floor are candidates
+                    spare = max(int(kept[l]) - int(floors[l]), 0)
+                    small = torch.argsort(x)[:spare]
+                    idx, x = idx[small], x[small]
+                scores.append(x / c)
+                cost.append(torch.full_like(x, c))
+                where.append((l, idx))
+            if sum(len(x) for x in scores) == 0:
+                if floors is not None:
+                    floors = None  # every layer is at its floor: the limits come first
+                    continue
+                if protect is not None:
+                    protect = None  # then the output floor
+                    continue
+            order = torch.argsort(torch.cat(scores))
+            cum = torch.cumsum(torch.cat(cost)[order], 0)
+            cut = min(int(torch.searchsorted(cum, excess[j].item())) + 1, len(order))
+            chosen = order[:cut]
+            offsets = torch.cumsum(torch.tensor([0] + [len(i) for _, i in where]), 0)
+            for (l, idx), lo, hi in zip(where, offsets[:-1], offsets[1:]):
+                sel = chosen[(chosen >= lo) & (chosen < hi)] - lo
+                if len(sel):
+                    self.targets[l].mask.mask.view(-1)[idx[sel].to(self.targets[l].mask.mask.device)] = 0.0
+            pruned += cut
+        raise RuntimeError("projection did not converge")  # unreachable: each round prunes at least one weight
 
     def epoch_end(self, epoch: int, loop) -> Dict[str, float]:
         scalars = super().epoch_end(epoch, loop)
@@ -465,6 +876,10 @@ class Minimax(PruningMethod):
         names = ["all"] if e.allocation == "global" else [t.name for t in self.targets]
         for name, s in zip(names, e.s.tolist()):
             scalars[f"sparsity/{name}"] = s
+        if self.activity is not None:
+            scalars.update(self.activity.scalars())
+        if self.regrowth is not None:
+            scalars["regrown/total"] = float(self.regrown)
         return scalars
 
     def progress(self) -> Dict[str, str]:
@@ -473,12 +888,29 @@ class Minimax(PruningMethod):
         out.update({f"z_{c.resource.name}": f"{z:.2g}" for c, z in zip(self.constraints, self.engine.z.tolist())})
         return out
 
+    def finalize(self, loop) -> None:
+        super().finalize(loop)
+        if self.regrowth is not None:
+            self.regrowth.close()
+        if self.activity is not None:
+            self.activity.close()
+
     def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "engine": self.engine.state_dict(), "stage": self.stage, "hold": self.hold}
+        out = {**super().state_dict(), "engine": self.engine.state_dict(), "stage": self.stage, "hold": self.hold}
+        if self.activity is not None:
+            out["activity"] = self.activity.state_dict()
+        if self.regrowth is not None:
+            out.update(regrowth=self.regrowth.state_dict(), regrown=self.regrown)
+        return out
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.engine.load_state_dict(state["engine"])
         self.stage, self.hold = state["stage"], state["hold"]
+        if self.activity is not None and state.get("activity") is not None:
+            self.activity.load_state_dict(state["activity"])
+        if self.regrowth is not None and state.get("regrowth") is not None:
+            self.regrowth.load_state_dict(state["regrowth"])
+            self.regrown = int(state["regrown"])
         if self.hold > 0:
             set_straight_through(self.targets, False)
