@@ -220,6 +220,38 @@ def test_the_fisher_resumes_from_the_state_dict_into_the_same_buffers():
     assert e2.seen == [1, 1] and e2.unit == e.unit
 
 
+def test_the_layer_floor_keeps_a_layer_whose_saliencies_are_all_below_the_others():
+    torch.manual_seed(4)
+    _, targets = two_targets(torch.randn(20, 10), torch.randn(10, 20))
+    e = engine(targets, s_max=0.9, layer_floor=True)
+    grads = [torch.full((20, 10), 1e-3), torch.ones(10, 20)]  # every saliency of the first layer is tiny
+    set_grads(targets, *grads)
+    e.accumulate()
+    assert e.keep.tolist() == [20.0, 20.0]  # ceil(0.1 n_l)
+    e.s = torch.tensor([0.85], dtype=f64)  # 340 of 400 pruned: the first layer alone would go
+    e.set_masks()
+    assert e.kept.tolist() == [20.0, 40.0]
+    # the first layer keeps its 20 most important weights, the second the 40 most important of its own
+    sal = [(t.weight.detach() ** 2 * g ** 2).flatten() for t, g in zip(targets, grads)]
+    for t, x, kept in zip(targets, sal, (20, 40)):
+        top = torch.zeros(x.numel())
+        top[torch.argsort(x, descending=True)[:kept]] = 1.0
+        assert torch.equal(t.mask.mask.flatten(), top)
+    e.s = torch.tensor([1.0], dtype=f64)
+    assert e.k().tolist() == [360.0]
+    # the marginal value is the second layer's smallest kept saliency, not the first layer's floor
+    S, v = e._penalty(e._candidates([None, None]), e.thr)
+    assert float(v[0]) == pytest.approx(float(sal[1][targets[1].mask.mask.flatten() > 0].min()), rel=1e-6)
+
+
+def test_minimax_uses_the_layer_floor_with_fisher_only():
+    for importance, expected in (("fisher", True), ("w2", False)):
+        net, targets = two_targets(torch.randn(20, 10), torch.randn(5, 20))
+        method = bound(Minimax(importance=importance), net, targets, 0.05)
+        method.setup(Loop(total_steps=100))
+        assert method.engine.layer_floor is expected
+
+
 # ------------------------------------------------------------------------------------------------ output floor
 def test_every_output_unit_keeps_its_most_important_input_however_far_s_goes():
     _, targets = two_targets(A, B)
