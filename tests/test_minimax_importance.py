@@ -94,13 +94,29 @@ def test_first_gradient_initialises_the_fisher_and_later_ones_enter_its_ema():
     set_grads(targets, GA, GB)
     e.accumulate()
     assert e.seen == [1, 1]
-    assert e.fisher[0].flatten().tolist() == pytest.approx([9.0, 1.0, 1.0, 0.01])
-    assert e.fisher[1].flatten().tolist() == pytest.approx([0.01, 1.21, 100.0, 1.0])
+    assert e.fisher_of(0).flatten().tolist() == pytest.approx([9.0, 1.0, 1.0, 0.01])
+    assert e.fisher_of(1).flatten().tolist() == pytest.approx([0.01, 1.21, 100.0, 1.0])
     set_grads(targets, [[1.0, 1.0], [1.0, 1.0]], None)  # B has no gradient this step: its Fisher is left alone
     e.accumulate()
     assert e.seen == [2, 1]
-    assert e.fisher[0].flatten().tolist() == pytest.approx([0.75 * 9 + 0.25, 1.0, 1.0, 0.75 * 0.01 + 0.25])
-    assert e.fisher[1].flatten().tolist() == pytest.approx([0.01, 1.21, 100.0, 1.0])
+    assert e.fisher_of(0).flatten().tolist() == pytest.approx([0.75 * 9 + 0.25, 1.0, 1.0, 0.75 * 0.01 + 0.25])
+    assert e.fisher_of(1).flatten().tolist() == pytest.approx([0.01, 1.21, 100.0, 1.0])
+
+
+def test_the_fisher_buffers_are_rescaled_before_they_overflow_and_keep_the_ema():
+    _, targets = two_targets(A, B)
+    e = engine(targets, fisher_steps=2)  # beta 0.5: the buffers' factor doubles every step
+    g = torch.Generator().manual_seed(5)
+    reference = None
+    for step in range(120):
+        grads = [torch.randn(2, 2, generator=g) for _ in range(2)]
+        set_grads(targets, *grads)
+        e.accumulate()
+        sq = torch.cat([x.double().flatten() ** 2 for x in grads])
+        reference = sq if reference is None else 0.5 * reference + 0.5 * sq
+        assert e.inv <= 1e15
+    got = torch.cat([e.fisher_of(l).double().flatten() for l in range(2)])
+    assert torch.allclose(got, reference, rtol=1e-5)
 
 
 def test_global_selection_prunes_the_smallest_saliencies_across_layers():
@@ -160,7 +176,7 @@ def test_a_target_without_gradient_history_falls_back_to_its_magnitude_in_the_fi
     f = (0.09 + 0.25 + 0.1024 + 0.04) / (0.01 + 0.25 + 0.1024 + 4.0)  # sum F w^2 / sum w^2 over A
     assert e.fallback == [1]
     assert e.fallback_unit == pytest.approx(f, rel=1e-6)
-    assert e.fisher[1].flatten().tolist() == pytest.approx([f] * 4, rel=1e-6)
+    assert e.fisher_of(1).flatten().tolist() == pytest.approx([f] * 4, rel=1e-6)
     said = [m for m in method.events if "no gradient history" in m]
     assert len(said) == 1 and said[0].startswith("1 has no gradient history")
     set_grads(targets, GA, None)
@@ -169,7 +185,7 @@ def test_a_target_without_gradient_history_falls_back_to_its_magnitude_in_the_fi
     assert len([m for m in method.events if "no gradient history" in m]) == 1  # said once
     set_grads(targets, GA, GB)  # the first gradient replaces the fallback
     method.after_backward(2)
-    assert e.fisher[1].flatten().tolist() == pytest.approx([0.01, 1.21, 100.0, 1.0])
+    assert e.fisher_of(1).flatten().tolist() == pytest.approx([0.01, 1.21, 100.0, 1.0])
 
 
 def test_sequential_folds_the_task_gradient_into_the_fisher_before_dropping_it():
@@ -180,7 +196,7 @@ def test_sequential_folds_the_task_gradient_into_the_fisher_before_dropping_it()
     method.after_backward(0)
     assert all(t.weight.grad is None for t in targets)
     assert method.engine.seen == [1, 1]
-    assert method.engine.fisher[1].flatten().tolist() == pytest.approx([0.01, 1.21, 100.0, 1.0])
+    assert method.engine.fisher_of(1).flatten().tolist() == pytest.approx([0.01, 1.21, 100.0, 1.0])
 
 
 def test_nothing_enters_the_fisher_while_the_masks_are_held_or_frozen():
@@ -217,7 +233,7 @@ def test_the_fisher_resumes_from_the_state_dict_into_the_same_buffers():
     e2.load_state_dict(state)
     assert all(a is b for a, b in zip(buffers, e2.fisher))
     assert all(torch.equal(a, b) for a, b in zip(e.fisher, e2.fisher))
-    assert e2.seen == [1, 1] and e2.unit == e.unit
+    assert e2.seen == [1, 1] and e2.unit == e.unit and e2.inv == e.inv
 
 
 def test_the_layer_floor_keeps_a_layer_whose_saliencies_are_all_below_the_others():
@@ -239,9 +255,10 @@ def test_the_layer_floor_keeps_a_layer_whose_saliencies_are_all_below_the_others
         assert torch.equal(t.mask.mask.flatten(), top)
     e.s = torch.tensor([1.0], dtype=f64)
     assert e.k().tolist() == [360.0]
-    # the marginal value is the second layer's smallest kept saliency, not the first layer's floor
+    # the marginal value is the second layer's smallest kept saliency, not the first layer's floor (the engine's
+    # candidates are in the units of its Fisher buffers, F * inv)
     S, v = e._penalty(e._candidates([None, None]), e.thr)
-    assert float(v[0]) == pytest.approx(float(sal[1][targets[1].mask.mask.flatten() > 0].min()), rel=1e-6)
+    assert float(v[0]) / e.inv == pytest.approx(float(sal[1][targets[1].mask.mask.flatten() > 0].min()), rel=1e-6)
 
 
 def test_minimax_uses_the_layer_floor_with_fisher_only():
@@ -387,7 +404,7 @@ def test_new_options_are_validated(kwargs, needle):
 
 def test_defaults():
     m = Minimax()
-    assert (m.importance, m.pacing, m.output_floor, m.rho_min, m.regrow) == ("fisher", "auto", 1, 0.0, "none")
+    assert (m.importance, m.pacing, m.output_floor, m.rho_min, m.regrow) == ("fisher", "auto", 1, 0.1, "none")
 
 
 def test_activity_and_regrow_wire_their_components():
@@ -400,7 +417,7 @@ def test_activity_and_regrow_wire_their_components():
     assert isinstance(method.activity, ActivityConstraints) and method.activity.rho_min == 0.1
     assert isinstance(method.regrowth, CriticalityRegrowth)
     assert "regrowth" in method.state_dict() and "activity" in method.state_dict()
-    plain = bound(Minimax(), *two_targets(A, B), 0.5)
+    plain = bound(Minimax(activity=0.0), *two_targets(A, B), 0.5)
     plain.setup(Loop(total_steps=20))
     assert plain.activity is None and plain.regrowth is None and plain.loss_term(0) is None
 
