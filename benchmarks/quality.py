@@ -57,7 +57,7 @@ if str(REPO) not in sys.path:  # the panel's models are imported as benchmarks.p
 
 from benchsweep import publish, run_grid  # noqa: E402
 from rccsnn.errors import UserError  # noqa: E402
-from rccsnn.sweep import collect_results, load_sweep, run_sweep, write_results  # noqa: E402
+from rccsnn.sweep import SweepOutcome, collect_results, load_sweep, run_sweep, write_results  # noqa: E402
 
 # ============================================================================================ the panel
 #: minimax as it was before issue 13 (per-layer w^2 units, no activity constraint, no regrowth, the old pacing):
@@ -253,13 +253,16 @@ def user_architectures(archs: Dict[str, str]) -> Iterator[None]:
             os.environ["PYTHONPATH"] = saved_path
 
 
-def run_panel_grid(doc: dict, out: Path, jobs: int, progress: bool, archs: Dict[str, str]):
+def run_panel_grid(doc: dict, out: Path, jobs: int, progress: bool, archs: Dict[str, str], run: bool = True):
     """:func:`benchsweep.run_grid` for model files that need ``--model`` (the sweep's own file check cannot load
-    them, so it is done here: the files exist and were made by :func:`ensure_pretrained`)."""
+    them, so it is done here: the files exist and were made by :func:`ensure_pretrained`). ``run`` False runs
+    nothing: the report covers the runs already finished (for a panel run elsewhere, or in parts)."""
     out.mkdir(parents=True, exist_ok=True)
     sweep_file = out / f"{doc['name']}.yaml"
     sweep_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     sweep = load_sweep(sweep_file, out=out, check_files=False)
+    if not run:
+        return sweep, SweepOutcome()
     with user_architectures(archs):
         outcome = run_sweep(sweep, jobs=jobs, progress=progress)
     write_results(sweep)
@@ -461,7 +464,7 @@ def panel_main(args: argparse.Namespace) -> int:
         set_nested(base, key, value)
     runs = panel_runs({n: paths[n].resolve() for n in models}, methods, budgets, epochs, seeds, args.quick)
     doc = {"name": "quality", "base": base, "runs": runs}
-    sweep, outcome = run_panel_grid(doc, out, args.jobs, not args.no_progress, archs)
+    sweep, outcome = run_panel_grid(doc, out, args.jobs, not args.no_progress, archs, run=not args.report_only)
 
     from rccsnn.data import load_data
     from rccsnn.loading import load_model
@@ -625,6 +628,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "and gmp on every model and every method on fc (one model: budgets 0.05 0.01, 1 seed, "
                         "2 epochs)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="panel: run nothing, report on the runs already finished in --out")
     args = p.parse_args(argv)
     try:
         return single_main(args) if args.model else panel_main(args)
