@@ -5,7 +5,7 @@ A *spiking layer* is a module whose output is spikes: rccsnn's multi-step :class
 ``RSynaptic``, ``Alpha``, ``Lapicque``) used directly, as snntorch's tutorials write models (called once per time
 step, output ``spk`` or a tuple whose first element is ``spk``). An snntorch neuron inside a LIF is part of that LIF.
 
-Activity constraints (METHOD.md, "Activity constraints")
+Activity constraints (docs/method.md, "Activity constraints")
 --------------------------------------------------------
 A layer that stops firing kills every layer after it: the surrogate gradient of a neuron far below threshold is
 tiny and nothing recovers (the loss sits at ln K). For every spiking layer l, with r_l its mean firing rate (spikes

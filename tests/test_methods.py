@@ -1,5 +1,5 @@
 """Compression methods: the exact projection, the minimax update rules on toy problems whose behaviour is known
-(METHOD.md, 'One training step of the compression phase'), gmp's cubic schedule, magnitude's one-shot pruning, the
+(docs/method.md, Steps 1-5 of a training step), gmp's cubic schedule, magnitude's one-shot pruning, the
 sequential schedule's gradient switch and the methods' option checks.
 
 No task loss anywhere here: the weights are fixed except for what the methods themselves do to them, and the
@@ -255,7 +255,7 @@ def test_penalty_vanishes_once_the_pruned_weights_are_shrunk():
 
 
 def test_one_engine_step_follows_the_update_rules_exactly():
-    """METHOD.md steps 2-5 in the scale-free units of minimax.py, two layers, two constraints."""
+    """Steps 2-5 of docs/method.md in the scale-free units of minimax.py, two layers, two constraints."""
     g = torch.Generator().manual_seed(4)
     wa = torch.randn(3, 2, generator=g)  # n = 6
     wb = torch.randn(2, 2, generator=g) * 3  # n = 4, another scale

@@ -23,7 +23,8 @@ The method, as a baseline on the same trainer as ``gmp``:
 inference (``c_l``: 1, positions x T, x the layer's input rate, x an energy constant), and a swap regrows exactly as
 many weights in a layer as it drops there, so the kept count of every layer, and with it every resource on the hard
 masks (params, macs, synops, energy with the current rate estimates), is unchanged. Swaps never cross layers. (If
-costs ever become per weight, as METHOD.md's "Exact costs per weight" plans, the drop must cover the regrown cost.)
+costs ever become per weight, as docs/method.md's "Exact costs per weight" (not yet implemented) plans, the drop
+must cover the regrown cost.)
 Firing rates move as the weights train, as they do under every method; the final measurement and the guarantee
 rounds of :meth:`PruningMethod.finalize` take care of that.
 

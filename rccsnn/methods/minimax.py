@@ -1,4 +1,4 @@
-"""``minimax``: budget-constrained sparse learning by primal-dual updates (METHOD.md).
+"""``minimax``: budget-constrained sparse learning by primal-dual updates (docs/method.md).
 
     min_{W, s} max_{y >= 0, z >= 0}  L(W * M(s)) + y * sum_l S_l(W, k_l) + sum_j z_j (R_j(k) - B_j)
 
@@ -25,7 +25,7 @@ What a weight is worth (``importance``):
   Measured on a fully connected Leaky SNN on digits (15 epochs, 0.05 of the weights), ``w2`` units kept 4.8 % of
   the small output layer and the network fell to 68 % (gmp: 96 %); ``fisher`` kept 37.5 % of it and reached 97 %.
 * ``w2`` (the engine before loss-aware allocation): ``w^2`` relative to a unit ``e_l``: one constant for all
-  targets, the mean squared weight over all of them (``normalize: global``, METHOD.md's raw magnitudes up to a
+  targets, the mean squared weight over all of them (``normalize: global``, docs/method.md's raw magnitudes up to a
   constant), or each target's own mean square (``normalize: layer``). The penalty is ``S = sum_l S_l / (N * e_l)``
   and the s-gradient is ``y * v_l / e_l - sum_j z_j * c_hat_jl``. With ``layer`` (its default), a layer followed by
   BatchNorm is measured in its own scale, but every layer ends up about equally dense, which starves a small
@@ -82,7 +82,7 @@ DEFAULTS = dict(lr_s=1.0, lr_y=1.0, lr_z=5.0, y0=1.0, z0=1.0)
 
 
 class MinimaxEngine:
-    """The primal-dual state (``s``, ``y``, ``z``) and one update of METHOD.md's compression step.
+    """The primal-dual state (``s``, ``y``, ``z``) and one update of the compression step (Steps 2-5 of docs/method.md).
 
     Selection (which weights the current ``s`` prunes) costs a few passes over the weights per step, not a sort:
 
@@ -139,7 +139,7 @@ class MinimaxEngine:
             self.layer_energy = torch.stack([q.mean() for q in sq]).clamp_min(1e-30)
             self.energy = float(sum(q.sum() for q in sq) / self.N) or 1e-30
         # The unit of w^2 per layer: its own mean square ("layer", robust to BatchNorm-rescaled layers) or the
-        # mean square over all targets ("global", METHOD.md's raw magnitudes up to one constant).
+        # mean square over all targets ("global", docs/method.md's raw magnitudes up to one constant).
         self.scale = self.layer_energy if normalize == "layer" else torch.full_like(self.layer_energy, self.energy)
         self._units = self.scale.tolist()
         self.penalty = 0.0
@@ -502,7 +502,7 @@ class MinimaxEngine:
     @torch.no_grad()
     def step(self, costs: Tensor, dense: Tensor, budgets: Tensor, lr_w: float,
              final: Optional[Tensor] = None) -> Dict[str, float]:
-        """Steps 2-5 of METHOD.md after the optimizer step.
+        """Steps 2-5 of docs/method.md after the optimizer step.
 
         The pruned set of steps 2 and 4 is the current masks' (the set the forward pass of this step masked): S
         and v are taken at the current masks' thresholds, with the weights as they are after the optimizer step.
