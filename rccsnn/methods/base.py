@@ -173,6 +173,30 @@ def resource_values(costs: Tensor, dense: Tensor, kept: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def prune_cheapest(targets: Sequence[Target], where: Sequence[tuple], scores: Sequence[Tensor],
+                   cost: Sequence[Tensor], excess: float) -> int:
+    """Prune the candidates with the lowest scores until their summed cost covers ``excess``; returns how many.
+
+    Args:
+        targets: layers with masks attached.
+        where: per candidate group ``(l, idx)``: target l and the flat indices of its candidates ``[m]``.
+        scores, cost: per group ``[m]`` the candidates' scores (lowest pruned first) and costs.
+        excess: the cost to remove, in the resource's unit.
+    """
+    order = torch.argsort(torch.cat(list(scores)))
+    cum = torch.cumsum(torch.cat(list(cost))[order], 0)
+    cut = min(int(torch.searchsorted(cum, excess)) + 1, len(order))
+    chosen = order[:cut]
+    offsets = torch.cumsum(torch.tensor([0] + [len(i) for _, i in where]), 0)
+    for (l, idx), lo, hi in zip(where, offsets[:-1], offsets[1:]):
+        sel = chosen[(chosen >= lo) & (chosen < hi)] - lo
+        if len(sel):
+            mask = targets[l].mask.mask
+            mask.view(-1)[idx[sel].to(mask.device)] = 0.0
+    return cut
+
+
+@torch.no_grad()
 def project(targets: Sequence[Target], costs: Tensor, limits: Sequence[float],
             scale: Optional[Tensor] = None, floors: Optional[Sequence[int]] = None) -> int:
     """Prune further, lowest ``w^2 / (scale_l * c_jl)`` first, until every ``sum_l c_jl kept_l <= limit_j`` on the hard masks.
@@ -216,16 +240,7 @@ def project(targets: Sequence[Target], costs: Tensor, limits: Sequence[float],
         if floors is not None and sum(len(x) for x in scores) == 0:
             floors = None  # every layer is at its floor: the limits come first
             continue
-        order = torch.argsort(torch.cat(scores))
-        cum = torch.cumsum(torch.cat(cost)[order], 0)
-        cut = min(int(torch.searchsorted(cum, excess[j].item())) + 1, len(order))
-        chosen = order[:cut]
-        offsets = torch.cumsum(torch.tensor([0] + [len(i) for _, i in where]), 0)
-        for (l, idx), lo, hi in zip(where, offsets[:-1], offsets[1:]):
-            sel = chosen[(chosen >= lo) & (chosen < hi)] - lo
-            if len(sel):
-                targets[l].mask.mask.view(-1)[idx[sel]] = 0.0
-        pruned += cut
+        pruned += prune_cheapest(targets, where, scores, cost, excess[j].item())
     raise RuntimeError("projection did not converge")  # unreachable: each round prunes at least one weight
 
 

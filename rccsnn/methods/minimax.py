@@ -57,7 +57,7 @@ from torch import Tensor
 
 from rccsnn.errors import UserError
 from rccsnn.masks import Target, apply_masks, set_straight_through
-from rccsnn.methods.base import METHODS, PruningMethod, kept_counts, resource_values
+from rccsnn.methods.base import METHODS, PruningMethod, kept_counts, prune_cheapest, resource_values
 
 ALLOCATIONS = ("auto", "global", "layerwise")
 IMPORTANCES = ("fisher", "w2")
@@ -974,16 +974,7 @@ class Minimax(PruningMethod):
                 if protect is not None:
                     protect = None  # then the output floor
                     continue
-            order = torch.argsort(torch.cat(scores))
-            cum = torch.cumsum(torch.cat(cost)[order], 0)
-            cut = min(int(torch.searchsorted(cum, excess[j].item())) + 1, len(order))
-            chosen = order[:cut]
-            offsets = torch.cumsum(torch.tensor([0] + [len(i) for _, i in where]), 0)
-            for (l, idx), lo, hi in zip(where, offsets[:-1], offsets[1:]):
-                sel = chosen[(chosen >= lo) & (chosen < hi)] - lo
-                if len(sel):
-                    self.targets[l].mask.mask.view(-1)[idx[sel].to(self.targets[l].mask.mask.device)] = 0.0
-            pruned += cut
+            pruned += prune_cheapest(self.targets, where, scores, cost, excess[j].item())
         raise RuntimeError("projection did not converge")  # unreachable: each round prunes at least one weight
 
     def epoch_end(self, epoch: int, loop) -> Dict[str, float]:
