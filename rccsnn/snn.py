@@ -318,10 +318,6 @@ class SpikeMonitor:
         """Mean input value of each weight layer (its input firing rate for spike inputs), by module name."""
         return {name: r.mean() for name, r in self._inp.items() if r.count}
 
-    def macs(self) -> Dict[str, int]:
-        """Dense multiply-accumulates per inference of each weight layer: positions x weights x T."""
-        return {name: self.positions[name] * self.weights[name] * self.T for name in self.positions}
-
 
 def weight_layers(model: nn.Module) -> Iterable[tuple]:
     """``(name, module)`` for every Conv1d/2d/3d and Linear layer, in registration order."""
