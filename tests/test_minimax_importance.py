@@ -395,6 +395,7 @@ def test_auto_pacing_reaches_a_tight_budget_within_the_phase_without_a_projectio
     (dict(activity=1.5), "activity must be a fraction in [0, 1]"),
     (dict(activity="high"), "activity must be a fraction in [0, 1]"),
     (dict(regrow="random"), "unknown regrow 'random'; choices: none, criticality"),
+    (dict(activity_layers="hidden"), "unknown activity_layers 'hidden'; choices: output, all"),
 ])
 def test_new_options_are_validated(kwargs, needle):
     with pytest.raises(UserError) as info:
@@ -404,7 +405,20 @@ def test_new_options_are_validated(kwargs, needle):
 
 def test_defaults():
     m = Minimax()
-    assert (m.importance, m.pacing, m.output_floor, m.rho_min, m.regrow) == ("fisher", "auto", 1, 0.1, "none")
+    assert (m.importance, m.pacing, m.output_floor, m.rho_min, m.activity_layers, m.regrow) == (
+        "fisher", "auto", 1, 0.1, "output", "none")
+
+
+@pytest.mark.parametrize("which, expected", [("output", ["3"]), ("all", ["1", "3"])])
+def test_activity_constrains_the_output_neurons_or_every_spiking_layer(which, expected):
+    from rccsnn.snn import LIF, NeuronConfig, PerStep
+
+    net = nn.Sequential(PerStep(nn.Flatten(), nn.Linear(8, 6)), LIF(NeuronConfig()), PerStep(nn.Linear(6, 4)),
+                        LIF(NeuronConfig()))
+    targets = find_targets(net, exclude_first=False)
+    method = bound(Minimax(activity=0.2, activity_layers=which), net, targets, 0.5)
+    method.setup(Loop(total_steps=20))
+    assert method.activity.names == expected
 
 
 def test_activity_and_regrow_wire_their_components():

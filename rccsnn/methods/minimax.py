@@ -63,6 +63,7 @@ ALLOCATIONS = ("auto", "global", "layerwise")
 IMPORTANCES = ("fisher", "w2")
 PACINGS = ("auto", "legacy")
 REGROWS = ("none", "criticality")
+ACTIVITY_LAYERS = ("output", "all")
 
 #: ``nodes: auto`` stages the descent at these multiples of the tightest budget. Going from dense straight to a 1 %
 #: budget leaves the weights no time to adapt; holding the masks at 5x and 2x the budget for a tenth of the phase
@@ -689,14 +690,18 @@ class Minimax(PruningMethod):
             docstring) or ``w2``.
         pacing: ``auto`` (the default; see *Pacing*) or ``legacy``.
         output_floor: inputs every output unit keeps (default 1; 0: none).
-        activity: ``rho_min`` of the activity constraints, a fraction of each spiking layer's dense firing rate
-            below which its rate may not fall (:class:`rccsnn.activity.ActivityConstraints`: one dual per layer,
-            a loss term through the surrogate gradient); 0: none. The default 0.1 was measured on the panel of
-            ``benchmarks/panel_models.py`` at 10 epochs: without it 4 of 60 minimax runs ended with a silent output
-            layer (synaptic conv at 0.005 and 0.002, tutorial conv at 0.002), with 0.1 none of those did (0.05 left
-            one); where no layer falls below the floor the dual stays 0 and nothing changes (the fully connected,
-            recurrent and tutorial conv models at 0.01: the same accuracy to the image); it costs the shipped
-            convsnn at 0.002 (71.9 +- 2.2 % against 79.1 +- 1.7 %, seeds 0-2), whose hidden layer it keeps firing.
+        activity: ``rho_min`` of the activity constraints, a fraction of a spiking layer's dense firing rate below
+            which its rate may not fall (:class:`rccsnn.activity.ActivityConstraints`: one dual per layer, a loss
+            term through the surrogate gradient); 0: none. Default 0.1.
+        activity_layers: which spiking layers are constrained: ``output`` (the default: the last spiking layer in
+            registration order, the output neurons) or ``all``. Measured on ``benchmarks/panel_models.py``, 10
+            epochs, seeds 0-2: without constraints 4 of 60 minimax runs ended with a silent output layer (synaptic
+            conv at 0.005 and 0.002, tutorial conv at 0.002; all near chance); ``output`` at 0.1 ended none of the
+            15 runs at those points silent and cost nothing measurable elsewhere (shipped convsnn at 0.002: 79.4 +-
+            1.8 % against 79.1 +- 1.7 % without); ``all`` kept them firing too but pushed up hidden layers that
+            were sparse for a reason: convsnn 0.002 71.0 +- 1.3 %, fully connected 0.002 15.5 +- 3.0 % against
+            38.4 +- 3.4 % without (``output``: 32.6 +- 6.5 %). A silent hidden layer silences the output, whose dual
+            then pushes back through the surrogate gradients of the layers before it.
         regrow: ``none`` (the default) or ``criticality``: when the masks are about to be held (at each node, and
             when they freeze), a budget-neutral swap regrows pruned inputs of the most critical units and drops as
             many of the least important kept weights, layer by layer
@@ -714,7 +719,7 @@ class Minimax(PruningMethod):
                  s_max: Optional[float] = None, min_density: float = 0.5, s_rate: float = 2.0,
                  nodes: Union[str, Sequence[float]] = "auto", node_fraction: float = 0.1, normalize: str = "layer",
                  sample_size: int = 2 ** 14, importance: str = "fisher", pacing: str = "auto",
-                 output_floor: int = 1, activity: float = 0.1, regrow: str = "none",
+                 output_floor: int = 1, activity: float = 0.1, activity_layers: str = "output", regrow: str = "none",
                  guarantee_rounds: int = 3) -> None:
         super().__init__(schedule=schedule, compress_fraction=compress_fraction, guarantee_rounds=guarantee_rounds)
         if allocation not in ALLOCATIONS:
@@ -746,6 +751,8 @@ class Minimax(PruningMethod):
         if isinstance(activity, bool) or not isinstance(activity, (int, float)) or not 0.0 <= activity <= 1.0:
             raise UserError(f"method option activity must be a fraction in [0, 1] (0: no activity constraints), "
                             f"got {activity!r}")
+        if activity_layers not in ACTIVITY_LAYERS:
+            raise UserError(f"unknown activity_layers '{activity_layers}'; choices: {', '.join(ACTIVITY_LAYERS)}")
         if regrow not in REGROWS:
             raise UserError(f"unknown regrow '{regrow}'; choices: {', '.join(REGROWS)}")
         self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, normalize=normalize, s_rate=s_rate)
@@ -756,7 +763,7 @@ class Minimax(PruningMethod):
         self.nodes: List[float] = [] if self.nodes_auto else [float(b) for b in nodes]
         self.node_fraction = node_fraction
         self.importance, self.pacing, self.output_floor = importance, pacing, int(output_floor)
-        self.rho_min, self.regrow = float(activity), regrow
+        self.rho_min, self.activity_layers, self.regrow = float(activity), activity_layers, regrow
         self.activity: Optional[Any] = None  # rccsnn.activity.ActivityConstraints when rho_min > 0
         self.regrowth: Optional[Any] = None  # rccsnn.methods.criticality.CriticalityRegrowth for regrow: criticality
         self.regrown = 0
@@ -815,9 +822,12 @@ class Minimax(PruningMethod):
         self.engine.set_masks()
         self.scale = self.engine.scale
         if self.rho_min > 0:
-            from rccsnn.activity import ActivityConstraints
+            from rccsnn.activity import ActivityConstraints, spiking_layers
 
-            self.activity = ActivityConstraints(self.problem.net, rho_min=self.rho_min)
+            layers = spiking_layers(self.problem.net)
+            if self.activity_layers == "output":
+                layers = layers[-1:]  # the last spiking layer in registration order: the output neurons
+            self.activity = ActivityConstraints(self.problem.net, rho_min=self.rho_min, layers=layers)
             # At setup, before any state is loaded: the weights are the dense model's here.
             self.activity.calibrate(self.measure_stats)
             self.activity.start(self.compress_steps)
