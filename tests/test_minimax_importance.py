@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from rccsnn.errors import UserError
-from rccsnn.masks import attach_masks, find_targets
+from rccsnn.masks import find_targets
 from rccsnn.methods import Constraint, Problem
 from rccsnn.methods.base import kept_counts
 from rccsnn.methods.minimax import DESCENT_SHARE, Minimax, MinimaxEngine
 from rccsnn.resources import LayerStats, Params
+from test_methods import masked_linears
 
 f64 = torch.float64
 
@@ -31,17 +32,9 @@ GB = [[0.1, -1.1], [10.0, 1.0]]
 
 
 def two_targets(*weights):
-    layers = []
-    for w in weights:
-        w = torch.as_tensor(w, dtype=torch.float32)
-        lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-        layers.append(lin)
-    net = nn.Sequential(*layers)
-    targets = find_targets(net, exclude_first=False)
-    attach_masks(targets)
-    return net, targets
+    """A net of one masked ``Linear`` per weight matrix, and its targets (``test_methods.masked_linears``)."""
+    targets = masked_linears(*weights)
+    return nn.Sequential(*[t.module for t in targets]), targets
 
 
 def set_grads(targets, *grads):
