@@ -78,6 +78,9 @@ DESCENT_SHARE = 0.5
 #: compression phase.
 MAX_HOLD = 0.25
 
+#: ``importance: fisher``: the unit of S and v (a sum over every Fisher buffer) is counted again every this many steps.
+UNIT_EVERY = 4
+
 #: Default step sizes per compression phase and initial duals (see the module docstring).
 DEFAULTS = dict(lr_s=1.0, lr_y=1.0, lr_z=5.0, y0=1.0, z0=1.0)
 
@@ -462,7 +465,9 @@ class MinimaxEngine:
                 rows = mask.view(t.shape[0], -1).sum(1).min()
             # A float32 sum counts exactly below 2^24 and is several times faster than a float64 one.
             sums.append(mask.sum() if t.n < 2 ** 24 else torch.count_nonzero(mask))
-            if self.fisher is not None:  # the layer's total Fisher, for the unit (one reduction pass)
+            if self.fisher is not None and (self.t % UNIT_EVERY == 0 or exact):
+                # the layer's total Fisher, for the unit: a reduction pass, taken every UNIT_EVERY steps (the Fisher
+                # is an EMA over several steps, so the unit moves slowly) and on exact rankings
                 dots.append(self.fisher[l].sum())
         extra = [rows] if self.floor_layer is not None else []
         out = torch.stack([x.double() for x in sums + dots + extra]).cpu()  # one host sync
