@@ -332,6 +332,12 @@ class PruningMethod(CompressionMethod):
         if self.phase == "compress" and step + 1 >= self.deadline():
             self.end_compression()
 
+    def project(self, limits: Sequence[float], floors: Optional[Sequence[int]] = None) -> int:
+        """Prune until every ``cost <= limit`` on the hard masks (:func:`project`, lowest ``w^2 / (scale c)`` first);
+        a method that ranks weights otherwise overrides it, and every projection of the run (end of phase, the
+        guarantee) ranks the same way. Returns the number of weights pruned."""
+        return project(self.targets, self.costs(), limits, self.scale, floors)
+
     def floors(self) -> Optional[List[int]]:
         """``[L]`` weights per target that the projections (at the end of the phase and in the guarantee rounds of
         :meth:`finalize`) keep while they can meet the limits otherwise (None: no floor)."""
@@ -344,7 +350,7 @@ class PruningMethod(CompressionMethod):
     def end_compression(self) -> None:
         """Make the budget hold (projection if needed), freeze the masks and start finetuning."""
         if not self.feasible():
-            pruned = project(self.targets, self.costs(), self.limits().tolist(), self.scale, self.floors())
+            pruned = self.project(self.limits().tolist(), self.floors())
             self.projected += pruned
             self.say(f"compression phase ended before the budget held; projection pruned {pruned} more weights")
         self.freeze()
@@ -395,8 +401,7 @@ class PruningMethod(CompressionMethod):
             if round_ == self.guarantee_rounds:
                 break
             # Finetuning moves firing rates, so aim a little below the budget on each retry.
-            pruned = project(self.targets, self.costs(), self.limits(margin=0.02 * (round_ + 1)).tolist(), self.scale,
-                             self.floors())
+            pruned = self.project(self.limits(margin=0.02 * (round_ + 1)).tolist(), self.floors())
             self.projected += pruned
             self.say(f"measured on validation: {over}; pruned {pruned} more weights and finetuning one epoch")
             apply_masks(self.targets)
@@ -410,7 +415,7 @@ class PruningMethod(CompressionMethod):
             if all(c.resource.absolute(self.targets, stats) / c.dense <= c.budget for c in self.constraints):
                 return
             # Masks count kept weights that may be zero, measurement counts nonzeros: this always prunes.
-            pruned = project(self.targets, self.costs(), self.limits().tolist(), self.scale, self.floors())
+            pruned = self.project(self.limits().tolist(), self.floors())
             if pruned == 0:
                 raise RuntimeError("budget exceeded on measurement but the projection found nothing to prune")
             self.projected += pruned

@@ -926,14 +926,6 @@ class Minimax(PruningMethod):
         floor = self.engine.floor_layer
         self.regrown += self.regrowth.regenerate(targets=[t for l, t in enumerate(self.targets) if l != floor])
 
-    def end_compression(self) -> None:
-        """Make the budget hold (the importance-ranked projection if needed), freeze the masks, start finetuning."""
-        if not self.feasible():
-            pruned = self.project(self.limits().tolist(), self.floors())
-            self.projected += pruned
-            self.say(f"compression phase ended before the budget held; projection pruned {pruned} more weights")
-        self.freeze()
-
     def freeze(self) -> None:
         self._regenerate()
         if self.regrowth is not None:
