@@ -112,13 +112,19 @@ def test_the_fisher_buffers_are_rescaled_before_they_overflow_and_keep_the_ema()
     assert torch.allclose(got, reference, rtol=1e-5)
 
 
-def test_global_selection_prunes_the_smallest_saliencies_across_layers():
+def masked_by_saliency(s, **engine_options):
+    """Targets A, B with one Fisher step from GA, GB and the masks the sparsity levels ``s`` give: (targets, engine)."""
     _, targets = two_targets(A, B)
-    e = engine(targets)
+    e = engine(targets, **engine_options)
     set_grads(targets, GA, GB)
     e.accumulate()
-    e.s = torch.tensor([3 / 8], dtype=f64)
+    e.s = torch.tensor(s, dtype=f64)
     e.set_masks()
+    return targets, e
+
+
+def test_global_selection_prunes_the_smallest_saliencies_across_layers():
+    targets, e = masked_by_saliency([3 / 8])
     # F w^2 in order: B0 .0144, A3 .04, A0 .09 | A2 .1024, B1 .1089, ...: A's largest weight goes (its gradient is
     # tiny), which no magnitude ranking would do
     assert pruned(targets) == [[0, 3], [0]]
@@ -132,22 +138,12 @@ def test_global_selection_prunes_the_smallest_saliencies_across_layers():
 
 
 def test_layerwise_selection_ranks_each_layer_by_its_saliency():
-    _, targets = two_targets(A, B)
-    e = engine(targets, allocation="layerwise")
-    set_grads(targets, GA, GB)
-    e.accumulate()
-    e.s = torch.tensor([0.5, 0.25], dtype=f64)
-    e.set_masks()
+    targets, e = masked_by_saliency([0.5, 0.25], allocation="layerwise")
     assert pruned(targets) == [[0, 3], [0]]  # A: .04, .09; B: .0144
 
 
 def test_penalty_and_marginal_value_are_in_the_unit_of_the_mean_fisher_at_initial_mean_squares():
-    _, targets = two_targets(A, B)
-    e = engine(targets)
-    set_grads(targets, GA, GB)
-    e.accumulate()
-    e.s = torch.tensor([3 / 8], dtype=f64)
-    e.set_masks()
+    targets, e = masked_by_saliency([3 / 8])
     energy = [(0.01 + 0.25 + 0.1024 + 4.0) / 4, (1.44 + 0.09 + 0.0036 + 0.49) / 4]
     unit = (energy[0] * (9 + 1 + 1 + 0.01) + energy[1] * (0.01 + 1.21 + 100 + 1)) / 8
     assert e.unit == pytest.approx(unit, rel=1e-6)
