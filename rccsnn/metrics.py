@@ -1,8 +1,9 @@
 """The metrics of any model file: accuracy, parameter counts, MACs, SynOps, energy and bytes on a data split.
 
 :func:`evaluate` is what ``rccsnn evaluate`` prints; :func:`report` is ``rccsnn report``: per conv/linear layer
-and in total, weights, nonzero weights, MACs, SynOps measured on the data, energy per inference with fp32 and int8
-constants, and the bytes of the weights dense (fp32) and in the compact format.
+and in total, weights, nonzero weights, MACs, effective MACs and SynOps counted exactly on the data (NeuroBench's
+definitions), energy per inference with fp32 and int8 constants, and the bytes of the weights dense (fp32) and in
+the compact format. Every count comes from :mod:`rccsnn.resources` (:func:`~rccsnn.resources.layer_costs`).
 """
 from __future__ import annotations
 
@@ -15,16 +16,28 @@ from torch.utils.data import DataLoader
 from rccsnn.data import DataSplits
 from rccsnn.errors import UserError
 from rccsnn.models.checkpoint import LoadedModel
+from rccsnn.masks import Target
 from rccsnn.resources import ENERGY_PJ, layer_costs
 from rccsnn.snn import weight_layers
 from rccsnn.trainer import EvalResult, evaluate_net
 
 #: Keys of every entry of ``report(...)["layers"]``, in order; ``total`` has the numeric ones from "weights" on.
-LAYER_KEYS = ("name", "kind", "analog_input", "positions", "input_rate", "weights", "nonzero", "macs", "dense_macs",
-              "synops", "energy_pj_fp32", "energy_pj_int8", "bytes_dense", "bytes_compact")
-TOTAL_KEYS = LAYER_KEYS[LAYER_KEYS.index("weights"):]
+LAYER_KEYS = ("name", "kind", "analog_input", "positions", "input_rate", "weights", "nonzero", "macs",
+              "effective_macs", "synops", "dense_ops", "energy_pj_fp32", "energy_pj_int8", "bytes_dense",
+              "bytes_compact")
+#: Keys of ``report(...)["total"]``: the sums of the numeric layer keys from "weights" on, then NeuroBench's
+#: ``connection_sparsity`` (zero weights / weights), ``activation_sparsity`` (1 - spikes / neuron steps over the LIF
+#: layers; None without any) and ``footprint_bytes`` (every parameter and buffer, dense, as NeuroBench's Footprint).
+TOTAL_KEYS = LAYER_KEYS[LAYER_KEYS.index("weights"):] + ("connection_sparsity", "activation_sparsity",
+                                                         "footprint_bytes")
 REPORT_KEYS = ("file", "file_bytes", "data", "split", "samples", "T", "accuracy", "energy_constants", "layers",
                "total")
+
+
+def layer_report(mon, name: str, module: torch.nn.Module) -> Dict[str, float]:
+    """:func:`rccsnn.resources.layer_costs` of one weight layer that ``mon`` (a SpikeMonitor) watched."""
+    target = Target(name=name, module=module, shape=tuple(module.weight.shape), n=module.weight.numel())
+    return layer_costs(target, mon.tap_macs(name), mon.tap_reads(name), bool(mon.analog_input[name]))
 
 
 def check_fit(loaded: LoadedModel, data: DataSplits) -> None:
@@ -65,17 +78,15 @@ def evaluate(loaded: LoadedModel, data: DataSplits, split: str, device: torch.de
 
     Returns a dict with ``accuracy`` (fraction), ``split``, ``samples``, ``params`` (all parameters),
     ``nonzero_params``, ``weights``/``nonzero_weights`` (conv and linear weights only), ``macs`` (multiply-
-    accumulates per inference that touch a nonzero weight: positions x nonzero weights x T, summed over
-    layers), ``dense_macs`` (the same counting every weight) and ``firing_rates`` (LIF layer -> spikes per
-    neuron per step).
+    accumulates per inference that touch a nonzero weight: for each tap, T x the output positions at which it reads
+    inside the input, summed over nonzero weights and layers), ``dense_macs`` (the same counting every weight) and
+    ``firing_rates`` (LIF layer -> spikes per neuron per step).
     """
     result = run_split(loaded, data, split, device, batch_size, spikes=True)
     net = loaded.net
     mon = result.monitor
     nonzero = {name: int(torch.count_nonzero(m.weight)) for name, m in weight_layers(net)}
-    # Only the counts of MACs are read, so the input rate does not matter here (analog: every MAC counted).
-    costs = [layer_costs(positions=mon.positions[n], T=mon.T, weights=mon.weights[n], nonzero=nonzero[n],
-                         input_rate=1.0, analog=True) for n in mon.positions]
+    costs = [layer_report(mon, n, m) for n, m in weight_layers(net) if n in mon.positions]
     return {
         "accuracy": result.accuracy,
         "split": split,
@@ -85,24 +96,28 @@ def evaluate(loaded: LoadedModel, data: DataSplits, split: str, device: torch.de
         "weights": sum(mon.weights.values()),
         "nonzero_weights": sum(nonzero.values()),
         "macs": int(sum(c["macs"] for c in costs)),
-        "dense_macs": int(sum(c["dense_macs"] for c in costs)),
+        "dense_macs": int(sum(c["dense_ops"] for c in costs)),
         "firing_rates": mon.firing_rates(),
     }
 
 
 def report(loaded: LoadedModel, data: DataSplits, split: str, device: torch.device, batch_size: int = 512,
                 file: Optional[str] = None, stored_bytes: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
-    """What every conv/linear layer of ``loaded`` costs per inference, measured on ``split``.
+    """What every conv/linear layer of ``loaded`` costs per inference, measured on ``split``, counted exactly as
+    NeuroBench counts (an operation between a nonzero input and a nonzero weight, summed over time steps and samples,
+    per sample).
 
     Per layer (keys :data:`LAYER_KEYS`): ``positions`` output positions per step and sample, ``input_rate`` the
     mean input per element per step (the firing rate of spike inputs), ``analog_input`` whether the input is not
-    spikes; ``weights``, ``nonzero``; ``macs`` = positions x T x nonzero and ``dense_macs`` = positions x T x
-    weights; ``synops`` = positions x T x input_rate x nonzero (``macs`` for analog inputs); energy in pJ =
-    E_MAC x macs for analog inputs, E_AC x synops otherwise, with the constants of :data:`rccsnn.resources.ENERGY_PJ`;
+    spikes; ``weights``, ``nonzero``; ``macs`` every multiply-accumulate of a nonzero weight (each tap T x the output
+    positions at which it reads inside the input: padding, stride and dilation honoured) and ``dense_ops`` the same
+    with every weight; ``effective_macs`` (analog input) and ``synops`` (spike input, NeuroBench's effective ACs)
+    the operations whose input is nonzero too (each is 0 for the other kind of layer); energy in pJ = E_MAC x macs
+    for analog inputs, E_AC x synops otherwise, with the constants of :data:`rccsnn.resources.ENERGY_PJ`;
     ``bytes_dense`` = 4 x weights (fp32) and ``bytes_compact`` = the weight's bytes in the compact format (the
     stored bytes given in ``stored_bytes`` for a compact file; otherwise what a float32 export would store).
 
-    Returns a dict with keys :data:`REPORT_KEYS`; ``total`` sums :data:`TOTAL_KEYS` over the layers.
+    Returns a dict with keys :data:`REPORT_KEYS`; ``total`` has :data:`TOTAL_KEYS`.
     """
     from rccsnn.formats.compact import encode_weight, entry_nbytes
 
@@ -117,19 +132,20 @@ def report(loaded: LoadedModel, data: DataSplits, split: str, device: torch.devi
         w = module.weight.detach()
         key = f"{name}.weight" if name else "weight"
         n, nonzero = w.numel(), int(torch.count_nonzero(w))
-        positions, analog = mon.positions[name], bool(mon.analog_input[name])
-        rate = 1.0 if analog else float(rates.get(name, 0.0))
-        costs = layer_costs(positions=positions, T=T, weights=n, nonzero=nonzero, input_rate=rate, analog=analog)
         if stored_bytes is not None and key in stored_bytes:
             compact = int(stored_bytes[key])
         else:
             compact = entry_nbytes(encode_weight(w.cpu(), "float32"))
         layers.append({
-            "name": name, "kind": type(module).__name__, "analog_input": analog, "positions": positions,
-            "input_rate": float(rates.get(name, 0.0)), "weights": n, "nonzero": nonzero, **costs,
-            "bytes_dense": 4 * n, "bytes_compact": compact,
+            "name": name, "kind": type(module).__name__, "analog_input": bool(mon.analog_input[name]),
+            "positions": mon.positions[name], "input_rate": float(rates.get(name, 0.0)), "weights": n,
+            "nonzero": nonzero, **layer_report(mon, name, module), "bytes_dense": 4 * n, "bytes_compact": compact,
         })
-    total = {k: sum(layer[k] for layer in layers) for k in TOTAL_KEYS}
+    total: Dict[str, Any] = {k: sum(layer[k] for layer in layers) for k in LAYER_KEYS[LAYER_KEYS.index("weights"):]}
+    total["connection_sparsity"] = 1.0 - total["nonzero"] / total["weights"] if total["weights"] else 0.0
+    total["activation_sparsity"] = mon.activation_sparsity()
+    total["footprint_bytes"] = sum(t.numel() * t.element_size()
+                                   for t in list(loaded.net.parameters()) + list(loaded.net.buffers()))
     return {
         "file": str(file) if file is not None else None,
         "file_bytes": Path(file).stat().st_size if file is not None and Path(file).is_file() else None,
@@ -150,11 +166,11 @@ def report_table(report: Dict[str, Any]) -> str:
 
     def row(name: str, kind: str, r: Dict[str, Any]) -> List[Any]:
         density = r["nonzero"] / r["weights"] if r["weights"] else 0.0
-        return [name, kind, r["weights"], r["nonzero"], f"{100 * density:.2f}", r["macs"], r["dense_macs"],
-                f"{r['synops']:.0f}", f"{r['energy_pj_fp32'] / 1e3:.3f}", f"{r['energy_pj_int8'] / 1e3:.4f}",
+        return [name, kind, r["weights"], r["nonzero"], f"{100 * density:.2f}", f"{r['macs']:.0f}",
+                f"{r['effective_macs']:.0f}", f"{r['synops']:.0f}", f"{r['energy_pj_fp32'] / 1e3:.3f}", f"{r['energy_pj_int8'] / 1e3:.4f}",
                 f"{r['bytes_dense'] / 1e3:.1f}", f"{r['bytes_compact'] / 1e3:.1f}"]
 
-    header = ["layer", "kind", "weights", "nonzero", "density %", "MACs", "dense MACs", "SynOps", "E fp32 nJ",
+    header = ["layer", "kind", "weights", "nonzero", "density %", "MACs", "eff. MACs", "SynOps", "E fp32 nJ",
               "E int8 nJ", "dense kB", "compact kB"]
     rows = [row(r["name"], r["kind"] + (" (analog in)" if r["analog_input"] else ""), r) for r in report["layers"]]
     rows.append(row("total", "", report["total"]))

@@ -1,21 +1,26 @@
-"""Resource models: what one kept weight costs per inference, and the cost of a model as a fraction of dense.
+"""Resource models: what each kept weight costs per inference, and the cost of a model as a fraction of dense.
 
-    R(model) = sum_l c_l * nonzero_l / sum_l c_l * n_l          (dense = 1.0; sums over the prunable targets)
+    R(model) = sum_i c_i [w_i != 0] / sum_i c_i          (dense = 1.0; sums over the weights of the prunable targets)
 
-| name    | c_l, the cost of one kept weight of target l per inference                                        |
-|---------|----------------------------------------------------------------------------------------------------|
-| params  | 1                                                                                                  |
-| macs    | positions_l * T  (H_out * W_out per time step for a conv, 1 for a linear layer)                    |
-| synops  | positions_l * T * input firing rate_l; a layer with analog input counts as MACs (rate 1)          |
-| energy  | E_MAC * macs cost for analog-input layers, E_AC * synops cost otherwise (pJ; 4.6 and 0.9 default) |
+| name    | c_i, the cost of weight i per inference                                                                  |
+|---------|-----------------------------------------------------------------------------------------------------------|
+| params  | 1                                                                                                         |
+| macs    | the tap's MACs: T x the output positions at which it reads inside the input (padding, stride, dilation)   |
+| synops  | the input spikes the tap reads (NeuroBench's effective ACs); a layer with analog input counts its MACs     |
+| energy  | E_MAC x MACs for analog-input layers (x effective MACs with ``skip_zero_inputs``), E_AC x SynOps otherwise |
 
-Only weights that are really nonzero are counted. The data-dependent models (synops, energy) take the firing
-rates from :class:`LayerStats`, measured with the SpikeMonitor.
+A conv tap ``(c_out, c_in, k)`` reads the same inputs whatever its output channel, so a layer's costs are a tensor
+``[G, 1, C_in / G, *kernel]`` (G the conv's groups; ``[1, 1, F]`` for a linear layer), broadcastable against the weight
+viewed as ``[G, C_out / G, C_in / G, *kernel]`` (:func:`grouped`); they come from one pass of the
+:class:`~rccsnn.snn.SpikeMonitor` over the data (:func:`measure_stats`). Only weights that are really nonzero are
+counted, and an operation is counted when its input is nonzero too: this is NeuroBench's count (``layer(input != 0)``
+with ``weight != 0``, summed over time steps and samples), per inference. This module is the only place that knows
+these formulas and the energy constants; the report, the methods and the benchmarks ask it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -30,28 +35,101 @@ from rccsnn.snn import SpikeMonitor, simulate
 
 @dataclass
 class LayerStats:
-    """Per-target quantities the cost models need, each a float64 tensor ``[L]`` in target order.
+    """Per-target quantities the cost models need, in target order.
 
     Attributes:
-        positions: output positions per time step and sample (H_out * W_out for Conv2d, 1 for Linear).
-        input_rate: mean input per element per time step (the input firing rate for spiking inputs).
-        analog: 1.0 where the layer's input is analog (not spikes), else 0.0.
+        positions: ``[L]`` float64, output positions per time step and sample (H_out * W_out for Conv2d, 1 for Linear).
+        input_rate: ``[L]`` float64, mean input per element per time step (the input firing rate for spiking inputs).
+        analog: ``[L]`` float64, 1.0 where the layer's input is analog (not spikes), else 0.0.
         T: time steps per inference.
+        taps: per target, each tap's MACs per inference (``[G, 1, C_in / G, *kernel]``, :meth:`SpikeMonitor.tap_macs`);
+            None: every tap is read at every position (``positions x T``), the mean-field count without borders.
+        reads: per target, the nonzero inputs each tap reads per inference (:meth:`SpikeMonitor.tap_reads`), measured
+            at ``measured_rate``; None: ``taps x input_rate`` (the mean-field estimate).
+        measured_rate: ``[L]`` the input rates at which ``reads`` was measured (None: ``input_rate``).
     """
 
     positions: Tensor
     input_rate: Tensor
     analog: Tensor
     T: int
+    taps: Optional[List[Tensor]] = None
+    reads: Optional[List[Tensor]] = None
+    measured_rate: Optional[Tensor] = None
 
     def with_rates(self, rates: Tensor) -> "LayerStats":
-        return LayerStats(self.positions, rates.to(torch.float64), self.analog, self.T)
+        """The same layers at other input rates (a moving average of training batches): each tap's reads are the
+        measured ones scaled by the layer's rate against the measured rate, so the pattern of which inputs are
+        active stays the last exact measurement's and the level follows the rates."""
+        measured = self.input_rate if self.measured_rate is None else self.measured_rate
+        return replace(self, input_rate=rates.to(torch.float64), measured_rate=measured)
+
+    def taps_of(self, l: int) -> Tensor:
+        """MACs per tap of target ``l`` per inference (0-d where every tap costs the same)."""
+        if self.taps is None:
+            return (self.positions[l] * self.T).reshape(())
+        return self.taps[l]
+
+    def reads_of(self, l: int) -> Tensor:
+        """Nonzero inputs read per tap of target ``l`` per inference, at the current ``input_rate``."""
+        rate = self.input_rate[l]
+        if self.reads is None:
+            return self.taps_of(l) * rate
+        measured = self.input_rate[l] if self.measured_rate is None else self.measured_rate[l]
+        if measured > 0:
+            return self.reads[l] if bool(rate == measured) else self.reads[l] * (rate / measured)
+        return self.taps_of(l) * rate  # nothing read when measured: no pattern to scale, the uniform estimate
+
+
+def groups_of(target: Target) -> int:
+    """The conv's groups (1 for a linear layer)."""
+    return int(getattr(target.module, "groups", 1))
+
+
+def grouped(target: Target, tensor: Tensor) -> Tensor:
+    """A weight-shaped tensor viewed as ``[G, C_out / G, *shape[1:]]``, the shape costs broadcast against."""
+    g = groups_of(target)
+    return tensor.reshape(g, target.shape[0] // g, *target.shape[1:])
+
+
+def cost_sum(target: Target, cost: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+    """0-d float64: the summed cost of ``target``'s weights where ``keep`` (weight-shaped, nonzero = kept; all where
+    None). One pass over ``keep``: counts per tap summed over output channels, then one dot with ``cost``."""
+    if keep is None:
+        count = torch.full((), float(target.shape[0] // groups_of(target)), dtype=torch.float64)
+        per_tap = torch.ones((groups_of(target), 1, *target.shape[1:]), dtype=torch.float64) * count
+    else:
+        per_tap = (grouped(target, keep) != 0).sum(1, keepdim=True, dtype=torch.float64)
+    return (per_tap * cost.to(per_tap.device)).sum().cpu()
+
+
+def per_weight(target: Target, cost: Tensor) -> Tensor:
+    """``[n]`` float64: the cost of every weight of ``target``, in the weight's flat order."""
+    full = torch.empty((groups_of(target), target.shape[0] // groups_of(target), *target.shape[1:]),
+                       dtype=torch.float64)
+    full.copy_(cost.expand(full.shape))
+    return full.reshape(-1)
+
+
+def stats_from_monitor(mon: SpikeMonitor, targets: Sequence[Target]) -> LayerStats:
+    """:class:`LayerStats` of ``targets`` from a monitor that watched some forward passes."""
+    names = [t.name for t in targets]
+    rates = mon.input_rates()
+    return LayerStats(
+        positions=torch.tensor([float(mon.positions[n]) for n in names], dtype=torch.float64),
+        input_rate=torch.tensor([rates[n] for n in names], dtype=torch.float64),
+        analog=torch.tensor([float(mon.analog_input[n]) for n in names], dtype=torch.float64),
+        T=mon.T,
+        taps=[mon.tap_macs(n) for n in names],
+        reads=[mon.tap_reads(n) for n in names],
+    )
 
 
 @torch.no_grad()
 def measure_stats(net: nn.Module, targets: Sequence[Target], loader: DataLoader, T: int, encoding: str,
                   device: torch.device, max_batches: int | None = None, across_ranks: bool = False) -> LayerStats:
-    """Run ``net`` in eval mode over ``loader`` (all of it unless ``max_batches``) and collect :class:`LayerStats`.
+    """Run ``net`` in eval mode over ``loader`` (all of it unless ``max_batches``) and collect :class:`LayerStats`,
+    the per-tap counts included (exact: every input element seen).
 
     ``across_ranks``: ``loader`` holds this process's shard of the split (:func:`rccsnn.distributed.shard`); the
     spike counts of all processes are added up, so every process gets the statistics of the whole split (a
@@ -67,14 +145,7 @@ def measure_stats(net: nn.Module, targets: Sequence[Target], loader: DataLoader,
     net.train(was_training)
     if across_ranks:
         mon.all_reduce()
-    names = [t.name for t in targets]
-    rates = mon.input_rates()
-    return LayerStats(
-        positions=torch.tensor([float(mon.positions[n]) for n in names], dtype=torch.float64),
-        input_rate=torch.tensor([rates[n] for n in names], dtype=torch.float64),
-        analog=torch.tensor([float(mon.analog_input[n]) for n in names], dtype=torch.float64),
-        T=T,
-    )
+    return stats_from_monitor(mon, targets)
 
 
 class RateTracker:
@@ -126,25 +197,38 @@ class RateTracker:
 
 
 class ResourceModel:
-    """Base class: per-target costs of one kept weight, and measurement as a fraction of dense."""
+    """Base class: the cost of every weight per inference, and measurement as a fraction of dense.
+
+    A subclass implements :meth:`tap_costs`, one target's cost per tap; everything else follows from it."""
 
     name = "resource"
     unit = ""
     data_dependent = False
 
-    def coefficients(self, targets: Sequence[Target], stats: LayerStats) -> Tensor:
-        """``[L]`` float64 cost of one kept weight of each target, per inference (in :attr:`unit`)."""
+    def tap_costs(self, stats: LayerStats, l: int) -> Tensor:
+        """Cost of one kept weight of target ``l`` per inference (in :attr:`unit`), per tap: ``[G, 1, C_in / G,
+        *kernel]`` float64, or 0-d where every weight of the target costs the same."""
         raise NotImplementedError
+
+    def weight_costs(self, targets: Sequence[Target], stats: LayerStats) -> List[Tensor]:
+        """Per target its :meth:`tap_costs` (broadcastable against the weight viewed by :func:`grouped`)."""
+        return [self.tap_costs(stats, l) for l in range(len(targets))]
+
+    def coefficients(self, targets: Sequence[Target], stats: LayerStats) -> Tensor:
+        """``[L]`` float64 mean cost of one weight of each target (so ``coefficients x n`` is the dense cost)."""
+        n = torch.tensor([t.n for t in targets], dtype=torch.float64)
+        totals = torch.stack([cost_sum(t, c) for t, c in zip(targets, self.weight_costs(targets, stats))])
+        return totals / n
 
     def dense(self, targets: Sequence[Target], stats: LayerStats) -> float:
         """Cost of the dense targets per inference."""
-        n = torch.tensor([t.n for t in targets], dtype=torch.float64)
-        return float((self.coefficients(targets, stats) * n).sum())
+        return float(sum(cost_sum(t, c) for t, c in zip(targets, self.weight_costs(targets, stats))))
 
     def absolute(self, targets: Sequence[Target], stats: LayerStats) -> float:
         """Cost of the targets' nonzero weights per inference."""
-        nz = torch.tensor([t.nonzero() for t in targets], dtype=torch.float64)
-        return float((self.coefficients(targets, stats) * nz).sum())
+        with torch.no_grad():
+            return float(sum(cost_sum(t, c, t.module.weight)
+                             for t, c in zip(targets, self.weight_costs(targets, stats))))
 
     def measure(self, targets: Sequence[Target], stats: LayerStats) -> float:
         """Cost of the nonzero weights as a fraction of dense (dense = 1.0)."""
@@ -162,27 +246,41 @@ ENERGY_PJ: Dict[str, Dict[str, float]] = {
 }
 
 
-def layer_costs(*, positions: int, T: int, weights: int, nonzero: int, input_rate: float,
-                analog: bool) -> Dict[str, float]:
-    """What one layer costs per inference, the formulas every resource model above uses, for whole layers.
+def tap_energy(taps: Tensor, reads: Tensor, analog: bool, e_mac: float, e_ac: float,
+               skip_zero_inputs: bool = False) -> Tensor:
+    """Energy per tap in pJ: E_MAC per MAC on an analog input (per effective MAC, one whose input is nonzero, with
+    ``skip_zero_inputs``), E_AC per accumulate, one per input spike, otherwise."""
+    if analog:
+        return e_mac * (reads if skip_zero_inputs else taps)
+    return e_ac * reads
+
+
+def layer_costs(target: Target, taps: Tensor, reads: Tensor, analog: bool,
+                skip_zero_inputs: bool = False) -> Dict[str, float]:
+    """What one layer costs per inference with its current nonzero weights, in NeuroBench's vocabulary.
 
     Args:
-        positions: output positions per step and sample (H_out x W_out for a conv, 1 for a linear layer).
-        T: time steps per inference.
-        weights, nonzero: the layer's weights, and those that are nonzero.
-        input_rate: mean input spikes per element per step (ignored for an analog input).
-        analog: whether the layer's input is analog (not spikes): then every MAC is done.
+        target: the layer (its weight as the forward pass sees it).
+        taps, reads: per tap, MACs and nonzero inputs read per inference (:meth:`SpikeMonitor.tap_macs`,
+            :meth:`SpikeMonitor.tap_reads`).
+        analog: whether the layer's input is analog (not spikes).
+        skip_zero_inputs: analog-input energy counts effective MACs rather than every MAC.
 
     Returns:
-        ``macs`` and ``dense_macs`` (positions x T x nonzero / weights), ``synops`` (MACs for analog inputs, else
-        MACs x input rate) and, per format of :data:`ENERGY_PJ`, ``energy_pj_<format>`` (E_MAC x MACs for analog
-        inputs, E_AC x SynOps otherwise).
+        ``macs`` (every tap reading inside the input, with a nonzero weight), ``dense_ops`` (the same with every
+        weight), ``effective_macs`` (analog input: the MACs whose input is nonzero; 0 for a spiking layer, whose
+        operations are ACs), ``synops`` (spiking input: the input spikes read by nonzero weights, NeuroBench's
+        effective ACs; 0 for an analog-input layer) and, per format of :data:`ENERGY_PJ`, ``energy_pj_<format>``.
     """
-    macs = positions * T * nonzero
-    synops = float(macs) if analog else positions * T * input_rate * nonzero
-    out: Dict[str, float] = {"macs": macs, "dense_macs": positions * T * weights, "synops": synops}
-    for fmt, e in ENERGY_PJ.items():
-        out[f"energy_pj_{fmt}"] = e["e_mac"] * macs if analog else e["e_ac"] * synops
+    with torch.no_grad():
+        weight = target.module.weight
+        macs, dense_ops = float(cost_sum(target, taps, weight)), float(cost_sum(target, taps))
+        effective = float(cost_sum(target, reads, weight))
+        out: Dict[str, float] = {"macs": macs, "effective_macs": effective if analog else 0.0,
+                                 "synops": 0.0 if analog else effective, "dense_ops": dense_ops}
+        for fmt, e in ENERGY_PJ.items():
+            energy = tap_energy(taps, reads, analog, e["e_mac"], e["e_ac"], skip_zero_inputs)
+            out[f"energy_pj_{fmt}"] = float(cost_sum(target, energy, weight))
     return out
 
 
@@ -192,29 +290,30 @@ class Params(ResourceModel):
 
     name, unit = "params", "weights"
 
-    def coefficients(self, targets, stats):
-        return torch.ones(len(targets), dtype=torch.float64)
+    def tap_costs(self, stats, l):
+        return torch.ones((), dtype=torch.float64)
 
 
 @RESOURCES.register("macs")
 class MACs(ResourceModel):
-    """Multiply-accumulates per inference with nonzero weights (ANN-style count: every step, every weight)."""
+    """Multiply-accumulates per inference with nonzero weights (ANN-style count: every step, every tap that reads
+    inside the input, whatever the input's value)."""
 
     name, unit = "macs", "MACs"
 
-    def coefficients(self, targets, stats):
-        return stats.positions * stats.T
+    def tap_costs(self, stats, l):
+        return stats.taps_of(l)
 
 
 @RESOURCES.register("synops")
 class SynOps(ResourceModel):
-    """Synaptic operations per inference: a weight is used once per input spike (analog inputs: every step)."""
+    """Synaptic operations per inference: a weight is used once per input spike it reads (analog inputs: every
+    MAC, as for the energy of such a layer)."""
 
     name, unit, data_dependent = "synops", "SynOps", True
 
-    def coefficients(self, targets, stats):
-        rate = torch.where(stats.analog > 0, torch.ones_like(stats.input_rate), stats.input_rate)
-        return stats.positions * stats.T * rate
+    def tap_costs(self, stats, l):
+        return stats.taps_of(l) if bool(stats.analog[l] > 0) else stats.reads_of(l)
 
 
 @RESOURCES.register("energy")
@@ -224,19 +323,24 @@ class Energy(ResourceModel):
     Args:
         e_mac: energy of one multiply-accumulate (pJ; default :data:`ENERGY_PJ`'s fp32, 4.6 at 45 nm).
         e_ac: energy of one accumulate (pJ; default fp32, 0.9 at 45 nm).
+        skip_zero_inputs: analog-input layers pay only for their effective MACs (those whose input is nonzero), as
+            hardware that skips zero activations does; default false (every MAC is paid).
     """
 
     name, unit, data_dependent = "energy", "pJ", True
 
-    def __init__(self, e_mac: float = ENERGY_PJ["fp32"]["e_mac"], e_ac: float = ENERGY_PJ["fp32"]["e_ac"]) -> None:
+    def __init__(self, e_mac: float = ENERGY_PJ["fp32"]["e_mac"], e_ac: float = ENERGY_PJ["fp32"]["e_ac"],
+                 skip_zero_inputs: bool = False) -> None:
         for key, value in (("e_mac", e_mac), ("e_ac", e_ac)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
                 raise UserError(f"resources.energy.{key} must be a positive number of pJ, got {value!r}")
-        self.e_mac, self.e_ac = float(e_mac), float(e_ac)
+        if not isinstance(skip_zero_inputs, bool):
+            raise UserError(f"resources.energy.skip_zero_inputs must be true or false, got {skip_zero_inputs!r}")
+        self.e_mac, self.e_ac, self.skip_zero_inputs = float(e_mac), float(e_ac), skip_zero_inputs
 
-    def coefficients(self, targets, stats):
-        macs = stats.positions * stats.T
-        return torch.where(stats.analog > 0, self.e_mac * macs, self.e_ac * macs * stats.input_rate)
+    def tap_costs(self, stats, l):
+        return tap_energy(stats.taps_of(l), stats.reads_of(l), bool(stats.analog[l] > 0), self.e_mac, self.e_ac,
+                          self.skip_zero_inputs)
 
 
 def create_resource(name: str, options: Dict[str, Dict[str, float]] | None = None) -> ResourceModel:

@@ -239,9 +239,15 @@ class SpikeMonitor:
 
     For every :class:`LIF` layer it records the output firing rate (spikes per neuron per time step); for every
     weight layer (Conv1d/2d/3d, Linear) the mean value of its input (the input firing rate when the input is
-    spikes), whether that input is analog (anything other than 0/1 in the first batch seen) and the number of
-    output positions per time step and sample (H_out * W_out for Conv2d, 1 for Linear on ``[N, F]``).
-    Rates are exact ratios of sums over every element seen, not means of batch means.
+    spikes), whether that input is analog (anything other than 0/1 in the first batch seen), the number of
+    output positions per time step and sample (H_out * W_out for Conv2d, 1 for Linear on ``[N, F]``) and, per
+    input element, how often it was nonzero (summed over samples and time steps), from which :meth:`tap_reads`
+    gives every tap's exact operation count. Rates are exact ratios of sums over every element seen, not means of
+    batch means.
+
+    The leading dimension of a weight layer's input counts samples x time steps (``[T * B, ...]`` when time is
+    folded into the batch, ``[B, ...]`` once per step in a model with its own time loop), so a layer's samples are
+    its input rows / T.
 
     Args:
         model: the network to watch.
@@ -254,6 +260,9 @@ class SpikeMonitor:
         self._handles: List = []
         self._out: Dict[str, _Running] = {}
         self._inp: Dict[str, _Running] = {}
+        self._nonzero: Dict[str, Tensor] = {}   # per input element (one sample's shape): times it was nonzero
+        self._rows: Dict[str, int] = {}         # input rows seen (samples x time steps)
+        self._modules: Dict[str, nn.Module] = {}
         self.analog_input: Dict[str, bool] = {}
         self.positions: Dict[str, int] = {}
         self.weights: Dict[str, int] = {}
@@ -266,6 +275,7 @@ class SpikeMonitor:
             elif isinstance(module, WEIGHT_LAYERS):
                 self._inp[name] = _Running()
                 self.weights[name] = module.weight.numel()
+                self._modules[name] = module
                 self._handles.append(module.register_forward_hook(self._input_hook(name)))
         return self
 
@@ -282,8 +292,14 @@ class SpikeMonitor:
 
     def _input_hook(self, name: str):
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
-            x = inputs[0]
+            x = inputs[0].detach()
             self._inp[name].add(x)
+            # A linear layer reads its last dimension at every position of the others; a conv its whole sample.
+            dims = tuple(range(x.dim() - 1)) if isinstance(module, nn.Linear) else (0,)
+            nonzero = (x != 0).sum(dim=dims, dtype=torch.float64)
+            previous = self._nonzero.get(name)
+            self._nonzero[name] = nonzero if previous is None else previous + nonzero
+            self._rows[name] = self._rows.get(name, 0) + x.shape[0]
             if name not in self.analog_input:
                 # Checked once: encoders and spiking layers do not change kind from batch to batch.
                 self.analog_input[name] = bool(((x != 0) & (x != 1)).any())
@@ -308,15 +324,92 @@ class SpikeMonitor:
         packed = distributed.all_reduce_sum(packed).view(-1, 2)
         for r, (total, count) in zip(runs, packed):
             r.total, r.count = total.clone(), int(count)
+        names = sorted(self._nonzero)
+        if names:
+            flat = torch.cat([self._nonzero[n].flatten().cpu() for n in names]
+                             + [torch.tensor([float(self._rows[n]) for n in names], dtype=torch.float64)])
+            flat = distributed.all_reduce_sum(flat)
+            offset = 0
+            for n in names:
+                size = self._nonzero[n].numel()
+                self._nonzero[n] = flat[offset: offset + size].view_as(self._nonzero[n]).clone()
+                offset += size
+            for n, rows in zip(names, flat[offset:].tolist()):
+                self._rows[n] = int(rows)
         return self
 
     def firing_rates(self) -> Dict[str, float]:
         """Spikes per neuron per time step of each LIF layer, by module name."""
         return {name: r.mean() for name, r in self._out.items() if r.count}
 
+    def activation_sparsity(self) -> Optional[float]:
+        """1 - spikes / (neurons x time steps) over every LIF layer together (None when no LIF layer fired or not)."""
+        runs = [r for r in self._out.values() if r.count]
+        if not runs:
+            return None
+        return 1.0 - sum(float(r.total) for r in runs) / sum(r.count for r in runs)
+
     def input_rates(self) -> Dict[str, float]:
         """Mean input value of each weight layer (its input firing rate for spike inputs), by module name."""
         return {name: r.mean() for name, r in self._inp.items() if r.count}
+
+    def samples(self, name: str) -> float:
+        """Inferences layer ``name`` saw (its input rows / T)."""
+        return self._rows.get(name, 0) / self.T
+
+    def tap_reads(self, name: str) -> Tensor:
+        """Per tap of layer ``name``'s weight, the nonzero inputs it read per inference (averaged over samples).
+
+        For a tap of a spiking-input layer this is its synaptic operations (NeuroBench's effective ACs), for an
+        analog-input layer its effective MACs. Shape ``[G, 1, C_in / G, *kernel]`` (G the conv's groups, 1 for a
+        linear layer, whose taps are its inputs), float64, on the CPU: broadcastable against the weight viewed as
+        ``[G, C_out / G, C_in / G, *kernel]``.
+        """
+        samples = self.samples(name)
+        counts = self._nonzero[name].cpu() / samples if samples else self._nonzero[name].cpu() * 0.0
+        return reads_per_tap(self._modules[name], counts)
+
+    def tap_macs(self, name: str) -> Tensor:
+        """Per tap of layer ``name``'s weight, the input positions it reads per inference, zero or not: its MACs,
+        T x the output positions at which it falls inside the input (padding, stride, dilation). Shape as
+        :meth:`tap_reads`."""
+        every = torch.full_like(self._nonzero[name].cpu(), float(self.T))
+        if isinstance(self._modules[name], nn.Linear):
+            every *= self.positions[name]
+        return reads_per_tap(self._modules[name], every)
+
+
+def reads_per_tap(module: nn.Module, counts: Tensor) -> Tensor:
+    """Sum, for every tap of ``module``'s weight, of ``counts`` over the input elements that tap reads.
+
+    Args:
+        module: a Conv1d/2d/3d or Linear layer.
+        counts: per input element of one sample, ``[C_in, *spatial]`` for a conv, ``[F]`` for a linear layer
+            (whose every output position reads every input, so its per-tap sum is the count itself).
+
+    Returns:
+        ``[G, 1, C_in / G, *kernel]`` float64 (``[1, 1, F]`` for a linear layer).
+
+    A conv tap (c_in, k) reads input c_in at ``stride * p - padding + dilation * k`` for each output position p, when
+    that falls inside the input. The sum over p is the gradient, with respect to a kernel of ones, of the summed output
+    of a depthwise conv of ``counts`` with that kernel: one call that honours padding (and its mode), stride and
+    dilation for any number of spatial dimensions.
+    """
+    counts = counts.to(torch.float64)
+    if isinstance(module, nn.Linear):
+        return counts.reshape(1, 1, -1)
+    channels, kernel = counts.shape[0], tuple(module.kernel_size)
+    ones = torch.ones(channels, 1, *kernel, dtype=torch.float64, requires_grad=True)
+    x, padding = counts.unsqueeze(0), module.padding
+    if module.padding_mode != "zeros":  # a reflected or circular border reads real inputs: pad with them first
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+        padding = 0
+    conv = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1]
+    with torch.enable_grad():
+        out = conv(x, ones, None, module.stride, padding, module.dilation, channels)
+        (per_tap,) = torch.autograd.grad(out.sum(), ones)
+    groups = module.groups
+    return per_tap.reshape(groups, 1, channels // groups, *kernel)
 
 
 def weight_layers(model: nn.Module) -> Iterable[tuple]:

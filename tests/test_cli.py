@@ -35,6 +35,15 @@ out: runs/should-not-be-used
 TINY_PARAMS = 36 + 8 + 512 + 8 + 80 + 10
 TINY_WEIGHTS = {"features.0.0": 36, "classifier.0.1": 512, "classifier.2.0": 80}
 TINY_POSITIONS = {"features.0.0": 8 * 8, "classifier.0.1": 1, "classifier.2.0": 1}
+
+
+def tap_macs(name, shape):
+    """MACs per step of each weight: a linear weight one, a tap (kh, kw) of the 3x3 conv with padding 1 on 8x8 inputs
+    (S - |kh - 1|)(S - |kw - 1|), the output positions at which it reads inside the input."""
+    if name != "features.0.0":
+        return torch.ones(shape, dtype=torch.float64)
+    inside = torch.tensor([8 - abs(k - 1) for k in range(3)], dtype=torch.float64)
+    return (inside[:, None] * inside[None, :]).expand(shape)
 DIGITS_TEST_SAMPLES = 1797 - round(0.7 * 1797) - round(0.15 * 1797)  # 269
 
 
@@ -107,8 +116,9 @@ def test_evaluate_json_matches_training(trained, tmp_path, capsys):
     assert result["weights"] == sum(TINY_WEIGHTS.values())
     nonzero = {n: int(torch.count_nonzero(state[f"{n}.weight"])) for n in TINY_WEIGHTS}
     assert result["nonzero_weights"] == sum(nonzero.values())
-    assert result["dense_macs"] == sum(TINY_POSITIONS[n] * TINY_WEIGHTS[n] * 2 for n in TINY_WEIGHTS)  # T = 2
-    assert result["macs"] == sum(TINY_POSITIONS[n] * nonzero[n] * 2 for n in TINY_WEIGHTS)
+    weights = {n: state[f"{n}.weight"] for n in TINY_WEIGHTS}
+    assert result["dense_macs"] == sum(2 * float(tap_macs(n, w.shape).sum()) for n, w in weights.items())  # T = 2
+    assert result["macs"] == sum(2 * float((tap_macs(n, w.shape) * (w != 0)).sum()) for n, w in weights.items())
     assert set(result["firing_rates"]) == {"features.1", "classifier.1", "classifier.3"}
     assert all(0.0 <= v <= 1.0 for v in result["firing_rates"].values())
     assert "accuracy" in out and "features.1" in out

@@ -36,10 +36,11 @@ from rccsnn.snn import NeuronConfig
 
 T = 2
 TARGET_WEIGHTS = {"features.3.0": 288, "classifier.0.1": 512, "classifier.2.0": 160}
-TARGET_POSITIONS = {"features.3.0": 16, "classifier.0.1": 1, "classifier.2.0": 1}
-FIRST_LAYER_MACS = 36 * 64 * T
+# MACs of a 3x3 conv with padding 1 on an S x S input: kernel row kh reads inside the input at S - |kh - 1| output
+# rows (the border rows read padding), so one (out, in) channel pair does (3S - 2)^2 MACs per step, not 9 S^2.
+FIRST_LAYER_MACS = 4 * 1 * (3 * 8 - 2) ** 2 * T  # 3872
 DENSE_PARAMS = sum(TARGET_WEIGHTS.values())  # 960
-DENSE_MACS = sum(TARGET_WEIGHTS[n] * TARGET_POSITIONS[n] * T for n in TARGET_WEIGHTS)  # 10560
+DENSE_MACS = 8 * 4 * (3 * 4 - 2) ** 2 * T + (512 + 160) * T  # 7744
 SUMMARY_KEYS = {"method", "schedule", "budgets", "resources", "accuracy", "epochs", "wall_seconds", "checkpoint",
                 "events"}
 
@@ -83,11 +84,16 @@ def independent(ckpt, data, exclude_first=True):
     state = raw["state_dict"]
     for t in targets:
         w = state[f"{t.name}.weight"]
-        pos = positions.get(t.name, 1)
+        if t.name in positions:  # a 3x3 conv with padding 1: tap (kh, kw) reads inside at (S - |kh-1|)(S - |kw-1|)
+            S = int(positions[t.name] ** 0.5)
+            inside = torch.tensor([S - abs(k - 1) for k in range(3)], dtype=torch.float64)
+            per_tap = (inside[:, None] * inside[None, :]).expand(w.shape)
+        else:
+            per_tap = torch.ones(w.shape, dtype=torch.float64)
         by_hand["params"] += int(torch.count_nonzero(w))
         by_hand["dense_params"] += w.numel()
-        by_hand["macs"] += pos * raw["T"] * int(torch.count_nonzero(w))
-        by_hand["dense_macs"] += pos * raw["T"] * w.numel()
+        by_hand["macs"] += raw["T"] * float((per_tap * (w != 0)).sum())
+        by_hand["dense_macs"] += raw["T"] * float(per_tap.sum())
     return absolute, by_hand
 
 

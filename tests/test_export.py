@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from exact_count import exact_counts
 from helpers import assert_user_error, cli, tiny_recipe, train_tiny
 from rccsnn.data import load_data
 from rccsnn.errors import UserError
@@ -237,6 +238,10 @@ def test_report_json_keys_and_numbers_by_hand(tiny):
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     stored = {k: entry_nbytes(e) for k, e in torch.load(compact, weights_only=True)["tensors"].items()}
     reports = {}
+    net = load_checkpoint(ckpt).net.eval()
+    val = load_data("digits").val
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    judged = exact_counts(net, lambda: simulate(net, x, T, "direct"), len(val))
     for f in (ckpt, compact):
         code, stdout, err = cli("report", f, "--device", "cpu", "--json", root / "report.json")
         assert code == 0, err
@@ -253,21 +258,29 @@ def test_report_json_keys_and_numbers_by_hand(tiny):
             w = state[f"{layer['name']}.weight"]
             nonzero = int(torch.count_nonzero(w))
             assert (layer["kind"], layer["weights"], layer["nonzero"], layer["positions"]) == (kind, n, nonzero, positions)
-            assert layer["macs"] == positions * T * nonzero and layer["dense_macs"] == positions * T * n
+            exact = judged[layer["name"]]  # the independent count (tests/exact_count.py)
+            assert layer["macs"] == pytest.approx(exact["macs"]) and layer["dense_ops"] == pytest.approx(exact["dense"])
+            # the 3x3 convs have padding 1: their border taps read outside the input, so fewer than positions x T
+            assert layer["macs"] <= positions * T * nonzero and layer["dense_ops"] <= positions * T * n
             assert layer["analog_input"] == (layer["name"] == "features.0.0")
             if layer["analog_input"]:
-                assert layer["synops"] == layer["macs"]
+                assert layer["synops"] == 0 and layer["effective_macs"] == pytest.approx(exact["effective"])
                 assert layer["energy_pj_fp32"] == pytest.approx(4.6 * layer["macs"])
                 assert layer["energy_pj_int8"] == pytest.approx(0.2 * layer["macs"])
             else:
                 assert 0 <= layer["input_rate"] <= 1
-                assert layer["synops"] == pytest.approx(layer["input_rate"] * layer["macs"])
+                assert layer["effective_macs"] == 0 and layer["synops"] == pytest.approx(exact["effective"])
                 assert layer["energy_pj_fp32"] == pytest.approx(0.9 * layer["synops"])
                 assert layer["energy_pj_int8"] == pytest.approx(0.03 * layer["synops"])
             assert layer["bytes_dense"] == 4 * n
             assert layer["bytes_compact"] == stored[f"{layer['name']}.weight"]
-        for key in TOTAL_KEYS:
+        for key in LAYER_KEYS[LAYER_KEYS.index("weights"):]:
             assert report["total"][key] == pytest.approx(sum(layer[key] for layer in report["layers"]))
+        total = report["total"]
+        assert total["connection_sparsity"] == pytest.approx(1 - total["nonzero"] / total["weights"])
+        assert 0 < total["activation_sparsity"] < 1
+        assert total["footprint_bytes"] == sum(4 * v.numel() for v in state.values() if v.is_floating_point()) + sum(
+            8 * v.numel() for v in state.values() if not v.is_floating_point())
     a, b = reports[ckpt], reports[compact]
     assert a["layers"] == b["layers"] and a["accuracy"] == b["accuracy"]
     assert a["total"]["weights"] == 36 + 288 + 512 + 160

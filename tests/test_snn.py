@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from rccsnn.errors import UserError
-from rccsnn.resources import layer_costs
 from rccsnn.snn import (
     ENCODERS,
     LIF,
@@ -63,9 +62,9 @@ def reference_spikes(currents, beta, threshold, reset):
 # ----------------------------------------------------------------------------------------------- LIF
 
 def dense_macs(mon):
-    """MACs per inference of each layer the monitor saw, counting every weight (the cost formula of resources.py)."""
-    return {n: layer_costs(positions=mon.positions[n], T=mon.T, weights=mon.weights[n], nonzero=mon.weights[n],
-                           input_rate=1.0, analog=True)["dense_macs"] for n in mon.positions}
+    """MACs per inference of each layer the monitor saw, counting every weight: each tap's MACs (the same for every
+    output channel of a group) times the output channels of its group."""
+    return {n: int(mon.tap_macs(n).sum()) * (mon.weights[n] // mon.tap_macs(n).numel()) for n in mon.positions}
 
 def test_docstring_example():
     # U = 0.6, 0.9, 1.05
@@ -315,7 +314,9 @@ def test_spike_monitor_conv_positions_and_macs():
         net(direct_encoding(torch.rand(2, 2, 8, 6), 3))
     assert mon.positions == {"0.0": 4 * 3}
     assert mon.weights == {"0.0": 3 * 2 * 9}
-    assert dense_macs(mon) == {"0.0": 4 * 3 * (3 * 2 * 9) * 3}
+    # Exact, padding honoured: kernel rows 0/1/2 fall inside the 8 input rows at 3/4/4 of the 4 output rows, kernel
+    # columns at 2/3/3 of the 3 output columns (positions x taps would count 4 * 3 at every tap).
+    assert dense_macs(mon) == {"0.0": (3 + 4 + 4) * (2 + 3 + 3) * (3 * 2) * 3}
 
     net1d = nn.Sequential(PerStep(conv1d), LIF(NeuronConfig()))
     with SpikeMonitor(net1d, T=2) as mon:

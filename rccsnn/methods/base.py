@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from rccsnn.errors import UserError
 from rccsnn.masks import Target, apply_masks, attach_masks, set_straight_through
 from rccsnn.registry import Registry
-from rccsnn.resources import LayerStats, RateTracker, ResourceModel
+from rccsnn.resources import LayerStats, RateTracker, ResourceModel, cost_sum, grouped, per_weight
 
 METHODS: Registry["CompressionMethod"] = Registry("method")
 SCHEDULES = ("joint", "sequential")
@@ -173,6 +173,29 @@ def resource_values(costs: Tensor, dense: Tensor, kept: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def kept_mean_costs(targets: Sequence[Target], weight_costs: Sequence[Sequence[Tensor]]) -> Tensor:
+    """``[J, L]`` the mean cost of the weights each target's mask keeps (the mean over all its weights where it keeps
+    none), so that ``sum_l c_jl kept_l`` is the exact cost of the kept weights, each priced by its own cost.
+
+    Args:
+        weight_costs: per resource j and target l the cost per tap (:meth:`ResourceModel.weight_costs`).
+    """
+    out = torch.zeros(len(weight_costs), len(targets), dtype=torch.float64)
+    for l, t in enumerate(targets):
+        per_tap = None  # kept weights per tap (summed over output channels): one pass over the mask, shared by all j
+        for j, costs in enumerate(weight_costs):
+            c = costs[l]
+            if c.dim() == 0:  # every weight costs the same: the mean is that cost
+                out[j, l] = c
+                continue
+            if per_tap is None and t.mask is not None:
+                per_tap = grouped(t, t.mask.mask).sum(1, keepdim=True, dtype=torch.float64).cpu()
+            kept = float(per_tap.sum()) if per_tap is not None else 0.0
+            out[j, l] = (per_tap * c).sum() / kept if kept > 0 else cost_sum(t, c) / t.n
+    return out
+
+
+@torch.no_grad()
 def prune_cheapest(targets: Sequence[Target], where: Sequence[tuple], scores: Sequence[Tensor],
                    cost: Sequence[Tensor], excess: float) -> int:
     """Prune the candidates with the lowest scores until their summed cost covers ``excess``; returns how many.
@@ -197,45 +220,49 @@ def prune_cheapest(targets: Sequence[Target], where: Sequence[tuple], scores: Se
 
 
 @torch.no_grad()
-def project(targets: Sequence[Target], costs: Tensor, limits: Sequence[float],
+def project(targets: Sequence[Target], costs: Sequence[Sequence[Tensor]], limits: Sequence[float],
             scale: Optional[Tensor] = None, floors: Optional[Sequence[int]] = None) -> int:
-    """Prune further, lowest ``w^2 / (scale_l * c_jl)`` first, until every ``sum_l c_jl kept_l <= limit_j`` on the hard masks.
+    """Prune further, lowest ``w^2 / (scale_l * c_i)`` first (``c_i`` weight i's own cost), until every
+    ``sum_i c_ji kept_i <= limit_j`` on the hard masks.
 
-    Exact: for the most violated constraint it sorts the kept weights of the layers that cost something under
-    that resource and removes the shortest prefix whose summed cost covers the excess; repeats until all hold
-    (pruning never raises any resource, so this ends). Returns the number of weights pruned.
+    Exact: for the most violated constraint it sorts the kept weights that cost something under that resource and
+    removes the shortest prefix whose summed cost covers the excess; repeats until all hold (pruning never raises
+    any resource, so this ends). Returns the number of weights pruned.
 
     Args:
         targets: layers with masks attached.
-        costs: ``[J, L]`` cost of one kept weight of layer l under resource j.
+        costs: per resource j and target l the cost of each kept weight per tap (:meth:`ResourceModel.weight_costs`).
         limits: ``[J]`` largest allowed cost per inference (budget x dense cost), in each resource's unit.
         scale: ``[L]`` unit of w^2 per layer (default 1: raw magnitudes, as in global magnitude pruning).
-        floors: ``[L]`` weights each layer keeps (its largest) while the limits can be met otherwise; when every
-            layer that costs something is at its floor and a limit still fails, the floors are dropped. Without
-            them the cheapest scores are often a whole costly layer, and an empty layer kills the network.
+        floors: ``[L]`` weights each layer keeps (its most valuable per cost) while the limits can be met otherwise;
+            when every layer that costs something is at its floor and a limit still fails, the floors are dropped.
+            Without them the cheapest scores are often a whole costly layer, and an empty layer kills the network.
     """
     # The tiny slack keeps float rounding from leaving R a hair above B when measured as a ratio.
     limit = torch.tensor(list(limits), dtype=torch.float64) * (1.0 - 1e-12)
     pruned = 0
     for _ in range(100 * len(limit) + 100):
-        kept = kept_counts(targets)
-        excess = (costs * kept).sum(1) - limit
+        spent = torch.tensor([[float(cost_sum(t, c[l], t.mask.mask)) for l, t in enumerate(targets)] for c in costs],
+                             dtype=torch.float64).reshape(len(costs), len(targets))
+        excess = spent.sum(1) - limit
         if bool((excess <= 0).all()):
             return pruned
         j = int(torch.argmax(excess / limit.abs().clamp_min(1e-300)))
         scores, cost, where = [], [], []
         for l, t in enumerate(targets):
-            c = float(costs[j, l]) * (1.0 if scale is None else float(scale[l]))
-            if c <= 0:
+            idx = torch.nonzero(t.mask.mask.flatten(), as_tuple=False).flatten().cpu()
+            price = per_weight(t, costs[j][l])[idx]
+            idx, price = idx[price > 0], price[price > 0]  # pruning a weight that costs nothing here helps nothing
+            if not len(idx):
                 continue
-            idx = torch.nonzero(t.mask.mask.flatten(), as_tuple=False).flatten()
-            w2 = t.weight.detach().flatten()[idx].double() ** 2
+            w2 = t.weight.detach().flatten().cpu()[idx].double() ** 2
+            score = w2 / (price * (1.0 if scale is None else float(scale[l])))
             if floors is not None:  # only the weights below the layer's floor are candidates
-                spare = max(len(idx) - int(floors[l]), 0)
-                keep_small = torch.argsort(w2)[:spare]
-                idx, w2 = idx[keep_small], w2[keep_small]
-            scores.append(w2 / c)
-            cost.append(torch.full_like(w2, float(costs[j, l])))
+                spare = max(int(t.mask.mask.sum()) - int(floors[l]), 0)
+                low = torch.argsort(score)[:spare]
+                idx, price, score = idx[low], price[low], score[low]
+            scores.append(score)
+            cost.append(price)
             where.append((l, idx))
         if floors is not None and sum(len(x) for x in scores) == 0:
             floors = None  # every layer is at its floor: the limits come first
@@ -286,10 +313,16 @@ class PruningMethod(CompressionMethod):
         self.dense = torch.tensor([c.dense for c in self.constraints], dtype=torch.float64)
         self.data_dependent = any(c.resource.data_dependent for c in self.constraints)
 
-    def costs(self) -> Tensor:
-        """``[J, L]`` cost of one kept weight, with the current firing-rate estimates."""
+    def weight_costs(self) -> List[List[Tensor]]:
+        """Per constraint j and target l the cost of each weight per tap (:meth:`ResourceModel.weight_costs`), with
+        the current firing-rate estimates: the last exact measurement's pattern scaled to the moving-average rates."""
         stats = self.stats.with_rates(self.tracker.rates()) if self.tracker else self.stats
-        return torch.stack([c.resource.coefficients(self.targets, stats) for c in self.constraints])
+        return [c.resource.weight_costs(self.targets, stats) for c in self.constraints]
+
+    def costs(self) -> Tensor:
+        """``[J, L]`` the mean cost of the weights each target keeps (:func:`kept_mean_costs`): ``costs x kept`` is
+        the exact cost of the current masks, each weight priced by its own cost."""
+        return kept_mean_costs(self.targets, self.weight_costs())
 
     def values(self) -> Tensor:
         """``[J]`` current resources on the hard masks, as fractions of dense."""
@@ -336,7 +369,7 @@ class PruningMethod(CompressionMethod):
         """Prune until every ``cost <= limit`` on the hard masks (:func:`project`, lowest ``w^2 / (scale c)`` first);
         a method that ranks weights otherwise overrides it, and every projection of the run (end of phase, the
         guarantee) ranks the same way. Returns the number of weights pruned."""
-        return project(self.targets, self.costs(), limits, self.scale, floors)
+        return project(self.targets, self.weight_costs(), limits, self.scale, floors)
 
     def floors(self) -> Optional[List[int]]:
         """``[L]`` weights per target that the projections (at the end of the phase and in the guarantee rounds of
@@ -394,6 +427,7 @@ class PruningMethod(CompressionMethod):
             measured = [c.resource.absolute(self.targets, stats) / c.dense for c in self.constraints]
             if all(m <= c.budget for m, c in zip(measured, self.constraints)):
                 return
+            self.stats = stats  # price every weight by this exact measurement from now on
             if self.tracker:
                 self.tracker.set(stats.input_rate)
             over = ", ".join(f"{c.resource.name}={m:.4f}>{c.budget:g}"
@@ -410,6 +444,7 @@ class PruningMethod(CompressionMethod):
         # Last resort, without finetuning: prune, re-measure with the new weights, until everything holds.
         while True:
             stats = self.measure_stats()
+            self.stats = stats
             if self.tracker:
                 self.tracker.set(stats.input_rate)
             if all(c.resource.absolute(self.targets, stats) / c.dense <= c.budget for c in self.constraints):

@@ -273,7 +273,7 @@ class Criticality(PruningMethod):
         if (step + 1) % self.interval:
             return
         budgets = cubic_budget(self.budgets, (step + 1) / self.compress_steps)
-        project(self.targets, self.costs(), (budgets * self.dense).tolist())
+        project(self.targets, self.weight_costs(), (budgets * self.dense).tolist())
         self.regrown += self.regrowth.regenerate(fraction=self.share(step))
 
     def freeze(self) -> None:

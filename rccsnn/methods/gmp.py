@@ -44,4 +44,4 @@ class GMP(PruningMethod):
         interval = max(self.compress_steps // self.updates, 1)
         if (step + 1) % interval == 0:
             budgets = cubic_budget(self.budgets, (step + 1) / self.compress_steps)
-            project(self.targets, self.costs(), (budgets * self.dense).tolist())
+            project(self.targets, self.weight_costs(), (budgets * self.dense).tolist())

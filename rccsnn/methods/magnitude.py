@@ -19,4 +19,4 @@ class Magnitude(PruningMethod):
         super().__init__(schedule=schedule, compress_fraction=0.0, guarantee_rounds=guarantee_rounds)
 
     def start(self) -> None:
-        project(self.targets, self.costs(), self.limits().tolist())
+        project(self.targets, self.weight_costs(), self.limits().tolist())
