@@ -57,7 +57,9 @@ from torch import Tensor
 
 from rccsnn.errors import UserError
 from rccsnn.masks import Target, apply_masks, set_straight_through
-from rccsnn.methods.base import METHODS, PruningMethod, kept_counts, prune_cheapest, resource_values
+from rccsnn.methods.base import (METHODS, PruningMethod, kept_counts, kept_mean_costs, prune_cheapest,
+                                resource_values)
+from rccsnn.resources import per_weight
 
 ALLOCATIONS = ("auto", "global", "layerwise")
 IMPORTANCES = ("fisher", "w2")
@@ -947,32 +949,33 @@ class Minimax(PruningMethod):
         e = self.engine
         e._prepare(force=True)
         protect = e._prot if e.floor_layer is not None else None
-        costs = self.costs()
+        weight_costs = self.weight_costs()  # each weight priced by its own cost
         limit = torch.tensor(list(limits), dtype=torch.float64) * (1.0 - 1e-12)
         pruned = 0
         for _ in range(100 * len(limit) + 100):
             kept = kept_counts(self.targets)
-            excess = (costs * kept).sum(1) - limit
+            excess = kept_mean_costs(self.targets, weight_costs).mul(kept).sum(1) - limit
             if bool((excess <= 0).all()):
                 return pruned
             j = int(torch.argmax(excess / limit.abs().clamp_min(1e-300)))
             scores, cost, where = [], [], []
             for l, t in enumerate(self.targets):
-                c = float(costs[j, l])
-                if c <= 0:
-                    continue
                 mask = t.mask.mask.flatten()
                 if l == e.floor_layer and protect is not None:
                     mask = mask.clone()
                     mask[protect] = 0.0  # protected: not a candidate
                 idx = torch.nonzero(mask, as_tuple=False).flatten()
-                x = e._scores(l, idx).double()
+                price = per_weight(t, weight_costs[j][l])[idx.cpu()]
+                idx, price = idx[(price > 0).to(idx.device)], price[price > 0]
+                if not len(idx):
+                    continue  # pruning what costs nothing under this resource helps nothing
+                x = e._scores(l, idx).double().cpu() / price
                 if floors is not None:  # only the weights below the layer's floor are candidates
                     spare = max(int(kept[l]) - int(floors[l]), 0)
                     small = torch.argsort(x)[:spare]
-                    idx, x = idx[small], x[small]
-                scores.append(x / c)
-                cost.append(torch.full_like(x, c))
+                    idx, x, price = idx[small.to(idx.device)], x[small], price[small]
+                scores.append(x)
+                cost.append(price)
                 where.append((l, idx))
             if sum(len(x) for x in scores) == 0:
                 if floors is not None:
