@@ -433,8 +433,8 @@ def legacy_run(**opts):
     net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 24), nn.Tanh(), nn.Linear(24, 4))
     x, labels = torch.randn(64, 8), torch.randint(0, 4, (64,))
     targets = find_targets(net, exclude_first=False)
-    method = bound(Minimax(importance="w2", pacing="legacy", output_floor=0, activity=0.0, regrow="none", **opts),
-                   net, targets, 0.1)
+    method = bound(Minimax(importance="w2", pacing="legacy", output_floor=0, activity=0.0, regrow="none",
+                           finetune_step="none", **opts), net, targets, 0.1)
     loop = Loop(60, 10, 0.01)
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
     method.setup(loop)

@@ -59,6 +59,7 @@ from rccsnn.errors import UserError
 from rccsnn.masks import Target, apply_masks, set_straight_through
 from rccsnn.methods.base import (METHODS, PruningMethod, kept_counts, kept_mean_costs, prune_cheapest,
                                 resource_values)
+from rccsnn.methods.stepsize import STEP_RULES, DensityStepSize
 from rccsnn.resources import per_weight
 
 ALLOCATIONS = ("auto", "global", "layerwise")
@@ -713,10 +714,14 @@ class Minimax(PruningMethod):
             when they freeze), a budget-neutral swap regrows pruned inputs of the most critical units and drops as
             many of the least important kept weights, layer by layer
             (:class:`rccsnn.methods.criticality.CriticalityRegrowth`; never in the output floor's layer).
+        finetune_step: ``sqrt_density`` (the default) or ``none``: while the frozen masks finetune, each pruned
+            layer's optimizer step is scaled by ``density ** -0.5``, so that a layer left with few inputs per unit
+            can still change its units' inputs at a useful rate in a short run
+            (:class:`rccsnn.methods.stepsize.DensityStepSize`, which says why and what was measured).
         guarantee_rounds: see :class:`PruningMethod`.
 
-    ``importance: w2, pacing: legacy, output_floor: 0, activity: 0, regrow: none`` is the engine as it was before
-    these options, step for step.
+    ``importance: w2, pacing: legacy, output_floor: 0, activity: 0, regrow: none, finetune_step: none`` is the engine
+    as it was before these options, step for step.
     """
 
     name = "minimax"
@@ -727,7 +732,7 @@ class Minimax(PruningMethod):
                  nodes: Union[str, Sequence[float]] = "auto", node_fraction: float = 0.1, normalize: str = "layer",
                  sample_size: int = 2 ** 14, importance: str = "fisher", pacing: str = "auto",
                  output_floor: int = 1, activity: float = 0.1, activity_layers: str = "output", regrow: str = "none",
-                 guarantee_rounds: int = 3) -> None:
+                 finetune_step: str = "sqrt_density", guarantee_rounds: int = 3) -> None:
         super().__init__(schedule=schedule, compress_fraction=compress_fraction, guarantee_rounds=guarantee_rounds)
         if allocation not in ALLOCATIONS:
             raise UserError(f"unknown allocation '{allocation}'; choices: {', '.join(ALLOCATIONS)}")
@@ -762,6 +767,9 @@ class Minimax(PruningMethod):
             raise UserError(f"unknown activity_layers '{activity_layers}'; choices: {', '.join(ACTIVITY_LAYERS)}")
         if regrow not in REGROWS:
             raise UserError(f"unknown regrow '{regrow}'; choices: {', '.join(REGROWS)}")
+        if finetune_step not in STEP_RULES:
+            raise UserError(f"unknown finetune_step '{finetune_step}'; choices: {', '.join(STEP_RULES)}")
+        self.finetune_step = finetune_step
         self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, normalize=normalize, s_rate=s_rate)
         if sample_size < 0:
             raise UserError(f"method option sample_size must be >= 0 (0: rank every weight), got {sample_size}")
@@ -828,6 +836,7 @@ class Minimax(PruningMethod):
                                     **self.hyper)
         self.engine.set_masks()
         self.scale = self.engine.scale
+        self.stepsize = DensityStepSize(self.targets, STEP_RULES[self.finetune_step])
         if self.rho_min > 0:
             from rccsnn.activity import ActivityConstraints, spiking_layers
 
@@ -864,8 +873,11 @@ class Minimax(PruningMethod):
             if self.regrowth is not None:
                 self.regrowth.observe()
         super().after_backward(step)
+        if self.phase == "finetune":
+            self.stepsize.before_step()
 
     def after_step(self, step: int) -> None:
+        self.stepsize.after_step()  # the step of a finetuning step only (nothing was kept otherwise)
         super().after_step(step)
         if self.activity is not None:
             self.activity.after_step(step)
