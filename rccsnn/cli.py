@@ -171,6 +171,15 @@ def data_overrides(args: argparse.Namespace) -> Dict[str, Any]:
             "data.download": args.download}
 
 
+def config_overrides(args: argparse.Namespace, flags: Dict[str, Any]) -> Dict[str, Any]:
+    """The dotted-key overrides of a command: the flags that were given (a flag left at None says nothing), then
+    every ``--set KEY=VALUE`` on top, so that ``--set`` is never undone by a flag the user did not pass."""
+    from rccsnn.config import parse_assignment
+
+    given = {key: value for key, value in {**data_overrides(args), **flags}.items() if value is not None}
+    return {**given, **dict(parse_assignment(s) for s in args.set)}
+
+
 # --------------------------------------------------------------------------------------------- torchrun
 def join_run(device_name: str, batch_size: int):
     """Under torchrun, join the other processes (see :func:`rccsnn.distributed.join_launch`); returns the device."""
@@ -196,14 +205,12 @@ def single_process_only(command_name: str) -> None:
 # --------------------------------------------------------------------------------------------- train
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
-    from rccsnn.config import TrainConfig, load_config, parse_assignment
+    from rccsnn.config import TrainConfig, load_config
     from rccsnn.monitor import print_metrics
     from rccsnn.training import train
 
-    overrides = dict(parse_assignment(s) for s in args.set)
-    overrides.update(data_overrides(args))
-    overrides.update({"optim.epochs": args.epochs, "optim.lr": args.lr, "seed": args.seed, "out": args.out,
-                      "checkpoint": args.checkpoint, "device": args.device})
+    overrides = config_overrides(args, {"optim.epochs": args.epochs, "optim.lr": args.lr, "seed": args.seed,
+                                        "out": args.out, "checkpoint": args.checkpoint, "device": args.device})
     cfg = load_config(TrainConfig, args.recipe, overrides)
     join_run(cfg.device, cfg.data.batch_size)
     args.resume = resume_after_restart(args.resume, cfg.out)
@@ -254,16 +261,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------- compress
-@command("compress")
-def cmd_compress(args: argparse.Namespace) -> int:
-    from rccsnn.compression import compress, summary_table
-    from rccsnn.config import CompressConfig, load_config, parse_assignment, parse_constraint, read_yaml
+def compress_overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    """``compress``'s dotted-key overrides: the flags given, the budget flags (which replace the config file's
+    budgets), then every ``--set`` (a ``--set budgets.X`` adds to the budget flags)."""
+    from rccsnn.config import parse_constraint, read_yaml
 
-    overrides = dict(parse_assignment(s) for s in args.set)
-    overrides.update(data_overrides(args))
-    overrides.update({"model": args.model_file, "method.name": args.method, "method.schedule": args.schedule,
-                      "optim.epochs": args.epochs, "optim.lr": args.lr, "seed": args.seed, "out": args.out,
-                      "device": args.device})
+    overrides = config_overrides(args, {"model": args.model_file, "method.name": args.method,
+                                        "method.schedule": args.schedule, "optim.epochs": args.epochs,
+                                        "optim.lr": args.lr, "seed": args.seed, "out": args.out,
+                                        "device": args.device})
     budgets = dict(read_yaml(args.config).get("budgets") or {}) if args.config else {}
     if args.resource is not None and args.budget is None:
         raise UserError("--resource needs --budget")
@@ -272,7 +278,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
     for text in args.constraint:
         name, value = parse_constraint(text)
         budgets[name] = value
-    overrides["budgets"] = budgets or None
+    return {"budgets": budgets, **overrides} if budgets else overrides
+
+
+@command("compress")
+def cmd_compress(args: argparse.Namespace) -> int:
+    from rccsnn.compression import compress, summary_table
+    from rccsnn.config import CompressConfig, load_config
+
+    overrides = compress_overrides(args)
     cfg = load_config(CompressConfig, args.config, overrides)
     args.model_file = cfg.model
     join_run(cfg.device, cfg.data.batch_size)

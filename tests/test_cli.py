@@ -332,3 +332,37 @@ def test_version_in_a_subprocess():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"rccsnn {__version__}\n"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    # --set alone: no flag the user did not pass may undo it.
+    (["--set", "method.schedule=sequential", "--set", "optim.lr=0.05", "--set", "optim.epochs=3",
+      "--set", "data.name=mnist", "--set", "budgets.synops=0.2"],
+     {"schedule": "sequential", "lr": 0.05, "epochs": 3, "data": "mnist", "budgets": {"synops": 0.2}}),
+    # The flags alone (no data set named: the model file's own).
+    (["--schedule", "sequential", "--lr", "0.02", "--epochs", "4", "--budget", "0.1"],
+     {"schedule": "sequential", "lr": 0.02, "epochs": 4, "data": None, "budgets": {"params": 0.1}}),
+    # Both: --set is applied last, and a --set budget adds to the --budget flag.
+    (["--lr", "0.02", "--set", "optim.lr=0.07", "--budget", "0.1", "--set", "budgets.synops=0.3"],
+     {"schedule": "joint", "lr": 0.07, "epochs": 30, "data": None, "budgets": {"params": 0.1, "synops": 0.3}}),
+])
+def test_compress_overrides_keep_set_values(argv, expected):
+    """A ``--set`` key is not overwritten by a flag the user left out (the flags default to None)."""
+    from rccsnn.cli import build_parser, compress_overrides
+    from rccsnn.config import CompressConfig, load_config
+
+    cfg = load_config(CompressConfig, None, compress_overrides(build_parser().parse_args(["compress", "model.pt", *argv])))
+    assert cfg.model == "model.pt"
+    assert cfg.method.schedule == expected["schedule"]
+    assert cfg.optim.lr == pytest.approx(expected["lr"])
+    assert cfg.optim.epochs == expected["epochs"]
+    assert cfg.data.name == expected["data"]
+    assert dict(cfg.budgets) == expected["budgets"]
+
+
+def test_train_set_values_survive_absent_flags(tmp_path):
+    from rccsnn.cli import build_parser, config_overrides
+
+    args = build_parser().parse_args(["train", "recipe.yaml", "--set", "optim.lr=0.3", "--set", "seed=7"])
+    overrides = config_overrides(args, {"optim.lr": args.lr, "seed": args.seed, "out": args.out})
+    assert overrides == {"optim.lr": 0.3, "seed": 7}
