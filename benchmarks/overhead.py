@@ -29,7 +29,7 @@ from rccsnn.masks import attach_masks, find_targets, set_straight_through
 from rccsnn.methods.base import CompressionMethod, Constraint, Problem
 from rccsnn.methods.minimax import Minimax, MinimaxEngine
 from rccsnn.models import build_model
-from rccsnn.resources import RESOURCES, LayerStats
+from rccsnn.resources import RESOURCES, LayerStats, stats_from_monitor
 from rccsnn.snn import LOSSES, NeuronConfig, SpikeMonitor, simulate
 
 #: input shape, architecture arguments, T and batch of each zoo model as it is used: the shipped digits model with
@@ -44,15 +44,11 @@ QUICK = {"convsnn": ((1, 8, 8), {"channels": [8, 16], "hidden": 32}, 4, 64)}
 
 
 def layer_stats(net: nn.Module, targets, shape: Sequence[int], T: int) -> LayerStats:
-    """Positions and input rates of each target on random inputs (what the cost models need)."""
+    """Each target's statistics on random inputs, per-tap costs included (what the cost models need)."""
     with torch.no_grad(), SpikeMonitor(net, T) as mon:
         simulate(net.eval(), torch.rand(2, *shape), T)
     net.train()
-    names = [t.name for t in targets]
-    rates = mon.input_rates()
-    return LayerStats(torch.tensor([float(mon.positions[n]) for n in names], dtype=torch.float64),
-                      torch.tensor([rates[n] for n in names], dtype=torch.float64),
-                      torch.tensor([float(mon.analog_input[n]) for n in names], dtype=torch.float64), T=T)
+    return stats_from_monitor(mon, targets)
 
 
 class Stepper:
@@ -84,8 +80,7 @@ def minimax_for(net: nn.Module, targets, stats: LayerStats, resource: str, budge
     """A bound minimax method in its compression phase (a long phase, so its masks never freeze here; no nodes,
     so that every step timed is an engine step, not a hold)."""
     model = RESOURCES.create(resource)
-    dense = float((model.coefficients(targets, stats) * torch.tensor([t.n for t in targets],
-                                                                      dtype=torch.float64)).sum())
+    dense = model.dense(targets, stats)
     method = Minimax(schedule="joint", compress_fraction=1.0, nodes=[])
     method.bind(Problem(net=net, targets=targets, constraints=[Constraint(resource=model, budget=budget, dense=dense)],
                         stats=stats, measure_stats=lambda: stats))

@@ -18,7 +18,7 @@ from rccsnn.masks import attach_masks, find_targets
 from rccsnn.methods.base import kept_counts, resource_values
 from rccsnn.methods.minimax import DEFAULTS, MinimaxEngine
 from rccsnn.models import build_model
-from rccsnn.resources import RESOURCES, LayerStats
+from rccsnn.resources import RESOURCES, LayerStats, stats_from_monitor
 from rccsnn.snn import NeuronConfig, SpikeMonitor, simulate
 
 SHAPES = {"convsnn": ((1, 8, 8), {"channels": [64, 128], "hidden": 512}), "cifar10net": ((3, 32, 32), {}),
@@ -28,11 +28,7 @@ SHAPES = {"convsnn": ((1, 8, 8), {"channels": [64, 128], "hidden": 512}), "cifar
 def stats_for(net, targets, shape) -> LayerStats:
     with torch.no_grad(), SpikeMonitor(net, 1) as mon:
         simulate(net.eval(), torch.rand(2, *shape), 1)
-    names = [t.name for t in targets]
-    rates = mon.input_rates()
-    return LayerStats(torch.tensor([float(mon.positions[n]) for n in names], dtype=torch.float64),
-                      torch.tensor([rates[n] for n in names], dtype=torch.float64),
-                      torch.tensor([float(mon.analog_input[n]) for n in names], dtype=torch.float64), T=1)
+    return stats_from_monitor(mon, targets)
 
 
 def main() -> None:

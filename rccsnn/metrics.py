@@ -167,7 +167,8 @@ def report_table(report: Dict[str, Any]) -> str:
     def row(name: str, kind: str, r: Dict[str, Any]) -> List[Any]:
         density = r["nonzero"] / r["weights"] if r["weights"] else 0.0
         return [name, kind, r["weights"], r["nonzero"], f"{100 * density:.2f}", f"{r['macs']:.0f}",
-                f"{r['effective_macs']:.0f}", f"{r['synops']:.0f}", f"{r['energy_pj_fp32'] / 1e3:.3f}", f"{r['energy_pj_int8'] / 1e3:.4f}",
+                f"{r['effective_macs']:.0f}", f"{r['synops']:.0f}", f"{r['energy_pj_fp32'] / 1e3:.3f}",
+                f"{r['energy_pj_int8'] / 1e3:.4f}",
                 f"{r['bytes_dense'] / 1e3:.1f}", f"{r['bytes_compact'] / 1e3:.1f}"]
 
     header = ["layer", "kind", "weights", "nonzero", "density %", "MACs", "eff. MACs", "SynOps", "E fp32 nJ",
