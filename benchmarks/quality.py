@@ -39,6 +39,7 @@ Exit code 0 when it ran (whatever the figures say), 2 for bad input (one line), 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import contextlib
 import io
 import json
@@ -428,11 +429,19 @@ def panel_report(runs: List[Run], models: Sequence[str], methods: Sequence[str],
                         seq_fail.append(f"{name} {e} ep: {j[0] - s[0]:+.2f}")
         verdict(f"minimax joint > sequential on the mean at {ONE_BUDGET:g}", seq_fail, seq_checked, "cells")
     ok_runs = [r for r in runs if r.status == "ok"]
-    silent = [f"{r.name} ({', '.join(r.silent)})" for r in ok_runs if r.silent]
-    verdict("no run ends silent (every spiking layer fires on the validation split)", silent, len(ok_runs), "runs")
-    if ok_runs and not silent:
-        low = min(ok_runs, key=lambda r: r.min_rate)
+    # The acceptance is about the method rccsnn ships; a baseline that ends silent is a finding, counted apart.
+    shipped = [r for r in ok_runs if r.method == "minimax"]
+    silent = [f"{r.name} ({', '.join(r.silent)})" for r in shipped if r.silent]
+    verdict("no minimax run ends silent (every spiking layer fires on the validation split)", silent, len(shipped),
+            "runs")
+    if shipped and not silent:
+        low = min(shipped, key=lambda r: r.min_rate)
         verdicts[-1] += f"; smallest layer rate {low.min_rate:.4f} ({low.name})"
+    others = Counter(r.method for r in ok_runs if r.method != "minimax" and r.silent)
+    totals = Counter(r.method for r in ok_runs if r.method != "minimax")
+    if totals:
+        verdicts.append("runs of the other methods that end silent: " + ", ".join(
+            f"{m} {others[m]} of {totals[m]}" for m in sorted(totals)))
     over = [f"{r.name} ({r.ratio:.6f})" for r in ok_runs if not r.ratio <= r.budget]
     verdict("every run within its budget (params kept / dense <= budget)", over, len(ok_runs), "runs")
     failed = [r.name for r in runs if r.status != "ok"]
