@@ -38,7 +38,6 @@ def exact_counts(net: nn.Module, run: Callable[[], None], samples: int) -> Dict[
     """Per weight layer (by module name) the counts of the module docstring per sample, over whatever ``run()``
     feeds ``net`` (``samples`` inputs in all)."""
     counts: Dict[str, Dict[str, float]] = {}
-    handles = []
 
     def hook(name: str):
         def fn(module: nn.Module, inputs) -> None:
@@ -51,14 +50,7 @@ def exact_counts(net: nn.Module, run: Callable[[], None], samples: int) -> Dict[
 
         return fn
 
-    for name, module in net.named_modules():
-        if isinstance(module, KINDS):
-            handles.append(module.register_forward_pre_hook(hook(name)))
-    try:
-        run()
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(net, run, hook)
     return {name: {k: v / samples for k, v in c.items()} for name, c in counts.items()}
 
 
@@ -67,7 +59,6 @@ def analog_inputs(net: nn.Module, run: Callable[[], None]) -> Dict[str, bool]:
     """Per weight layer (by module name) whether its input held any value other than 0 and 1 over whatever ``run()``
     feeds ``net``: such a layer's operations are MACs, a spiking layer's (input 0 or 1 only) accumulates."""
     analog: Dict[str, bool] = {}
-    handles = []
 
     def hook(name: str):
         def fn(module: nn.Module, inputs) -> None:
@@ -76,12 +67,16 @@ def analog_inputs(net: nn.Module, run: Callable[[], None]) -> Dict[str, bool]:
 
         return fn
 
-    for name, module in net.named_modules():
-        if isinstance(module, KINDS):
-            handles.append(module.register_forward_pre_hook(hook(name)))
+    _run_hooked(net, run, hook)
+    return analog
+
+
+def _run_hooked(net: nn.Module, run: Callable[[], None], hook: Callable[[str], Callable]) -> None:
+    """``run()`` with ``hook(name)`` as a forward pre-hook on every conv/linear layer of ``net``, removed after."""
+    handles = [module.register_forward_pre_hook(hook(name))
+               for name, module in net.named_modules() if isinstance(module, KINDS)]
     try:
         run()
     finally:
         for h in handles:
             h.remove()
-    return analog
