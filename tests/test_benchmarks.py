@@ -126,3 +126,34 @@ def test_energy_quick_compares_a_params_and_a_synops_budget(tmp_path):
         assert all(0 < r <= 1 for r in ratios)
     # Over all layers (the dense first layer included) a 5 % weights budget keeps a little more than 5 %.
     assert 0.05 <= float(rows["params 0.05"][4]) < 0.06
+
+
+def test_exact_costs_quick_sets_every_pruned_layer_against_the_exact_count(tmp_path):
+    out = tmp_path / "exact"
+    text = run_quick("exact_costs", out)
+    rows = {r[0]: r for r in table_rows(text, r".*: (`[\w.]+`.*|whole pruned part)")}
+    layers = {re.search(r": `([\w.]+)`", k)[1]: c for k, c in rows.items() if "whole pruned part" not in k}
+    # the pruned layers of both models, the first (unpruned) layer of neither
+    assert sorted(layers) == ["classifier.0.1", "classifier.2.0", "features.3.0", "net.3", "net.7"]
+    assert len(rows) == 3 * 2 + 2 + 3  # convsnn's three layers in two runs, tutorial_conv's two, a whole per run
+    for name, cells in rows.items():
+        if "whole pruned part" in name:
+            continue
+        ours, exact = (float(c.replace(",", "")) for c in cells[4:6])
+        assert ours == pytest.approx(exact, rel=5e-3, abs=1e-9), name
+        # not a vacuous agreement on the shipped model (a 2-epoch tutorial_conv may leave its readout silent)
+        assert exact > 0 or name.startswith("tutorial"), name
+    # the figures are the 'before' columns; the after columns are this run's
+    assert rows["shipped convsnn, 0.05 params: `features.3.0`"][1:4] == ["66,070", "47,837", "+38 %"]
+    assert rows["shipped convsnn, 0.05 params: `classifier.2.0`"][1:4] == ["151", "416", "-64 %"]
+    synops = rows["shipped convsnn, `--resource synops --budget 0.1`, 1 epoch: whole pruned part"]
+    assert synops[1:4] == ["ratio 0.1000", "ratio 0.1094", "budget broken by 9.4 %"]
+    held = json.loads((out / "convsnn-synops0.1" / "summary.json").read_text())["resources"]["synops"]["ratio"]
+    assert synops[4] == f"ratio {held:.4f}"
+    assert float(synops[5].split()[1]) <= 0.1 and synops[6] == "within budget 0.1"
+    assert text.rstrip().endswith("every SynOps budget held on the exact count: ok")
+    # rerunning finds the runs finished (and the panel model pretrained) and only measures again
+    again = run_benchmark("exact_costs.py", "--quick", "--out", str(out), "--no-progress")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("finished earlier, reused") == 3 and "pretraining" not in again.stdout
+    assert (out / "exact_costs.md").read_text() == text
