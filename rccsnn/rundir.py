@@ -253,7 +253,7 @@ def claimed_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool =
 
     base = Path(path)
     digest = settings_digest(settings) if settings is not None else ""
-    if resume and settings is None and not RunDir(base).state.is_file():
+    if resume and settings is None and not (RunDir(base).state.is_file() or RunDir(base).summary.is_file()):
         check_start(base, resume=resume, overwrite=overwrite, epochs=epochs)  # before anything is created
     notes: List[str] = []
     for root in (versions(base) if settings is not None else [base]):
