@@ -284,6 +284,19 @@ def test_train_keeps_an_existing_checkpoint_and_run(tmp_path):
     assert contents(tmp_path / "a") == before
 
 
+def test_train_default_directory_is_versioned(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("tiny.yaml").write_text(TINY_RECIPE)  # names no out: runs/train
+    code, stdout, err = cli("train", "tiny.yaml", "--no-progress", "--device", "cpu")
+    assert code == 0 and "note:" not in stdout, err
+    code, stdout, err = cli("train", "tiny.yaml", "--no-progress", "--device", "cpu", "--lr", "0.01")
+    assert code == 0, err
+    assert "note: runs/train holds a run with other settings; this run writes runs/train-2" in stdout
+    assert RunDir("runs/train-2").summary.is_file()
+    code, stdout, err = cli("train", "tiny.yaml", "--no-progress", "--device", "cpu")
+    assert_user_error(code, stdout, err, "runs/train already holds a finished run")
+
+
 # ============================================================================================ two processes at once
 #: ``python -c STOP_AFTER_FIRST_EPOCH ARGS`` runs ``rccsnn ARGS`` and stops itself (SIGSTOP) right after it saved
 #: its first epoch: the test starts the second run while the first one holds its directory, with no race.
