@@ -39,6 +39,7 @@ Exit code 0 when it ran (whatever the figures say), 2 for bad input (one line), 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import contextlib
 import io
 import json
@@ -61,10 +62,10 @@ from rccsnn.sweep import SweepOutcome, collect_results, load_sweep, run_sweep, w
 
 # ============================================================================================ the panel
 #: minimax as it was before issue 13 (per-layer w^2 units, no activity constraint, no regrowth, the old pacing, the
-#: run's step size while finetuning): the options that switch the new behaviour off. One place to change if the
+#: run's step size while finetuning, half the run to compress): the options that switch the new behaviour off. One place to change if the
 #: option names change.
 OLD_MINIMAX: Dict[str, object] = {"importance": "w2", "activity": 0.0, "regrow": "none", "pacing": "legacy",
-                                   "output_floor": 0, "finetune_step": "none"}
+                                   "output_floor": 0, "finetune_step": "none", "compress_fraction": 0.5}
 #: (label, sweep settings) of every panel method, in table order.
 PANEL_METHODS: List[Tuple[str, Dict[str, object]]] = [
     ("minimax", {"method": "minimax", "schedule": "joint"}),
@@ -428,11 +429,19 @@ def panel_report(runs: List[Run], models: Sequence[str], methods: Sequence[str],
                         seq_fail.append(f"{name} {e} ep: {j[0] - s[0]:+.2f}")
         verdict(f"minimax joint > sequential on the mean at {ONE_BUDGET:g}", seq_fail, seq_checked, "cells")
     ok_runs = [r for r in runs if r.status == "ok"]
-    silent = [f"{r.name} ({', '.join(r.silent)})" for r in ok_runs if r.silent]
-    verdict("no run ends silent (every spiking layer fires on the validation split)", silent, len(ok_runs), "runs")
-    if ok_runs and not silent:
-        low = min(ok_runs, key=lambda r: r.min_rate)
+    # The acceptance is about the method rccsnn ships; a baseline that ends silent is a finding, counted apart.
+    shipped = [r for r in ok_runs if r.method == "minimax"]
+    silent = [f"{r.name} ({', '.join(r.silent)})" for r in shipped if r.silent]
+    verdict("no minimax run ends silent (every spiking layer fires on the validation split)", silent, len(shipped),
+            "runs")
+    if shipped and not silent:
+        low = min(shipped, key=lambda r: r.min_rate)
         verdicts[-1] += f"; smallest layer rate {low.min_rate:.4f} ({low.name})"
+    others = Counter(r.method for r in ok_runs if r.method != "minimax" and r.silent)
+    totals = Counter(r.method for r in ok_runs if r.method != "minimax")
+    if totals:
+        verdicts.append("runs of the other methods that end silent: " + ", ".join(
+            f"{m} {others[m]} of {totals[m]}" for m in sorted(totals)))
     over = [f"{r.name} ({r.ratio:.6f})" for r in ok_runs if not r.ratio <= r.budget]
     verdict("every run within its budget (params kept / dense <= budget)", over, len(ok_runs), "runs")
     failed = [r.name for r in runs if r.status != "ok"]

@@ -239,7 +239,7 @@ class SpikeMonitor:
 
     For every :class:`LIF` layer it records the output firing rate (spikes per neuron per time step); for every
     weight layer (Conv1d/2d/3d, Linear) the mean value of its input (the input firing rate when the input is
-    spikes), whether that input is analog (anything other than 0/1 in the first batch seen), the number of
+    spikes), whether that input is analog (anything other than 0/1 in any call seen), the number of
     output positions per time step and sample (H_out * W_out for Conv2d, 1 for Linear on ``[N, F]``) and, per
     input element, how often it was nonzero (summed over samples and time steps), from which :meth:`tap_reads`
     gives every tap's exact operation count. Rates are exact ratios of sums over every element seen, not means of
@@ -263,7 +263,7 @@ class SpikeMonitor:
         self._nonzero: Dict[str, Tensor] = {}   # per input element (one sample's shape): times it was nonzero
         self._rows: Dict[str, int] = {}         # input rows seen (samples x time steps)
         self._modules: Dict[str, nn.Module] = {}
-        self.analog_input: Dict[str, bool] = {}
+        self._analog: Dict[str, Tensor] = {}    # per layer, on the input's device: any input other than 0 or 1
         self.positions: Dict[str, int] = {}
         self.weights: Dict[str, int] = {}
 
@@ -300,9 +300,12 @@ class SpikeMonitor:
             previous = self._nonzero.get(name)
             self._nonzero[name] = nonzero if previous is None else previous + nonzero
             self._rows[name] = self._rows.get(name, 0) + x.shape[0]
-            if name not in self.analog_input:
-                # Checked once: encoders and spiking layers do not change kind from batch to batch.
-                self.analog_input[name] = bool(((x != 0) & (x != 1)).any())
+            # Every call, not just the first: in a model with its own time loop a call is one time step, and a layer
+            # behind spiking neurons often sees only zeros at the first step (an average-pooled layer is analog later).
+            analog = ((x != 0) & (x != 1)).any()
+            previous = self._analog.get(name)
+            self._analog[name] = analog if previous is None else previous | analog.to(previous.device)
+            if name not in self.positions:
                 spatial = output.shape[2:] if not isinstance(module, nn.Linear) else output.shape[1:-1]
                 self.positions[name] = int(torch.Size(spatial).numel())
 
@@ -336,7 +339,17 @@ class SpikeMonitor:
                 offset += size
             for n, rows in zip(names, flat[offset:].tolist()):
                 self._rows[n] = int(rows)
+        kinds = sorted(self._analog)
+        if kinds:  # a layer is analog if any process saw an analog input
+            flags = torch.stack([self._analog[n].to(torch.float64).cpu() for n in kinds])
+            for n, flag in zip(kinds, distributed.all_reduce_sum(flags)):
+                self._analog[n] = flag > 0
         return self
+
+    @property
+    def analog_input(self) -> Dict[str, bool]:
+        """Per weight layer whether its input held anything other than 0 and 1 (analog, not spikes) in any call."""
+        return {name: bool(flag) for name, flag in self._analog.items()}
 
     def firing_rates(self) -> Dict[str, float]:
         """Spikes per neuron per time step of each LIF layer, by module name."""

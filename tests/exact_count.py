@@ -60,3 +60,28 @@ def exact_counts(net: nn.Module, run: Callable[[], None], samples: int) -> Dict[
         for h in handles:
             h.remove()
     return {name: {k: v / samples for k, v in c.items()} for name, c in counts.items()}
+
+
+@torch.no_grad()
+def analog_inputs(net: nn.Module, run: Callable[[], None]) -> Dict[str, bool]:
+    """Per weight layer (by module name) whether its input held any value other than 0 and 1 over whatever ``run()``
+    feeds ``net``: such a layer's operations are MACs, a spiking layer's (input 0 or 1 only) accumulates."""
+    analog: Dict[str, bool] = {}
+    handles = []
+
+    def hook(name: str):
+        def fn(module: nn.Module, inputs) -> None:
+            x = inputs[0]
+            analog[name] = analog.get(name, False) or bool(((x != 0) & (x != 1)).any())
+
+        return fn
+
+    for name, module in net.named_modules():
+        if isinstance(module, KINDS):
+            handles.append(module.register_forward_pre_hook(hook(name)))
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return analog

@@ -330,3 +330,19 @@ def test_malicious_pickle_does_not_run_without_trust(tmp_path, user_models):
         with pytest.raises(UserError, match="--trust-checkpoint"):
             load_checkpoint(path, model="user_models:tiny_net")
         assert not marker.exists(), f"loading {path.name} ran code from the file"
+
+
+def test_model_factory_in_the_working_directory_imports(tmp_path, monkeypatch):
+    """``--model mymodels:make`` finds ./mymodels.py although the rccsnn console script does not put the working
+    directory on sys.path."""
+    import sys
+
+    from rccsnn.models.checkpoint import import_factory
+
+    (tmp_path / "rccsnn_cwd_models.py").write_text("import torch\n\ndef make():\n    return torch.nn.Linear(2, 3)\n")
+    monkeypatch.chdir(tmp_path)
+    # What the console script sees: neither '' nor the directory on sys.path.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "rccsnn_cwd_models", raising=False)
+    net = import_factory("rccsnn_cwd_models:make")()
+    assert isinstance(net, torch.nn.Linear) and net.out_features == 3

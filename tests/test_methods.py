@@ -728,7 +728,7 @@ def test_minimax_holds_at_nodes_extend_the_compression_phase():
     targets = toy_layer()
     # Holding half the phase at 0.6 leaves the descent to 0.3 too few of the 50 phase steps; the hold is added to
     # the phase (deadline 75), so the budget is reached by the engine, not by the projection at step 50.
-    method = bound(Minimax(nodes=[0.6], node_fraction=0.5, s_rate=1.0), targets, {"params": 0.3})
+    method = bound(Minimax(nodes=[0.6], node_fraction=0.5, s_rate=1.0, compress_fraction=0.5), targets, {"params": 0.3})
     trainer = StubTrainer(total_steps=100)
     method.setup(trainer)
     assert method.deadline() == 50

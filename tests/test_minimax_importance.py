@@ -318,15 +318,15 @@ def test_no_output_floor_on_a_network_whose_last_layer_is_not_a_target():
 
 # ------------------------------------------------------------------------------------------------ pacing
 @pytest.mark.parametrize("total, per_epoch, budget, hold, fisher_steps", [
-    (200, 20, 0.002, 20, 10),    # 10 epochs of digits: holds of an epoch, the Fisher over a tenth of the phase
-    (6000, 20, 0.01, 300, 20),   # 300 epochs: holds of node_fraction x P, the Fisher over an epoch
-    (60, 20, 0.05, 7, 3),        # 3 epochs: an epoch would be more than a quarter of the phase
+    (200, 20, 0.002, 20, 14),    # 10 epochs of digits: holds of an epoch, the Fisher over a tenth of the phase
+    (6000, 20, 0.01, 420, 20),   # 300 epochs: holds of node_fraction x P, the Fisher over an epoch
+    (60, 20, 0.05, 10, 4),       # 3 epochs: an epoch would be more than a quarter of the phase
 ])
 def test_auto_pacing_values(total, per_epoch, budget, hold, fisher_steps):
     net, targets = two_targets(torch.randn(20, 10), torch.randn(5, 20))
     method = bound(Minimax(), net, targets, budget)
     method.setup(Loop(total_steps=total, steps_per_epoch=per_epoch))
-    P = total // 2
+    P = round(0.7 * total)  # the default compress_fraction
     plan = method.plan()
     assert plan["decade_steps"] == pytest.approx(DESCENT_SHARE * P / math.log10(1 / budget))
     assert plan["hold"] == hold and method.hold_steps() == hold
@@ -338,7 +338,7 @@ def test_auto_pacing_values(total, per_epoch, budget, hold, fisher_steps):
 
 def test_legacy_pacing_values():
     net, targets = two_targets(torch.randn(20, 10), torch.randn(5, 20))
-    method = bound(Minimax(pacing="legacy"), net, targets, 0.002)
+    method = bound(Minimax(pacing="legacy", compress_fraction=0.5), net, targets, 0.002)
     method.setup(Loop(total_steps=200, steps_per_epoch=20))
     assert method.plan() == dict(decade_steps=None, nodes=pytest.approx([0.01, 0.004]), hold=10, fisher_steps=10)
     assert method.engine.decade_steps is None and method.engine.max_ds == pytest.approx(2.0 / 100)
@@ -434,7 +434,7 @@ def legacy_run(**opts):
     x, labels = torch.randn(64, 8), torch.randint(0, 4, (64,))
     targets = find_targets(net, exclude_first=False)
     method = bound(Minimax(importance="w2", pacing="legacy", output_floor=0, activity=0.0, regrow="none",
-                           finetune_step="none", **opts), net, targets, 0.1)
+                           finetune_step="none", compress_fraction=0.5, **opts), net, targets, 0.1)
     loop = Loop(60, 10, 0.01)
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
     method.setup(loop)

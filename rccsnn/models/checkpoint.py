@@ -25,6 +25,7 @@ import io
 import os
 import pickle
 import pickletools
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -192,6 +193,11 @@ def import_factory(target: str):
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise UserError(f"--model expects package.module:factory, got '{target}'")
+    # The rccsnn console script does not put the working directory on sys.path (python -m and python script.py
+    # do), so a factory in ./mymodels.py would not import. Appended, not prepended: a module of the same name that
+    # is installed still wins, as it would for the user's own scripts run from elsewhere.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of the user's module
