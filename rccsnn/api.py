@@ -70,14 +70,17 @@ def _data(data: Data, loaded: LoadedModel) -> DataSplits:
 
 
 def train(recipe: Union[TrainConfig, str, Path, Mapping[str, Any]], *, settings: Optional[Mapping[str, Any]] = None,
-          resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train a model from a recipe (``rccsnn train``); ``settings`` are dotted overrides (``{"optim.epochs": 5}``)."""
-    return train_config(_config(TrainConfig, recipe, settings), resume=resume, progress=progress)
+          resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
+    """Train a model from a recipe (``rccsnn train``); ``settings`` are dotted overrides (``{"optim.epochs": 5}``).
+    A run already in the run directory is continued only with ``resume`` and replaced only with ``overwrite``."""
+    return train_config(_config(TrainConfig, recipe, settings), resume=resume, overwrite=overwrite,
+                        progress=progress)
 
 
 def compress(model: Model, budgets: Optional[Mapping[str, float]] = None, *,
              config: Union[CompressConfig, str, Path, Mapping[str, Any], None] = None,
-             settings: Optional[Mapping[str, Any]] = None, resume: bool = False, progress: bool = True) -> RunResult:
+             settings: Optional[Mapping[str, Any]] = None, resume: bool = False, overwrite: bool = False,
+             progress: bool = True) -> RunResult:
     """Compress ``model`` to ``budgets`` (resource -> fraction of dense), as ``rccsnn compress`` does.
 
     Args:
@@ -85,6 +88,8 @@ def compress(model: Model, budgets: Optional[Mapping[str, float]] = None, *,
         budgets: e.g. ``{"params": 0.05}``; added to the config's.
         config: a :class:`CompressConfig`, a YAML file or a dict with the same sections.
         settings: dotted overrides, e.g. ``{"method.name": "gmp", "optim.epochs": 10, "out": "runs/x"}``.
+        resume, overwrite: continue the unfinished run in the run directory, or replace the run there; without
+            either a directory that holds a run is an error.
 
     Returns:
         The :class:`RunResult` (also written to ``<out>/summary.json``; the model to ``<out>/model.pt``).
@@ -95,7 +100,7 @@ def compress(model: Model, budgets: Optional[Mapping[str, float]] = None, *,
     overrides.setdefault("model", loaded.spec.arch if isinstance(model, LoadedModel) else str(model))
     overrides.update({f"budgets.{name}": fraction for name, fraction in (budgets or {}).items()})
     cfg = _config(CompressConfig, config, overrides)
-    return compress_loaded(cfg, loaded, resume=resume, progress=progress)
+    return compress_loaded(cfg, loaded, resume=resume, overwrite=overwrite, progress=progress)
 
 
 def evaluate(model: Model, *, data: Data = None, split: str = "test", device: Union[str, torch.device] = "auto",
@@ -118,12 +123,13 @@ def report(model: Model, *, data: Data = None, split: str = "val", device: Union
 
 def export(model: Model, out: Union[str, Path], *, format: str = "compact", dtype: str = "float32",
            per_channel: bool = False, data: Data = None, split: Optional[str] = "test",
-           device: Union[str, torch.device] = "auto") -> ExportResult:
-    """Write ``model`` as a compact sparse file or a NIR graph (``rccsnn export``); see :func:`rccsnn.formats.export`."""
+           device: Union[str, torch.device] = "auto", overwrite: bool = False) -> ExportResult:
+    """Write ``model`` as a compact sparse file or a NIR graph (``rccsnn export``); see :func:`rccsnn.formats.export`.
+    An existing ``out`` is replaced only with ``overwrite``."""
     loaded = _loaded(model)
     splits = _data(data, loaded) if split is not None else None
     return export_loaded(loaded, out, format=format, dtype=dtype, per_channel=per_channel, data=splits, split=split,
-                         device=device)
+                         device=device, overwrite=overwrite)
 
 
 def _device(device: Union[str, torch.device]) -> torch.device:

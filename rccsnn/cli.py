@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from rccsnn.version import __version__
@@ -72,6 +71,15 @@ def add_measured_model(p: argparse.ArgumentParser, model_help: Optional[str], sp
     add_model_file_options(p)
 
 
+def add_resume_options(p: argparse.ArgumentParser, also: str = "") -> None:
+    """--resume and --overwrite: what to do with a run already in --out (by default: refuse to touch it)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its last "
+                                                         "finished epoch")
+    g.add_argument("--overwrite", action="store_true", help=f"replace the run in --out{also} if there is one "
+                                                            "(by default a finished or unfinished run is kept)")
+
+
 def budget_arg(text: str) -> float:
     from rccsnn.config import check_budget
 
@@ -106,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key, e.g. --set model.T=8 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    add_resume_options(p, " (and the --checkpoint file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_data_options(p, "default: the recipe's")
 
@@ -126,11 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate of the weights (default 1e-3)")
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
     p.add_argument("--out", metavar="DIR",
-                   help="run directory (default runs/compress/<model>-<budgets>-<method>-<schedule>-seed<seed>)")
+                   help="run directory (default runs/compress/<model>-<budgets>-<method>-<schedule>-seed<seed>, "
+                        "with -2, -3, ... when that holds a run with other settings)")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set method.options.lr_z=40 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    add_resume_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_data_options(p, "default: the one recorded in the checkpoint")
     add_model_file_options(p)
@@ -150,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("compact", "nir"), default="compact",
                    help="compact (default): nonzero values + bitmask or delta-coded indices; nir: a NIR graph "
                         "(needs pip install 'rccsnn[nir]')")
-    p.add_argument("--out", metavar="FILE", required=True, help="the file to write")
+    p.add_argument("--out", metavar="FILE", required=True, help="the file to write (an existing one only with "
+                                                                "--overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--dtype", choices=("float32", "float16", "int8"), default="float32",
                    help="stored weight values (compact only; default float32, which loads back exactly)")
     p.add_argument("--per-channel", action="store_true", help="int8: one scale per output channel")
@@ -205,16 +216,17 @@ def single_process_only(command_name: str) -> None:
 # --------------------------------------------------------------------------------------------- train
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
+    from rccsnn import distributed
     from rccsnn.config import TrainConfig, load_config
     from rccsnn.monitor import print_metrics
-    from rccsnn.training import train
+    from rccsnn.training import find_run_dir, train
 
     overrides = config_overrides(args, {"optim.epochs": args.epochs, "optim.lr": args.lr, "seed": args.seed,
                                         "out": args.out, "checkpoint": args.checkpoint, "device": args.device})
     cfg = load_config(TrainConfig, args.recipe, overrides)
     join_run(cfg.device, cfg.data.batch_size)
-    args.resume = resume_after_restart(args.resume, cfg.out)
-    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    args.resume = resume_after_restart(args.resume, distributed.on_main(lambda: str(find_run_dir(cfg))))
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print_metrics(f"trained {result.spec.arch} on {result.spec.data}; checkpoint: {result.checkpoint}", result.metrics)
     return 0
 
@@ -283,20 +295,19 @@ def compress_overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 @command("compress")
 def cmd_compress(args: argparse.Namespace) -> int:
-    from rccsnn.compression import compress, summary_table
+    from rccsnn import distributed
+    from rccsnn.compression import compress, find_run_dir, summary_table
     from rccsnn.config import CompressConfig, load_config
 
     overrides = compress_overrides(args)
     cfg = load_config(CompressConfig, args.config, overrides)
     args.model_file = cfg.model
     join_run(cfg.device, cfg.data.batch_size)
-    cfg.out = cfg.out or str(Path("runs") / "compress" / cfg.run_name())
-    args.resume = resume_after_restart(args.resume, cfg.out)
-    from rccsnn import distributed
-
+    # cfg.out stays unset without --out: compress() claims a version of the default name.
+    args.resume = resume_after_restart(args.resume, distributed.on_main(lambda: str(find_run_dir(cfg))))
     # On every process: a node that cannot read the model stops the run with its message.
     loaded = distributed.agreed(lambda: load_model_file(args))
-    result = compress(cfg, loaded, resume=args.resume, progress=not args.no_progress)
+    result = compress(cfg, loaded, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(summary_table(result))
     print(f"compressed model: {result.checkpoint}  ({result.wall_seconds:.1f} s)")
     return 0
@@ -330,17 +341,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- export
 @command("export")
 def cmd_export(args: argparse.Namespace) -> int:
-    from rccsnn.formats import check_options, export, summary
+    from rccsnn.formats import check_destination, check_options, export, summary
 
     single_process_only("export")
-    check_options(args.format, args.dtype, args.per_channel)  # before the model loads, which may take long
+    # Before the model loads, which may take long.
+    check_options(args.format, args.dtype, args.per_channel)
+    check_destination(args.out, overwrite=args.overwrite)
     loaded = load_model_file(args)
     evaluate = args.format == "compact" and not args.no_eval
     options = model_file_options(args)
     data = options["data"].load(default=loaded.spec.data) if evaluate or not loaded.spec.input_shape else None
     result = export(loaded, args.out, format=args.format, dtype=args.dtype, per_channel=args.per_channel, data=data,
                     split=args.split if evaluate else None, device=args.device, batch_size=args.batch_size,
-                    model=args.model)
+                    model=args.model, overwrite=args.overwrite)
     print(summary(result))
     return 0
 

@@ -6,14 +6,17 @@ It asks the method only what :class:`rccsnn.methods.base.CompressionMethod` prom
 ``name``, ``schedule``, ``events``): pruning attaches its masks in ``bind``, another kind of method its own
 parametrizations; ``bake`` makes whatever parametrizations are left permanent.
 
-Everything a user can get wrong (budgets, names, data that does not fit the model) is checked before the output
-directory is created, so a bad call leaves nothing behind.
+The run directory is claimed first (:func:`rccsnn.rundir.claimed_run_dir`: locked, a finished run never replaced
+without ``overwrite``, the default name versioned), so a second run into it stops at once. Everything a user can get
+wrong after that (budgets, names, data that does not fit the model) is checked before anything is written there, and
+a bad call removes what the claim created: it leaves nothing behind.
 
 Under torchrun every process runs ``compress()``; they measure and evaluate shards of each split and add the
 sums up (:mod:`rccsnn.distributed`), train through DDP, and process 0 alone writes the run directory.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ from rccsnn.masks import bake, find_targets
 from rccsnn.methods import METHODS, CompressionMethod, Constraint, Problem
 from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
 from rccsnn.monitor import Monitor, format_table
-from rccsnn.rundir import prepare_run_dir, write_error, write_json
+from rccsnn.rundir import claimed_run_dir, find_versioned, prepare_run_dir, write_error, write_json
 from rccsnn.metrics import check_fit
 from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
 from rccsnn.distributed import resolve_device
@@ -89,18 +92,54 @@ def prepare(cfg: CompressConfig, loaded: LoadedModel) -> DataSplits:
     return data
 
 
-def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, progress: bool = True) -> RunResult:
+def default_run_dir(cfg: CompressConfig) -> Path:
+    """The first choice of run directory when ``cfg.out`` is not set; versions of it are tried after it."""
+    return Path("runs") / "compress" / cfg.run_name()
+
+
+def find_run_dir(cfg: CompressConfig) -> Path:
+    """Where this config's run is (or would go), without claiming it: ``cfg.out``, else the version of the default
+    name that holds a run with the same settings, else the first free one."""
+    if cfg.out:
+        return Path(cfg.out)
+    return find_versioned(default_run_dir(cfg), cfg)
+
+
+def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, overwrite: bool = False,
+             progress: bool = True) -> RunResult:
     """Compress ``loaded`` to ``cfg.budgets`` and write the run directory ``cfg.out``.
 
     The run directory gets ``model.pt`` (masks baked, the checkpoint format), ``config.yaml`` (resolved),
-    TensorBoard events, ``state.pt`` (resume state) and ``summary.json``.
+    TensorBoard events, ``state.pt`` (resume state) and ``summary.json``. It is locked while the run writes it. A
+    directory that holds a finished or unfinished run is a :class:`UserError` unless ``resume`` (an unfinished run
+    continues) or ``overwrite`` (the run is replaced). Without ``cfg.out`` the run goes to
+    :func:`default_run_dir`, or ``-2``, ``-3``, ... after it when that holds a run with other settings
+    (``cfg.out`` is set to the directory used).
 
     Under torchrun every process calls it (the CLI has joined the process group with
-    :func:`rccsnn.distributed.start`; an API caller that has not is joined here, with the default timeout).
+    :func:`rccsnn.distributed.start`; an API caller that has not is joined here, with the default timeout);
+    process 0 alone claims and writes the run directory.
     """
     t0 = time.perf_counter()
     device = distributed.start(resolve_device(cfg.device))
     distributed.per_process_batch(cfg.data.batch_size)
+    validate_config(cfg)
+    with contextlib.ExitStack() as held:
+        def claim() -> str:
+            run = held.enter_context(claimed_run_dir(cfg.out or default_run_dir(cfg), resume=resume,
+                                                     overwrite=overwrite, epochs=cfg.optim.epochs,
+                                                     settings=None if cfg.out else cfg))
+            for note in run.notes:  # stdout: stderr keeps the one line of an error that may follow
+                print(f"note: {note}", flush=True)
+            return str(run.root)
+
+        cfg.out = distributed.on_main(claim)
+        return _compress(cfg, loaded, device, t0, resume=resume, progress=progress)
+
+
+def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0: float, *, resume: bool,
+              progress: bool) -> RunResult:
+    """:func:`compress` in the run directory ``cfg.out``, which this process (process 0) holds."""
     # Each node reads its own copy of the data: a failure on any process stops all, with its message.
     data = distributed.agreed(lambda: prepare(cfg, loaded))
     method = build_method(cfg)
@@ -131,8 +170,6 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
         model = create_resource(name, cfg.resources)
         constraints.append(Constraint(resource=model, budget=float(budget), dense=dense[name]))
     method.check(constraints)
-
-    cfg.out = cfg.out or str(Path("runs") / "compress" / cfg.run_name())
 
     def make_run_dir() -> Path:
         out = prepare_run_dir(cfg.out, resume=resume)

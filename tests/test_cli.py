@@ -134,18 +134,16 @@ def test_evaluate_other_split(trained, tmp_path, capsys):
     assert result["accuracy"] == torch.load(ckpt, weights_only=True)["metrics"]["val_accuracy"]
 
 
-def test_resume_after_a_finished_run(trained, tmp_path, capsys):
-    recipe, out, ckpt, _ = trained
+def test_resume_after_a_finished_run_says_it_is_finished(trained, tmp_path, capsys):
+    """Issue 18: --resume on a run that ran all its epochs is a one-line error, and the run is left as it was."""
+    recipe, out, _, _ = trained
     run_dir = tmp_path / "run"
     shutil.copytree(out, run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     code, stdout, err = cli("train", recipe, "--out", run_dir, "--resume", "--no-progress", "--device", "cpu")
-    assert code == 0, err
-    # Nothing left to train: the best weights come back from state.pt, and the default checkpoint is OUT/model.pt.
-    resumed = torch.load(run_dir / "model.pt", weights_only=True)
-    original = torch.load(ckpt, weights_only=True)
-    assert resumed["metrics"] == original["metrics"]
-    for key, value in original["state_dict"].items():
-        assert torch.equal(resumed["state_dict"][key], value), key
+    assert_user_error(code, stdout, err, f"{run_dir} holds a finished run (all its 1 epochs", "nothing to resume",
+                      "--overwrite")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
 def test_resume_continues_with_more_epochs(trained, tmp_path, capsys):

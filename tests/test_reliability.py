@@ -34,6 +34,7 @@ from rccsnn.models import build_model
 from rccsnn.models import checkpoint as checkpoint_module
 from rccsnn.models.checkpoint import ModelSpec, atomic_save
 from rccsnn.rundir import RunDir, write_json
+from rccsnn.runlock import Holder
 from rccsnn.trainer import Trainer, TrainerOptions
 
 STATE_FILE = RunDir.STATE
@@ -552,7 +553,7 @@ def test_sigkill_then_resume_gives_the_same_model(tiny, tmp_path):
         log = open(tmp_path / f"{run.name}{'-resumed' if more else ''}.log", "w")
         with log:  # the child holds its own copy of the descriptor
             return subprocess.Popen([sys.executable, *entry, *args], cwd=tmp_path, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=log)
+                                    stdout=log, stderr=subprocess.STDOUT)
 
     def stderr_of(run, resumed=False):
         return (tmp_path / f"{run.name}{'-resumed' if resumed else ''}.log").read_text()[-3000:]
@@ -575,6 +576,9 @@ def test_sigkill_then_resume_gives_the_same_model(tiny, tmp_path):
         assert 1 <= state["next_epoch"] < 6, state["next_epoch"]
         assert state["method"]["phase"] == "compress" and state["method"]["hold"] > 0
         assert not (run / "model.pt").exists() and not (run / "summary.json").exists()
+        # Issue 18: the killed run could not remove its lock file; the kernel dropped its lock, so --resume takes
+        # it over (and says so) instead of being turned away.
+        assert Holder.parse(RunDir(run).lock.read_text()).pid == proc.pid
         resumed[v] = start(v, run, "--resume")
     for runs, was_resumed in ((whole, False), (resumed, True)):
         for v, proc in runs.items():
@@ -597,3 +601,5 @@ def test_sigkill_then_resume_gives_the_same_model(tiny, tmp_path):
         assert summary_b["resources"] == summary_a["resources"], v
         assert summary_b["events"] == summary_a["events"], v
         assert leftovers(b) == []
+        assert f"note: took over {RunDir(b).lock}: its process " in (tmp_path / f"{b.name}-resumed.log").read_text()
+        assert not RunDir(b).lock.exists() and not RunDir(a).lock.exists()

@@ -20,6 +20,7 @@ from rccsnn.errors import UserError
 from rccsnn.formats.compact import TensorRecord, decoded, load_compact, plan_compact, same_state, save_compact
 from rccsnn.formats.nir import export_nir, require_nir
 from rccsnn.models.checkpoint import LoadedModel
+from rccsnn.rundir import check_destination
 
 FORMATS = ("compact", "nir")
 
@@ -90,6 +91,7 @@ def export(
     device: Union[str, torch.device] = "auto",
     batch_size: int = 512,
     model: Optional[str] = None,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Write ``loaded`` to ``out`` as a compact file or a NIR graph.
 
@@ -104,15 +106,17 @@ def export(
         device: where the accuracy check runs (``auto``, ``cpu``, ``cuda:N`` or a device).
         batch_size: samples per batch of the accuracy check.
         model: ``package.module:factory`` that rebuilds a user architecture when the export is decoded.
+        overwrite: replace ``out`` if it exists; without it an existing file is an error, before any work.
 
     Raises:
         UserError: one line, for options that do not fit, a model that cannot be exported or an unwritable path.
     """
     check_options(format, dtype, per_channel)
+    check_destination(out, overwrite=overwrite)
     if not loaded.spec.input_shape and data is not None:  # a bare state_dict: the data set says what goes in
         loaded.spec.input_shape = tuple(data.input_shape)
     if format == "nir":
-        nir = export_nir(loaded, out)
+        nir = export_nir(loaded, out, overwrite=overwrite)
         return ExportResult(path=str(out), format=format, file_bytes=Path(out).stat().st_size, T=loaded.spec.T,
                             nodes=len(nir.graph.nodes), edges=len(nir.graph.edges), notes=list(nir.notes))
 
@@ -128,7 +132,7 @@ def export(
         accuracy = AccuracyChange(split, measure(loaded, data, split, where, batch_size),
                                   measure(after, data, split, where, batch_size))
         plan.contents["export"]["accuracy"] = {"split": split, "before": accuracy.before, "after": accuracy.after}
-    save_compact(plan, out)
+    save_compact(plan, out, overwrite=overwrite)
     if not same_state(load_compact(out, model=model).net, after.net):
         raise RuntimeError(f"{out} does not load back to the exported weights")  # a bug, not a user error
     return ExportResult(path=str(out), format=format, file_bytes=Path(out).stat().st_size, T=loaded.spec.T,
@@ -168,4 +172,4 @@ def summary(result: ExportResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["AccuracyChange", "ExportResult", "FORMATS", "check_options", "export", "summary"]
+__all__ = ["AccuracyChange", "ExportResult", "FORMATS", "check_destination", "check_options", "export", "summary"]

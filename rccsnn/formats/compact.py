@@ -33,6 +33,7 @@ dim 0, with ``--per-channel``): ``w = q * scale``, symmetric, ``scale = max |w| 
 from __future__ import annotations
 
 import hashlib
+import os
 import pickletools
 import zipfile
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from rccsnn.errors import UserError
+from rccsnn.rundir import publish
 from rccsnn.models.checkpoint import FORMAT, LoadedModel, atomic_save, checkpoint_dict, from_checkpoint, read_raw
 from rccsnn.snn import weight_layers
 
@@ -409,12 +411,18 @@ def compact_tensor_bytes(path: str | Path) -> Dict[str, int]:
     return {name: entry_nbytes(entry) for name, entry in tensors.items() if isinstance(entry, dict)}
 
 
-def save_compact(plan: CompactPlan, path: str | Path) -> None:
-    """Write the plan through a temporary file and a rename; an unwritable path is a :class:`UserError`."""
+def save_compact(plan: CompactPlan, path: str | Path, *, overwrite: bool = False) -> None:
+    """Write the plan through a temporary file and a rename; an unwritable path is a :class:`UserError`, and so is
+    an existing one unless ``overwrite`` (:func:`rccsnn.rundir.publish`)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.export.tmp")  # one per process: two exports never share it
     try:
-        atomic_save(plan.contents, path)
+        atomic_save(plan.contents, tmp)
+        publish(tmp, path, overwrite=overwrite)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def decoded(plan: CompactPlan, model: Optional[str] = None) -> LoadedModel:

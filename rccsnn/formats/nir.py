@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from rccsnn.version import __version__
 from rccsnn.errors import UserError
 from rccsnn.models.checkpoint import LoadedModel
+from rccsnn.rundir import publish
 from rccsnn.snn import ENCODERS, LIF, SeqDropout
 
 #: The time step NIR's continuous-time LIF is discretised with (snntorch's export/import convention).
@@ -249,8 +250,9 @@ def nir_graph(loaded: LoadedModel) -> NirExport:
     return NirExport(graph, notes)
 
 
-def export_nir(loaded: LoadedModel, path: str | Path) -> NirExport:
-    """Write ``loaded`` as a NIR file (HDF5, ``nir.write``) through a temporary file and a rename."""
+def export_nir(loaded: LoadedModel, path: str | Path, *, overwrite: bool = False) -> NirExport:
+    """Write ``loaded`` as a NIR file (HDF5, ``nir.write``) through a temporary file and a rename; an existing
+    ``path`` only with ``overwrite`` (:func:`rccsnn.rundir.publish`)."""
     result = nir_graph(loaded)
     nir = require_nir()
     path = Path(path)
@@ -260,7 +262,7 @@ def export_nir(loaded: LoadedModel, path: str | Path) -> NirExport:
         os.close(fd)
         try:
             nir.write(tmp, result.graph)
-            os.replace(tmp, path)
+            publish(tmp, path, overwrite=overwrite)
         finally:
             Path(tmp).unlink(missing_ok=True)
     except OSError as exc:

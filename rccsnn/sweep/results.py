@@ -21,6 +21,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 PARETO_PNG = "pareto.png"
 HPARAMS_DIR = "hparams"
+RESULTS_LOCK = "results.lock"  # held while the results are rebuilt
 
 Row = Dict[str, Any]
 
@@ -232,13 +233,17 @@ def write_hparams(sweep: Sweep, rows: List[Row], log_dir: Path) -> None:
 def write_results(sweep: Sweep) -> str:
     """Rebuild results.csv, results.md, pareto.png and the hparams from the run directories; returns the
     markdown table."""
+    from rccsnn.runlock import RunLock
+
     sweep.make_dir()
-    rows = collect_results(sweep)
-    write_csv(rows, sweep.out / RESULTS_CSV)
-    markdown = results_markdown(sweep, rows)
-    (sweep.out / RESULTS_MD).write_text(markdown)
-    plot_pareto(sweep, rows, sweep.out / PARETO_PNG)
-    write_hparams(sweep, rows, sweep.out / HPARAMS_DIR)
+    # Two sweeps of one file that end together would otherwise remove each other's hparams while writing them.
+    with RunLock.acquire(sweep.out / RESULTS_LOCK, wait=True):
+        rows = collect_results(sweep)
+        write_csv(rows, sweep.out / RESULTS_CSV)
+        markdown = results_markdown(sweep, rows)
+        (sweep.out / RESULTS_MD).write_text(markdown)
+        plot_pareto(sweep, rows, sweep.out / PARETO_PNG)
+        write_hparams(sweep, rows, sweep.out / HPARAMS_DIR)
     return markdown
 
 

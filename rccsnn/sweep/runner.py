@@ -3,6 +3,11 @@
 A point's status comes from its run directory (:class:`~rccsnn.rundir.RunDir`): a point with a ``summary.json``
 is finished and skipped, so rerunning a sweep runs only what is new, failed, interrupted or changed. Ctrl-C and
 SIGTERM reach the sweep only, which asks each running point once to save its epoch and stop.
+
+Before it writes anything in a point's directory the sweep locks it (:class:`~rccsnn.runlock.RunLock`), reads the
+point's status again under the lock, and hands the lock to the point's ``rccsnn compress``. So two sweeps of one
+file at once never run a point twice: a point the other holds waits until it is free, and is then skipped if the
+other finished it.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from typing import IO, Deque, Dict, List, Tuple
 from rccsnn.config import read_yaml, write_yaml
 from rccsnn.errors import UserError
 from rccsnn.rundir import RunDir
+from rccsnn.runlock import LockHeld, RunLock
 from rccsnn.sweep.spec import Point, Sweep, comparable
 
 EXIT_INTERRUPTED = 130
@@ -99,14 +105,15 @@ def _last_line(path: Path, offset: int) -> str:
 
 @dataclass
 class _Running:
-    """A started point: its process, its open log, where this start's output begins in the log (bytes) and when
-    it started (``time.perf_counter()`` seconds)."""
+    """A started point: its process, its open log, where this start's output begins in the log (bytes), when
+    it started (``time.perf_counter()`` seconds) and the lock of its run directory (shared with the process)."""
 
     point: Point
     process: subprocess.Popen
     log: IO[bytes]
     offset: int
     started: float
+    lock: RunLock
 
 
 def _plan(sweep: Sweep, outcome: SweepOutcome) -> Tuple[Deque[Tuple[Point, str]], Dict[str, int]]:
@@ -124,10 +131,20 @@ def _plan(sweep: Sweep, outcome: SweepOutcome) -> Tuple[Deque[Tuple[Point, str]]
     return queue, counts
 
 
-def _start(point: Point, status: str, env: Dict[str, str]) -> _Running:
-    """Write the point's settings and start its process, its output appended to its log."""
+def _claim(point: Point) -> RunLock:
+    """Lock the point's run directory (created if missing); :class:`LockHeld` when another run holds it."""
     files = RunDir(point.run_dir)
-    files.root.mkdir(parents=True, exist_ok=True)
+    try:
+        files.root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {files.root}: {exc.strerror or exc}") from None
+    return RunLock.acquire(files.lock)
+
+
+def _start(point: Point, status: str, env: Dict[str, str], lock: RunLock) -> _Running:
+    """Write the point's settings and start its process, its output appended to its log; ``lock`` (held on the
+    point's directory) passes to the process."""
+    files = RunDir(point.run_dir)
     if status == "changed":  # another run's results: this one starts afresh
         for stale in (files.summary, files.state):
             stale.unlink(missing_ok=True)
@@ -138,15 +155,24 @@ def _start(point: Point, status: str, env: Dict[str, str]) -> _Running:
     offset = log.tell()
     log.write(f"{LOG_HEADER} {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n".encode())
     log.flush()
+    handover, fds = lock.handover()
     # A session of its own: Ctrl-C reaches the sweep only, which passes it on once (a second SIGINT to
     # `rccsnn compress` would abort it without saving its epoch).
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env=env, start_new_session=True)
-    return _Running(point, process, log, offset, time.perf_counter())
+                               env={**env, **handover}, pass_fds=fds, start_new_session=True)
+    return _Running(point, process, log, offset, time.perf_counter(), lock)
 
 
 def _finish(job: _Running, outcome: SweepOutcome) -> str:
-    """Record how an exited point ended (a failure's reason goes to its ``error.txt``); returns the line to show."""
+    """Record how an exited point ended (a failure's reason goes to its ``error.txt``), then unlock its directory;
+    returns the line to show."""
+    try:
+        return _record(job, outcome)
+    finally:
+        job.lock.release()
+
+
+def _record(job: _Running, outcome: SweepOutcome) -> str:
     job.log.close()
     files, code, name = RunDir(job.point.run_dir), job.process.returncode, job.point.name
     seconds = time.perf_counter() - job.started
@@ -177,6 +203,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, progress: bool = True) -> SweepOutcom
     in ``<run>/log.txt``. A failure (non-zero exit) writes the last line of its output to ``<run>/error.txt``
     and the other points go on. Ctrl-C (or SIGTERM) stops starting points and asks the running ones to save
     their epoch and stop (a second Ctrl-C stops them at once); rerunning the sweep resumes them.
+
+    A point another run holds (a second sweep of the same file, or an ``rccsnn compress`` into its directory) waits
+    until it is free, and is then skipped if that run finished it; a point is never run by two processes at once.
     """
     from tqdm.auto import tqdm
 
@@ -202,6 +231,41 @@ def run_sweep(sweep: Sweep, jobs: int = 1, progress: bool = True) -> SweepOutcom
         else:
             print(text, flush=True)
 
+    waited: set = set()  # names of points another run held when this sweep first came to them
+
+    def start_what_fits() -> None:
+        """Start queued points while slots are free; a point another run holds goes to the back of the queue (this
+        sweep comes back to it), and one that run finished (or, after a wait, failed) is not run again."""
+        for _ in range(len(queue)):
+            if len(running) >= jobs or outcome.interrupted:
+                return
+            point, planned = queue.popleft()
+            try:
+                lock = _claim(point)
+            except LockHeld as held:
+                if point.name not in waited:
+                    who = held.holder.describe() if held.holder is not None else "another process"
+                    say(f"{point.name}: held by another run ({who}); waiting for it")
+                    waited.add(point.name)
+                queue.append((point, planned))
+                continue
+            status = point_status(point)  # again, under the lock: the other run may have finished it since the plan
+            if status == "done" or (status == "failed" and point.name in waited):
+                lock.release()
+                if status == "done":
+                    outcome.skipped.append(point.name)
+                    say(f"{point.name}: finished by another run")
+                else:
+                    outcome.failed.append(point.name)
+                    say(f"{point.name}: failed in another run (see its {RunDir.ERROR}); rerun the sweep to retry it")
+                bar.update(1)
+                continue
+            try:
+                running.append(_start(point, status, env, lock))
+            except BaseException:
+                lock.release()
+                raise
+
     previous = signal.getsignal(signal.SIGTERM)
     try:
         signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -210,15 +274,14 @@ def run_sweep(sweep: Sweep, jobs: int = 1, progress: bool = True) -> SweepOutcom
     try:
         while queue or running:
             try:
-                while queue and len(running) < jobs and not outcome.interrupted:
-                    running.append(_start(*queue.popleft(), env))
+                start_what_fits()
                 for job in [j for j in running if j.process.poll() is not None]:
                     running.remove(job)
                     say(_finish(job, outcome))
                     bar.update(1)
                 if outcome.interrupted and not running:
                     break
-                time.sleep(0.05)  # polling interval of the running processes
+                time.sleep(0.05)  # polling interval of the running processes and of the points others hold
             except KeyboardInterrupt:
                 interrupts += 1
                 outcome.interrupted = True
@@ -235,6 +298,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, progress: bool = True) -> SweepOutcom
                 job.process.kill()
             job.process.wait()
             job.log.close()
+            job.lock.release()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         bar.close()
