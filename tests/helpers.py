@@ -37,6 +37,15 @@ def assert_user_error(code, out, err, *needles):
     return line
 
 
+#: A tiny digits recipe (convsnn channels [4], hidden 8, T 2, one epoch): what the CLI tests train.
+TINY_RECIPE = """\
+data: {name: digits, batch_size: 64}
+model: {arch: convsnn, args: {channels: [4], hidden: 8}, T: 2}
+optim: {lr: 0.02, epochs: 1}
+seed: 0
+"""
+
+
 def train_tiny(root, recipe: str, run: str = "run"):
     """Train ``recipe`` (YAML text) into ``root/run`` through the CLI on the CPU; returns the checkpoint path."""
     (root / "tiny.yaml").write_text(recipe)

@@ -19,19 +19,14 @@ import torch
 from rccsnn.version import __version__
 from rccsnn.cli import main
 
+import helpers
 from helpers import assert_user_error, cli, one_line
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # convsnn channels [4], hidden 8 on digits (1x8x8, 10 classes), T = 2:
 #   conv 1->4 3x3 (36) + BN (8); pool 8x8 -> 4x4; FC 64 -> 8 (512 + 8); FC 8 -> 10 (80 + 10)
-TINY_RECIPE = """\
-data: {name: digits, batch_size: 64}
-model: {arch: convsnn, args: {channels: [4], hidden: 8}, T: 2}
-optim: {lr: 0.02, epochs: 1}
-seed: 0
-out: runs/should-not-be-used
-"""
+TINY_RECIPE = helpers.TINY_RECIPE + "out: runs/should-not-be-used\n"
 TINY_PARAMS = 36 + 8 + 512 + 8 + 80 + 10
 TINY_WEIGHTS = {"features.0.0": 36, "classifier.0.1": 512, "classifier.2.0": 80}
 TINY_POSITIONS = {"features.0.0": 8 * 8, "classifier.0.1": 1, "classifier.2.0": 1}

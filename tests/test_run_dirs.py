@@ -18,19 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_user_error, cli, train_tiny
+from helpers import TINY_RECIPE, assert_user_error, cli, train_tiny
 from rccsnn.config import CompressConfig, load_config
 from rccsnn.rundir import RunDir, settings_digest
 from rccsnn.runlock import HANDOVER_ENV, Holder, LockHeld, RunLock
 from rccsnn.sweep.runner import LOG_HEADER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_RECIPE = """\
-data: {name: digits, batch_size: 64}
-model: {arch: convsnn, args: {channels: [4], hidden: 8}, T: 2}
-optim: {lr: 0.02, epochs: 1}
-seed: 0
-"""
 CHILD_DEADLINE_S = 600  # only a hang guard: a busy 2-core machine may be slow; a correct run never waits this long
 
 
