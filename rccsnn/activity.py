@@ -53,37 +53,14 @@ from torch import Tensor, nn
 from rccsnn import distributed
 from rccsnn.errors import UserError
 from rccsnn.masks import Target
-from rccsnn.snn import LIF
+from rccsnn.snn import LIF, spiking_layers, spikes_of  # noqa: F401 (spiking_layers: part of this module's API)
 
 
 # ----------------------------------------------------------------------------------------------- discovery
-def spiking_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """``(name, module)`` of every spiking layer of ``model`` in registration order: each :class:`LIF`, and each
-    snntorch ``SpikingNeuron`` that is not inside one (a LIF's inner neuron is part of the LIF)."""
-    found: List[Tuple[str, nn.Module]] = []
-    inside: set = set()
-    for name, module in model.named_modules():
-        if id(module) in inside:
-            continue
-        if isinstance(module, (LIF, SpikingNeuron)):
-            found.append((name, module))
-            inside.update(id(m) for m in module.modules())
-    return found
-
-
 def neuron_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """``(name, module)`` of every single-step snntorch neuron (a LIF's inner ``Leaky`` included): the modules
     that hold a membrane potential ``mem`` and a ``threshold``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingNeuron)]
-
-
-def spikes_of(output: Any) -> Optional[Tensor]:
-    """The spike tensor of a spiking layer's output: the tensor itself, or the first element of a tuple."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-        return output[0]
-    return None
 
 
 def layer_tag(name: str) -> str:

@@ -266,7 +266,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows = [[k, v] for k, v in result.items() if k != "firing_rates"]
     print(format_table(["metric", "value"], rows))
     print()
-    print(format_table(["LIF layer", "firing rate"], [[k, v] for k, v in result["firing_rates"].items()]))
+    print(format_table(["spiking layer", "firing rate"], [[k, v] for k, v in result["firing_rates"].items()]))
     if args.json:
         write_json(result, args.json)
     return 0

@@ -80,7 +80,7 @@ def evaluate(loaded: LoadedModel, data: DataSplits, split: str, device: torch.de
     ``nonzero_params``, ``weights``/``nonzero_weights`` (conv and linear weights only), ``macs`` (multiply-
     accumulates per inference that touch a nonzero weight: for each tap, T x the output positions at which it reads
     inside the input, summed over nonzero weights and layers), ``dense_macs`` (the same counting every weight) and
-    ``firing_rates`` (LIF layer -> spikes per neuron per step).
+    ``firing_rates`` (spiking layer, rccsnn's LIF or an snntorch neuron -> spikes per neuron per step).
     """
     result = run_split(loaded, data, split, device, batch_size, spikes=True)
     net = loaded.net

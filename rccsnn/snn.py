@@ -11,11 +11,11 @@ at zero on every call, so no state can leak from one batch to the next.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from snntorch import Leaky, surrogate
+from snntorch import Leaky, SpikingNeuron, surrogate
 from torch import Tensor, nn
 
 from rccsnn.errors import UserError
@@ -138,6 +138,30 @@ class LIF(nn.Module):
         return torch.stack(spikes)
 
 
+def spiking_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``(name, module)`` of every spiking layer of ``model`` in registration order: each :class:`LIF`, and each
+    snntorch ``SpikingNeuron`` that is not inside one (a LIF's inner neuron is part of the LIF)."""
+    found: List[Tuple[str, nn.Module]] = []
+    inside: set = set()
+    for name, module in model.named_modules():
+        if id(module) in inside:
+            continue
+        if isinstance(module, (LIF, SpikingNeuron)):
+            found.append((name, module))
+            inside.update(id(m) for m in module.modules())
+    return found
+
+
+
+def spikes_of(output: Any) -> Optional[Tensor]:
+    """The spike tensor of a spiking layer's output: the tensor itself, or the first element of a tuple."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None
+
+
 class PerStep(nn.Sequential):
     """Applies stateless layers to every time step at once by folding time into the batch.
 
@@ -237,7 +261,9 @@ class _Running:
 class SpikeMonitor:
     """Exact firing statistics through forward hooks; use as a context manager around forward passes.
 
-    For every :class:`LIF` layer it records the output firing rate (spikes per neuron per time step); for every
+    For every spiking layer (:func:`spiking_layers`: each :class:`LIF` and each snntorch neuron outside one, so a
+    model written with snntorch's own neurons is watched too) it records the output firing rate (spikes per neuron
+    per time step; an snntorch neuron called once per step adds every call); for every
     weight layer (Conv1d/2d/3d, Linear) the mean value of its input (the input firing rate when the input is
     spikes), whether that input is analog (anything other than 0/1 in any call seen), the number of
     output positions per time step and sample (H_out * W_out for Conv2d, 1 for Linear on ``[N, F]``) and, per
@@ -268,8 +294,9 @@ class SpikeMonitor:
         self.weights: Dict[str, int] = {}
 
     def __enter__(self) -> "SpikeMonitor":
+        spiking = {id(m) for _, m in spiking_layers(self.model)}
         for name, module in self.model.named_modules():
-            if isinstance(module, LIF):
+            if id(module) in spiking:
                 self._out[name] = _Running()
                 self._handles.append(module.register_forward_hook(self._spike_hook(name)))
             elif isinstance(module, WEIGHT_LAYERS):
@@ -285,8 +312,10 @@ class SpikeMonitor:
         self._handles.clear()
 
     def _spike_hook(self, name: str):
-        def hook(module: nn.Module, inputs, output: Tensor) -> None:
-            self._out[name].add(output)
+        def hook(module: nn.Module, inputs, output: Any) -> None:
+            spikes = spikes_of(output)  # an snntorch neuron may return (spk, mem) or (spk, syn, mem)
+            if spikes is not None:
+                self._out[name].add(spikes)
 
         return hook
 
@@ -352,11 +381,11 @@ class SpikeMonitor:
         return {name: bool(flag) for name, flag in self._analog.items()}
 
     def firing_rates(self) -> Dict[str, float]:
-        """Spikes per neuron per time step of each LIF layer, by module name."""
+        """Spikes per neuron per time step of each spiking layer (LIF or snntorch neuron), by module name."""
         return {name: r.mean() for name, r in self._out.items() if r.count}
 
     def activation_sparsity(self) -> Optional[float]:
-        """1 - spikes / (neurons x time steps) over every LIF layer together (None when no LIF layer fired or not)."""
+        """1 - spikes / (neurons x time steps) over every spiking layer together (None when none was called)."""
         runs = [r for r in self._out.values() if r.count]
         if not runs:
             return None

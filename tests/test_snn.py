@@ -350,3 +350,44 @@ def test_spike_monitor_removes_its_hooks_when_the_forward_fails():
         with SpikeMonitor(net, T=4):
             simulate(net, torch.zeros(1, 5), 4)  # wrong input width
     assert all(len(m._forward_hooks) == 0 for m in net.modules())
+
+
+def test_spike_monitor_watches_snntorch_neurons_of_an_own_loop_model():
+    """A model written as snntorch's tutorials write it (its own time loop, ``snn.Leaky`` and ``snn.Synaptic``
+    returning tuples) gets the firing rate of each neuron, counted by hand from the spikes it returns; a LIF's inner
+    Leaky is not listed twice."""
+    import snntorch as snn
+
+    torch.manual_seed(0)
+
+    class OwnLoop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.lif1 = nn.Linear(4, 6), snn.Leaky(beta=0.5)
+            self.fc2, self.syn2 = nn.Linear(6, 3), snn.Synaptic(alpha=0.5, beta=0.5)
+            self.record: list = []
+
+        def forward(self, x: Tensor) -> Tensor:  # [T, B, 4] -> [T, B, 3]
+            mem1 = self.lif1.init_leaky()
+            syn2, mem2 = self.syn2.init_synaptic()
+            out = []
+            for x_t in x:
+                spk1, mem1 = self.lif1(self.fc1(x_t) * 3, mem1)
+                spk2, syn2, mem2 = self.syn2(self.fc2(spk1) * 3, syn2, mem2)
+                self.record.append((spk1, spk2))
+                out.append(spk2)
+            return torch.stack(out)
+
+    net = OwnLoop()
+    with torch.no_grad(), SpikeMonitor(net, T=5) as mon:
+        net(torch.rand(5, 7, 4))
+    spk1 = torch.stack([a for a, _ in net.record])
+    spk2 = torch.stack([b for _, b in net.record])
+    assert 0 < spk1.mean() < 1  # the hand count is not trivially 0 or 1
+    by_hand = {"lif1": float(spk1.sum()) / spk1.numel(), "syn2": float(spk2.sum()) / spk2.numel()}
+    assert mon.firing_rates() == pytest.approx(by_hand, rel=1e-12)
+
+    zoo = nn.Sequential(nn.Linear(4, 3), LIF(NeuronConfig()))
+    with torch.no_grad(), SpikeMonitor(zoo, T=2) as mon:
+        simulate(zoo, torch.rand(3, 4), 2)
+    assert list(mon.firing_rates()) == ["1"]  # the LIF, not also its inner snntorch Leaky
