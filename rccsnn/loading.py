@@ -10,7 +10,7 @@ Every file is read with ``torch.load(weights_only=True)`` first, so nothing in i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -83,7 +83,27 @@ def model_and_data(path: Optional[str | Path], *, model: Optional[str] = None, t
     evaluate, report and export measure on."""
     loaded = load_model_file(path, model=model, trust=trust, data=data, T=T, encoding=encoding)
     ENCODERS.get(loaded.spec.encoding)
+    data = recorded_data(loaded, path, data)
     return loaded, data.load(default=loaded.spec.data)
 
 
-__all__ = ["DataSource", "load_model", "load_model_file", "model_and_data"]
+def recorded_data(loaded: LoadedModel, path: Optional[str | Path], data: DataSource) -> DataSource:
+    """``data`` with the data file the model file recorded filled in where the user gave none.
+
+    A model trained or compressed on a file (an npz) records its path in the checkpoint's recipe, so ``evaluate``,
+    ``report`` and ``export`` of it need no repeated ``--data-path``. The recorded path is used as it was written
+    when it exists from here, else relative to the model file's directory (a run directory moved with its data);
+    otherwise as written, and the loader's error names it. A ``--data`` naming another data set, or a
+    ``--data-path``, is the user's choice and wins.
+    """
+    recorded = (loaded.recipe or {}).get("data") or {}
+    trained_on = recorded.get("name") or loaded.spec.data
+    if data.path is not None or not recorded.get("path") or (data.name or loaded.spec.data) != trained_on:
+        return data
+    written = Path(str(recorded["path"]))
+    beside = Path(path).parent / written if path is not None and not written.is_absolute() else written
+    chosen = written if written.exists() or not beside.exists() else beside
+    return replace(data, path=str(chosen))
+
+
+__all__ = ["DataSource", "load_model", "load_model_file", "model_and_data", "recorded_data"]

@@ -359,3 +359,38 @@ def test_train_set_values_survive_absent_flags(tmp_path):
     args = build_parser().parse_args(["train", "recipe.yaml", "--set", "optim.lr=0.3", "--set", "seed=7"])
     overrides = config_overrides(args, {"optim.lr": args.lr, "seed": args.seed, "out": args.out})
     assert overrides == {"optim.lr": 0.3, "seed": 7}
+
+
+def test_evaluate_finds_the_data_file_the_model_recorded(tmp_path, monkeypatch, capsys):
+    """A model trained on an npz records its path: evaluate needs no --data-path, from the directory it was trained
+    in or after the run directory and the data moved together; --data-path still wins."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    work = tmp_path / "work"
+    work.mkdir()
+    np.savez(work / "d.npz", x=(bunch.data[:200].reshape(-1, 1, 8, 8) / 16.0).astype(np.float32),
+             y=bunch.target[:200].astype(np.int64))
+    np.savez(work / "other.npz", x=(bunch.data[200:290].reshape(-1, 1, 8, 8) / 16.0).astype(np.float32),
+             y=bunch.target[200:290].astype(np.int64))
+    monkeypatch.chdir(work)
+    (work / "r.yaml").write_text(helpers.TINY_RECIPE.replace("{name: digits,", "{name: npz, path: d.npz,"))
+    code, _, err = cli("train", "r.yaml", "--out", "run", "--no-progress", "--device", "cpu")
+    assert code == 0, err
+
+    def samples(*extra):
+        code, _, err = cli("evaluate", "run/model.pt", "--split", "val", "--json", "e.json", *extra)
+        assert code == 0, err
+        return json.loads((work / "e.json").read_text())["samples"]
+
+    assert samples() == 30  # 15 % of the 200 samples of d.npz, with no --data-path
+    assert samples("--data-path", "other.npz") == 14  # the user's file wins (15 % of 90)
+    # The run directory and its data move together: the recorded relative path resolves beside the model file.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(str(work / "run"), moved / "run")
+    shutil.move(str(work / "d.npz"), moved / "run" / "d.npz")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("evaluate", moved / "run" / "model.pt", "--split", "val", "--json", tmp_path / "m.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "m.json").read_text())["samples"] == 30
