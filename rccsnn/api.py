@@ -25,10 +25,10 @@ import torch
 from rccsnn.compression import RunResult
 from rccsnn.compression import compress as compress_loaded
 from rccsnn.config import CompressConfig, TrainConfig, from_dict, read_yaml, set_path
-from rccsnn.data import DataSplits, load_data
+from rccsnn.data import DataSplits
 from rccsnn.formats import ExportResult
 from rccsnn.formats import export as export_loaded
-from rccsnn.loading import load_model
+from rccsnn.loading import DataSource, fill_recorded_data, load_model, recorded_data
 from rccsnn.metrics import check_fit
 from rccsnn.metrics import evaluate as evaluate_loaded
 from rccsnn.metrics import report as report_loaded
@@ -62,9 +62,14 @@ def _loaded(model: Model) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else load_model(model)
 
 
-def _data(data: Data, loaded: LoadedModel) -> DataSplits:
-    """The data set to measure ``loaded`` on (by default the one its file recorded), checked to fit it."""
-    splits = data if isinstance(data, DataSplits) else load_data(data or loaded.spec.data)
+def _data(data: Data, loaded: LoadedModel, model: Model) -> DataSplits:
+    """The data set to measure ``loaded`` on (by default the one its file recorded, its data file included), checked
+    to fit it."""
+    if isinstance(data, DataSplits):
+        splits = data
+    else:
+        path = None if isinstance(model, LoadedModel) else model
+        splits = recorded_data(loaded, path, DataSource(name=data)).load(default=loaded.spec.data)
     check_fit(loaded, splits)
     return splits
 
@@ -100,6 +105,7 @@ def compress(model: Model, budgets: Optional[Mapping[str, float]] = None, *,
     overrides.setdefault("model", loaded.spec.arch if isinstance(model, LoadedModel) else str(model))
     overrides.update({f"budgets.{name}": fraction for name, fraction in (budgets or {}).items()})
     cfg = _config(CompressConfig, config, overrides)
+    fill_recorded_data(cfg.data, loaded, None if isinstance(model, LoadedModel) else model)
     return compress_loaded(cfg, loaded, resume=resume, overwrite=overwrite, progress=progress)
 
 
@@ -107,7 +113,7 @@ def evaluate(model: Model, *, data: Data = None, split: str = "test", device: Un
              batch_size: int = 512) -> Dict[str, Any]:
     """Accuracy, weights, nonzero weights, MACs and firing rates of ``model`` on ``split`` (``rccsnn evaluate``)."""
     loaded = _loaded(model)
-    return evaluate_loaded(loaded, _data(data, loaded), split, _device(device), batch_size=batch_size)
+    return evaluate_loaded(loaded, _data(data, loaded, model), split, _device(device), batch_size=batch_size)
 
 
 def report(model: Model, *, data: Data = None, split: str = "val", device: Union[str, torch.device] = "auto",
@@ -118,7 +124,7 @@ def report(model: Model, *, data: Data = None, split: str = "val", device: Union
     """
     loaded = _loaded(model)
     file = None if isinstance(model, LoadedModel) else str(model)
-    return report_loaded(loaded, _data(data, loaded), split, _device(device), batch_size=batch_size, file=file)
+    return report_loaded(loaded, _data(data, loaded, model), split, _device(device), batch_size=batch_size, file=file)
 
 
 def export(model: Model, out: Union[str, Path], *, format: str = "compact", dtype: str = "float32",
@@ -127,7 +133,7 @@ def export(model: Model, out: Union[str, Path], *, format: str = "compact", dtyp
     """Write ``model`` as a compact sparse file or a NIR graph (``rccsnn export``); see :func:`rccsnn.formats.export`.
     An existing ``out`` is replaced only with ``overwrite``."""
     loaded = _loaded(model)
-    splits = _data(data, loaded) if split is not None else None
+    splits = _data(data, loaded, model) if split is not None else None
     return export_loaded(loaded, out, format=format, dtype=dtype, per_channel=per_channel, data=splits, split=split,
                          device=device, overwrite=overwrite)
 

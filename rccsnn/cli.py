@@ -303,10 +303,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     cfg = load_config(CompressConfig, args.config, overrides)
     args.model_file = cfg.model
     join_run(cfg.device, cfg.data.batch_size)
-    # cfg.out stays unset without --out: compress() claims a version of the default name.
-    args.resume = resume_after_restart(args.resume, distributed.on_main(lambda: str(find_run_dir(cfg))))
+    from rccsnn.loading import fill_recorded_data
+
     # On every process: a node that cannot read the model stops the run with its message.
     loaded = distributed.agreed(lambda: load_model_file(args))
+    # Before the run directory is named: its settings include the data file.
+    fill_recorded_data(cfg.data, loaded, cfg.model)
+    # cfg.out stays unset without --out: compress() claims a version of the default name.
+    args.resume = resume_after_restart(args.resume, distributed.on_main(lambda: str(find_run_dir(cfg))))
     result = compress(cfg, loaded, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(summary_table(result))
     print(f"compressed model: {result.checkpoint}  ({result.wall_seconds:.1f} s)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
@@ -106,4 +106,12 @@ def recorded_data(loaded: LoadedModel, path: Optional[str | Path], data: DataSou
     return replace(data, path=str(chosen))
 
 
-__all__ = ["DataSource", "load_model", "load_model_file", "model_and_data", "recorded_data"]
+def fill_recorded_data(data: Any, loaded: LoadedModel, path: Optional[str | Path]) -> None:
+    """Set ``data.path`` (a config's data section: ``name``, ``path``) to the data file the model recorded when the
+    config names none (:func:`recorded_data`), so that compressing a model trained on an npz needs no repeated
+    ``--data-path`` and the compressed file records the file too."""
+    if data.path is None:
+        data.path = recorded_data(loaded, path, DataSource(name=data.name)).path
+
+
+__all__ = ["DataSource", "fill_recorded_data", "load_model", "load_model_file", "model_and_data", "recorded_data"]

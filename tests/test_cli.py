@@ -385,6 +385,21 @@ def test_evaluate_finds_the_data_file_the_model_recorded(tmp_path, monkeypatch, 
 
     assert samples() == 30  # 15 % of the 200 samples of d.npz, with no --data-path
     assert samples("--data-path", "other.npz") == 14  # the user's file wins (15 % of 90)
+    # compress too, and the compressed file records the file again.
+    code, _, err = cli("compress", "run/model.pt", "--budget", "0.5", "--epochs", "1", "--out", "c", "--no-progress",
+                       "--device", "cpu")
+    assert code == 0, err
+    assert torch.load(work / "c" / "model.pt", weights_only=True)["recipe"]["data"]["path"] == "d.npz"
+    code, _, err = cli("evaluate", "c/model.pt", "--split", "val", "--json", "c.json")
+    assert code == 0, err
+    assert json.loads((work / "c.json").read_text())["samples"] == 30
+    # The library calls do the same.
+    import rccsnn
+
+    assert rccsnn.evaluate("run/model.pt", split="val", device="cpu")["samples"] == 30
+    rccsnn.compress("run/model.pt", {"params": 0.5}, settings={"optim.epochs": 1, "out": "c2", "device": "cpu"},
+                    progress=False)
+    assert torch.load(work / "c2" / "model.pt", weights_only=True)["recipe"]["data"]["path"] == "d.npz"
     # The run directory and its data move together: the recorded relative path resolves beside the model file.
     moved = tmp_path / "moved"
     moved.mkdir()
