@@ -96,7 +96,9 @@ def recorded_data(loaded: LoadedModel, path: Optional[str | Path], data: DataSou
     otherwise as written, and the loader's error names it. A ``--data`` naming another data set, or a
     ``--data-path``, is the user's choice and wins.
     """
-    recorded = (loaded.recipe or {}).get("data") or {}
+    recorded = (loaded.recipe or {}).get("data")
+    if not isinstance(recorded, dict):  # a recipe is free-form (a panel model records "data": "digits")
+        return data
     trained_on = recorded.get("name") or loaded.spec.data
     if data.path is not None or not recorded.get("path") or (data.name or loaded.spec.data) != trained_on:
         return data

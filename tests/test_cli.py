@@ -409,3 +409,14 @@ def test_evaluate_finds_the_data_file_the_model_recorded(tmp_path, monkeypatch, 
     code, _, err = cli("evaluate", moved / "run" / "model.pt", "--split", "val", "--json", tmp_path / "m.json")
     assert code == 0, err
     assert json.loads((tmp_path / "m.json").read_text())["samples"] == 30
+
+
+@pytest.mark.parametrize("recipe", [{}, {"data": "digits"}, {"data": None}, {"data": {"name": "npz"}}])
+def test_recorded_data_ignores_recipes_that_record_no_file(recipe):
+    """A recipe is free-form (benchmarks record ``"data": "digits"``): no data file recorded, nothing filled in."""
+    from rccsnn.loading import DataSource, recorded_data
+    from rccsnn.models.checkpoint import LoadedModel, ModelSpec
+
+    loaded = LoadedModel(net=torch.nn.Linear(1, 1), recipe=recipe,
+                         spec=ModelSpec(arch="x", input_shape=(1,), num_classes=2, data="npz", T=1))
+    assert recorded_data(loaded, "m.pt", DataSource()) == DataSource()
