@@ -27,9 +27,7 @@ Exit code 0 when it ran (whatever the figures say), 2 for bad input (one line), 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
-import io
 import json
 import sys
 from dataclasses import dataclass
@@ -116,12 +114,7 @@ def tutorial_checkpoint(given: Optional[str], out: Path, pretrain_epochs: Option
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    epochs = pretrain_epochs or pm.PANEL[TUTORIAL].epochs
-    print(f"pretraining {TUTORIAL} ({epochs} epochs, seed 0) -> {path}", flush=True)
-    with contextlib.redirect_stdout(io.StringIO()):  # the Trainer's line per epoch
-        metrics = pm.pretrain(TUTORIAL, path, pretrain_epochs)
-    print(f"  {TUTORIAL}: test {100 * metrics['test_accuracy']:.2f} %, val {100 * metrics['val_accuracy']:.2f} %",
-          flush=True)
+    pm.pretrain_announced(TUTORIAL, path, pretrain_epochs)
     return path
 
 

@@ -299,6 +299,20 @@ def pretrain(name: str, path: Path, epochs: Optional[int] = None, progress: bool
     return metrics
 
 
+def pretrain_announced(name: str, path: Path, epochs: Optional[int] = None) -> Dict[str, float]:
+    """:func:`pretrain` as the benchmarks run it: one line before, the accuracies after, the Trainer's line per epoch
+    silenced."""
+    import contextlib
+    import io
+
+    print(f"pretraining {name} ({recipe(name, epochs)['panel_model']['epochs']} epochs, seed 0) -> {path}", flush=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        metrics = pretrain(name, path, epochs)
+    print(f"  {name}: test {100 * metrics['test_accuracy']:.2f} %, val {100 * metrics['val_accuracy']:.2f} %",
+          flush=True)
+    return metrics
+
+
 def prunable_weights(net: nn.Module) -> int:
     """Weights of the conv/linear layers rccsnn prunes by default (all but the first)."""
     from rccsnn.masks import find_targets

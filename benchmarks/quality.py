@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 import contextlib
-import io
 import json
 import math
 import os
@@ -143,11 +142,7 @@ def ensure_pretrained(names: Sequence[str], out: Path, epochs: Optional[int]) ->
                 raise UserError(f"{path} was pretrained with another recipe ({have}, not {want}); delete it or "
                                 f"choose another --out")
             continue
-        print(f"pretraining {name} ({want['panel_model']['epochs']} epochs, seed 0) -> {path}", flush=True)
-        with contextlib.redirect_stdout(io.StringIO()):  # the Trainer's line per epoch
-            metrics = pm.pretrain(name, path, epochs)
-        print(f"  {name}: test {100 * metrics['test_accuracy']:.2f} %, val {100 * metrics['val_accuracy']:.2f} %",
-              flush=True)
+        pm.pretrain_announced(name, path, epochs)
     return paths
 
 
