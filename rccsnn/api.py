@@ -62,14 +62,18 @@ def _loaded(model: Model) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else load_model(model)
 
 
+def _file(model: Model) -> Optional[str]:
+    """The model file ``model`` names; ``None`` for a model object."""
+    return None if isinstance(model, LoadedModel) else str(model)
+
+
 def _data(data: Data, loaded: LoadedModel, model: Model) -> DataSplits:
     """The data set to measure ``loaded`` on (by default the one its file recorded, its data file included), checked
     to fit it."""
     if isinstance(data, DataSplits):
         splits = data
     else:
-        path = None if isinstance(model, LoadedModel) else model
-        splits = recorded_data(loaded, path, DataSource(name=data)).load(default=loaded.spec.data)
+        splits = recorded_data(loaded, _file(model), DataSource(name=data)).load(default=loaded.spec.data)
     check_fit(loaded, splits)
     return splits
 
@@ -102,10 +106,10 @@ def compress(model: Model, budgets: Optional[Mapping[str, float]] = None, *,
     loaded = _loaded(model)
     overrides: Dict[str, Any] = dict(settings or {})
     # ``model`` names the run directory (and is recorded in config.yaml); an object is named after its architecture.
-    overrides.setdefault("model", loaded.spec.arch if isinstance(model, LoadedModel) else str(model))
+    overrides.setdefault("model", _file(model) or loaded.spec.arch)
     overrides.update({f"budgets.{name}": fraction for name, fraction in (budgets or {}).items()})
     cfg = _config(CompressConfig, config, overrides)
-    fill_recorded_data(cfg.data, loaded, None if isinstance(model, LoadedModel) else model)
+    fill_recorded_data(cfg.data, loaded, _file(model))
     return compress_loaded(cfg, loaded, resume=resume, overwrite=overwrite, progress=progress)
 
 
@@ -123,8 +127,8 @@ def report(model: Model, *, data: Data = None, split: str = "val", device: Union
     The default split is the validation split, on which compression measured the budgets.
     """
     loaded = _loaded(model)
-    file = None if isinstance(model, LoadedModel) else str(model)
-    return report_loaded(loaded, _data(data, loaded, model), split, _device(device), batch_size=batch_size, file=file)
+    return report_loaded(loaded, _data(data, loaded, model), split, _device(device), batch_size=batch_size,
+                         file=_file(model))
 
 
 def export(model: Model, out: Union[str, Path], *, format: str = "compact", dtype: str = "float32",
