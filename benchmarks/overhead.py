@@ -30,7 +30,7 @@ from rccsnn.methods.base import CompressionMethod, Constraint, Problem
 from rccsnn.methods.minimax import Minimax, MinimaxEngine
 from rccsnn.models import build_model
 from rccsnn.resources import RESOURCES, LayerStats, stats_from_monitor
-from rccsnn.snn import LOSSES, NeuronConfig, SpikeMonitor, simulate
+from rccsnn.snn import LOSSES, NeuronConfig, SpikeMonitor, forward, simulate
 
 #: input shape, architecture arguments, T and batch of each zoo model as it is used: the shipped digits model with
 #: rccsnn compress's default batch, the CIFAR-10 models with the paper's T = 8 (Cifar10Net) and batch 16.
@@ -64,8 +64,7 @@ class Stepper:
         """Seconds for one training step (forward, backward, optimizer, the method's hooks)."""
         t0 = time.perf_counter()
         self.method.before_forward(self.step_index)
-        counts = simulate(self.net, x, self.T)
-        loss = self.loss_fn(counts, y, self.T)
+        loss = self.loss_fn(forward(self.net, x, self.T), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.method.after_backward(self.step_index)

@@ -52,11 +52,19 @@ def add_data_options(p: argparse.ArgumentParser, default_hint: str) -> None:
 def add_model_file_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model file")
     g.add_argument("--model", metavar="PKG.MODULE:FACTORY",
-                   help="architecture of a bare state_dict: a function returning a multi-step nn.Module")
+                   help="architecture of a bare state_dict: a function returning the nn.Module as written "
+                        "(single-step or multi-step snntorch network)")
+    g.add_argument("--model-steps", choices=("single", "multi"),
+                   help="the model's contract: single (forward(x_t [B, ...]), state in init_hidden neurons) or "
+                        "multi (forward(x [T, B, ...])); default: detected by one probe forward")
     g.add_argument("--trust-checkpoint", action="store_true",
                    help="allow loading a pickled module (runs code from the file; only for files you trust)")
     g.add_argument("--T", type=int, metavar="STEPS", help="time steps, for files that do not record them")
-    g.add_argument("--encoding", help="input encoding (direct or rate), for files that do not record it")
+    g.add_argument("--encoding", help="input encoding (direct, rate, or none for time-major event data), for files "
+                                      "that do not record it")
+    g.add_argument("--loss", help="training and evaluation loss: ce (spike-count cross-entropy, default), rate_ce, "
+                                  "count_mse, mse, mem_ce (output membrane, snntorch tutorial 5), mem_max_ce; "
+                                  "default: the one the file records")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
@@ -237,7 +245,8 @@ def model_file_options(args: argparse.Namespace) -> Dict[str, Any]:
     from rccsnn.loading import DataSource
 
     data = DataSource(name=args.data, root=args.data_root or "data", path=args.data_path, download=bool(args.download))
-    return dict(model=args.model, trust=args.trust_checkpoint, data=data, T=args.T, encoding=args.encoding)
+    return dict(model=args.model, trust=args.trust_checkpoint, data=data, T=args.T, encoding=args.encoding,
+                loss=args.loss, steps=args.model_steps)
 
 
 def load_model_file(args: argparse.Namespace):

@@ -158,7 +158,8 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     torch.manual_seed(distributed.rank_seed(cfg.seed))
 
     def stats_now() -> LayerStats:
-        return measure_stats(net, targets, val_loader, spec.T, spec.encoding, device, across_ranks=True)
+        return measure_stats(net, targets, val_loader, spec.T, spec.encoding, device, across_ranks=True,
+                             steps=spec.steps)
 
     dense_stats = stats_now()
     dense = resource_table(targets, dense_stats, cfg.resources)

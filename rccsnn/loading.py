@@ -18,7 +18,8 @@ from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.formats.compact import is_compact_file, load_compact
 from rccsnn.models.checkpoint import LoadedModel, ModelSpec, load_checkpoint
-from rccsnn.snn import ENCODERS
+from rccsnn.contracts import STEPS
+from rccsnn.snn import ENCODERS, LOSSES
 
 
 @dataclass(frozen=True)
@@ -56,33 +57,39 @@ def load_model(path: str | Path, model: Optional[str] = None, trust: bool = Fals
 
 
 def load_model_file(path: Optional[str | Path], *, model: Optional[str] = None, trust: bool = False,
-                    data: DataSource = DataSource(), T: Optional[int] = None,
-                    encoding: Optional[str] = None) -> LoadedModel:
+                    data: DataSource = DataSource(), T: Optional[int] = None, encoding: Optional[str] = None,
+                    loss: Optional[str] = None, steps: Optional[str] = None) -> LoadedModel:
     """:func:`load_model` with the model-file options of the CLI: a file that records no spec (a state_dict with
-    ``model``, a trusted pickled module) runs on ``data`` (its class count) with ``T`` (default 4) and ``encoding``
-    (default direct); ``T`` and ``encoding`` also override what a file recorded."""
+    ``model``, a trusted pickled module) runs on ``data`` (its sample shape and class count) with ``T`` (default
+    4), ``encoding`` (default direct), ``loss`` (default ce) and the contract ``steps`` (default: detected by a
+    probe forward, :mod:`rccsnn.contracts`); the four also override what a file recorded."""
     fallback = None
     if model or trust:
         splits = data.load()
-        fallback = ModelSpec(arch=model or "pickled-module", input_shape=(), num_classes=splits.num_classes,
-                             data=data.name or "digits", T=T or 4, encoding=encoding or "direct")
+        events = getattr(splits, "steps", None)  # time steps of event data (samples [T, ...]); None for static
+        fallback = ModelSpec(arch=model or "pickled-module", input_shape=tuple(splits.input_shape),
+                             num_classes=splits.num_classes, data=data.name or "digits", T=T or events or 4,
+                             encoding=encoding or ("none" if events else "direct"), loss=loss or "ce",
+                             steps=steps or "auto")
+        ENCODERS.get(fallback.encoding)
+        LOSSES.get(fallback.loss)
     if path is None:
         raise UserError("no model file: give MODEL (or 'model:' in the config)")
     loaded = load_model(path, model=model, trust=trust, fallback=fallback)
-    if T:
-        loaded.spec.T = T
-    if encoding:
-        loaded.spec.encoding = encoding
+    for name, value in (("T", T), ("encoding", encoding), ("loss", loss), ("steps", steps)):
+        if value:
+            setattr(loaded.spec, name, value)
+    ENCODERS.get(loaded.spec.encoding)
+    LOSSES.get(loaded.spec.loss)
+    STEPS.get(loaded.spec.steps)
     return loaded
 
 
-def model_and_data(path: Optional[str | Path], *, model: Optional[str] = None, trust: bool = False,
-                   data: DataSource = DataSource(), T: Optional[int] = None,
-                   encoding: Optional[str] = None) -> Tuple[LoadedModel, DataSplits]:
-    """The model file and its data set (by default the one it recorded), with the model's encoding checked: what
-    evaluate, report and export measure on."""
-    loaded = load_model_file(path, model=model, trust=trust, data=data, T=T, encoding=encoding)
-    ENCODERS.get(loaded.spec.encoding)
+def model_and_data(path: Optional[str | Path], *, data: DataSource = DataSource(),
+                   **options: Any) -> Tuple[LoadedModel, DataSplits]:
+    """The model file (``options`` as :func:`load_model_file` takes them) and its data set (by default the one it
+    recorded): what evaluate, report and export measure on."""
+    loaded = load_model_file(path, data=data, **options)
     data = recorded_data(loaded, path, data)
     return loaded, data.load(default=loaded.spec.data)
 

@@ -127,7 +127,8 @@ def stats_from_monitor(mon: SpikeMonitor, targets: Sequence[Target]) -> LayerSta
 
 @torch.no_grad()
 def measure_stats(net: nn.Module, targets: Sequence[Target], loader: DataLoader, T: int, encoding: str,
-                  device: torch.device, max_batches: int | None = None, across_ranks: bool = False) -> LayerStats:
+                  device: torch.device, max_batches: int | None = None, across_ranks: bool = False,
+                  steps: str = "multi") -> LayerStats:
     """Run ``net`` in eval mode over ``loader`` (all of it unless ``max_batches``) and collect :class:`LayerStats`,
     the per-tap counts included (exact: every input element seen).
 
@@ -141,7 +142,7 @@ def measure_stats(net: nn.Module, targets: Sequence[Target], loader: DataLoader,
         for i, (x, _) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            simulate(net, x.to(device), T, encoding)
+            simulate(net, x.to(device), T, encoding, steps)
     net.train(was_training)
     if across_ranks:
         mon.all_reduce()

@@ -15,9 +15,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+import snntorch.functional as SF
 from snntorch import Leaky, SpikingNeuron, surrogate
 from torch import Tensor, nn
 
+from rccsnn.contracts import Readout, run
 from rccsnn.errors import UserError
 from rccsnn.registry import Registry
 
@@ -204,6 +206,15 @@ def direct_encoding(x: Tensor, T: int) -> Tensor:
     return x.unsqueeze(0).expand(T, *x.shape)
 
 
+@ENCODERS.register("none")
+def no_encoding(x: Tensor, T: int) -> Tensor:
+    """Input that is already time-major, ``[T, B, ...]`` (event data), passed through as it is."""
+    if x.dim() < 2 or x.shape[0] != T:
+        raise UserError(f"encoding 'none' takes time-major input [T, B, ...] with T = {T}, got a batch of shape "
+                        f"{list(x.shape)}")
+    return x
+
+
 @ENCODERS.register("rate")
 def rate_encoding(x: Tensor, T: int) -> Tensor:
     """Bernoulli spikes with probability ``clamp(x, 0, 1)`` per step: ``[B, ...] -> [T, B, ...]`` in {0, 1}."""
@@ -212,28 +223,74 @@ def rate_encoding(x: Tensor, T: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- losses
-LOSSES: Registry[Callable[[Tensor, Tensor, int], Tensor]] = Registry("loss")
+#: Training losses, by name: ``loss(readout, target [B]) -> scalar``. All but ``mse`` are snntorch.functional's own
+#: criteria, applied as snntorch's tutorials apply them; ``mse`` is the minimax reference's rate loss.
+LOSSES: Registry[Callable[[Readout, Tensor], Tensor]] = Registry("loss")
 
 
 @LOSSES.register("ce")
-def count_cross_entropy(counts: Tensor, target: Tensor, T: int) -> Tensor:
-    """Cross-entropy with spike counts ``[B, K]`` as logits; ``target`` is ``[B]`` class indices."""
-    return F.cross_entropy(counts, target)
+def count_cross_entropy(out: Readout, target: Tensor) -> Tensor:
+    """Cross-entropy with the output spike counts ``[B, K]`` as logits (``snntorch.functional.ce_count_loss``)."""
+    return SF.ce_count_loss()(out.spikes, target)
+
+
+@LOSSES.register("rate_ce")
+def rate_cross_entropy(out: Readout, target: Tensor) -> Tensor:
+    """Cross-entropy with each step's spikes as logits, averaged over the T steps (``ce_rate_loss``)."""
+    return SF.ce_rate_loss()(out.spikes, target).reshape(())
+
+
+@LOSSES.register("count_mse")
+def count_mse(out: Readout, target: Tensor) -> Tensor:
+    """Mean squared error of the spike counts against 0.8 T for the target class and 0.2 T for the others
+    (``mse_count_loss(correct_rate=0.8, incorrect_rate=0.2)``, as snntorch's tutorials 6 and 7 train)."""
+    return SF.mse_count_loss(correct_rate=0.8, incorrect_rate=0.2)(out.spikes, target)
 
 
 @LOSSES.register("mse")
-def rate_mse(counts: Tensor, target: Tensor, T: int) -> Tensor:
+def rate_mse(out: Readout, target: Tensor) -> Tensor:
     """Mean squared error between firing rates ``counts / T`` and the one-hot target (the minimax reference's loss)."""
-    return F.mse_loss(counts / T, F.one_hot(target, counts.shape[-1]).to(counts.dtype))
+    counts = out.counts
+    return F.mse_loss(counts / out.T, F.one_hot(target, counts.shape[-1]).to(counts.dtype))
 
 
-def simulate(net: nn.Module, x: Tensor, T: int, encoding: str = "direct") -> Tensor:
-    """Encode ``x [B, ...]``, run ``net`` for ``T`` steps and decode by spike count.
+def _membrane(out: Readout, loss: str) -> Tensor:
+    if out.mem is None:
+        raise UserError(f"loss '{loss}' trains on the output membrane, but the model returns spikes only "
+                        f"[T, B, K]; return (spk, mem) (e.g. the last neuron with output=True) or choose --loss ce")
+    return out.mem
+
+
+@LOSSES.register("mem_ce")
+def membrane_cross_entropy(out: Readout, target: Tensor) -> Tensor:
+    """Cross-entropy with each step's output membrane as logits, averaged over the T steps (``ce_rate_loss`` on
+    the membrane: snntorch tutorial 5's loss, which sums over the steps, divided by T)."""
+    return SF.ce_rate_loss()(_membrane(out, "mem_ce"), target).reshape(())
+
+
+@LOSSES.register("mem_max_ce")
+def max_membrane_cross_entropy(out: Readout, target: Tensor) -> Tensor:
+    """Cross-entropy with the output membrane's maximum over time as logits (``ce_max_membrane_loss``)."""
+    return SF.ce_max_membrane_loss()(_membrane(out, "mem_max_ce"), target)
+
+
+def forward(net: nn.Module, x: Tensor, T: int, encoding: str = "direct", steps: str = "multi") -> Readout:
+    """Encode ``x`` (``[B, ...]``, or ``[T, B, ...]`` for ``encoding="none"``) and run ``net`` for ``T`` steps under
+    its contract ``steps`` (:mod:`rccsnn.contracts`).
+
+    Returns:
+        the :class:`~rccsnn.contracts.Readout`: output spikes ``[T, B, K]`` and, if the net returns it, membrane.
+    """
+    return run(net, ENCODERS.get(encoding)(x, T), steps)
+
+
+def simulate(net: nn.Module, x: Tensor, T: int, encoding: str = "direct", steps: str = "multi") -> Tensor:
+    """:func:`forward`, decoded by spike count.
 
     Returns:
         ``[B, K]`` output spike counts (in [0, T] for spiking outputs), usable as logits.
     """
-    return net(ENCODERS.get(encoding)(x, T)).sum(0)
+    return forward(net, x, T, encoding, steps).counts
 
 
 # ----------------------------------------------------------------------------------------------- monitor

@@ -36,7 +36,7 @@ from rccsnn.methods.base import CompressionMethod
 from rccsnn.models.checkpoint import ModelSpec, atomic_save
 from rccsnn.monitor import Monitor
 from rccsnn.rundir import RunDir
-from rccsnn.snn import LOSSES, SpikeMonitor, simulate
+from rccsnn.snn import LOSSES, SpikeMonitor, forward
 
 
 
@@ -267,8 +267,9 @@ class Trainer:
                 group["lr"] = self.opt.lr * self.lr_factor(self.step)
             self.method.before_forward(self.step)
             try:
-                counts = simulate(self.train_net, x, self.spec.T, self.spec.encoding)
-                loss = self.loss_fn(counts, y, self.spec.T)
+                out = forward(self.train_net, x, self.spec.T, self.spec.encoding, self.spec.steps)
+                counts = out.counts
+                loss = self.loss_fn(out, y)
                 extra = self.method.loss_term(self.step)
                 objective = loss if extra is None else loss + extra
                 # Every process takes the same decision: the mean loss is finite only if every process's is.
@@ -516,8 +517,9 @@ def evaluate_net(net: nn.Module, loader: DataLoader, spec: ModelSpec, device: to
     try:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            counts = simulate(net, x, spec.T, spec.encoding)
-            total_loss += loss_fn(counts, y, spec.T).double() * len(y)
+            out = forward(net, x, spec.T, spec.encoding, spec.steps)
+            counts = out.counts
+            total_loss += loss_fn(out, y).double() * len(y)
             correct += (counts.argmax(1) == y).sum()
             seen += len(y)
     finally:

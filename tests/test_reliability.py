@@ -379,11 +379,11 @@ class LossHook:
     def get(self, name):
         real = snn.LOSSES.get(name)
 
-        def loss(counts, target, T):
-            value = real(counts, target, T)
+        def loss(out, target):
+            value = real(out, target)
             if torch.is_grad_enabled():
                 self.calls += 1
-                value = self.act(self.calls, value, counts)
+                value = self.act(self.calls, value, out.counts)
             return value
 
         return loss

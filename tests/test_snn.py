@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from rccsnn.contracts import Readout
 from rccsnn.errors import UserError
 from rccsnn.snn import (
     ENCODERS,
@@ -218,26 +219,31 @@ def test_rate_encoding_steps_are_independent_draws():
 
 
 def test_encoders_registry():
-    assert ENCODERS.names() == ["direct", "rate"]
+    assert ENCODERS.names() == ["direct", "none", "rate"]
     assert ENCODERS.get("direct") is direct_encoding
-    with pytest.raises(UserError, match="choices: direct, rate"):
+    with pytest.raises(UserError, match="choices: direct, none, rate"):
         ENCODERS.get("poisson")
 
 
 # ----------------------------------------------------------------------------------------------- losses
+def spread(counts: torch.Tensor, T: int) -> torch.Tensor:
+    """Spikes ``[T, B, K]`` whose count over time is ``counts [B, K]`` (integers in [0, T]): the first steps fire."""
+    return (torch.arange(T).view(T, 1, 1) < counts.unsqueeze(0)).float()
+
+
 def test_cross_entropy_on_counts_by_hand():
     counts = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
     target = torch.tensor([0, 1])
     # sample 0: -log(e^2 / (e^2 + 1)) = log(1 + e^-2); sample 1: log 2
     expected = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
-    assert count_cross_entropy(counts, target, 4).item() == pytest.approx(expected, rel=1e-6)
+    assert count_cross_entropy(Readout(spread(counts, 4)), target).item() == pytest.approx(expected, rel=1e-6)
     assert LOSSES.get("ce") is count_cross_entropy
 
 
 def test_rate_mse_by_hand():
     counts = torch.tensor([[2.0, 0.0, 1.0]])
     # rates 0.5, 0, 0.25 against one-hot (0, 1, 0): (0.25 + 1 + 0.0625) / 3
-    assert rate_mse(counts, torch.tensor([1]), 4).item() == pytest.approx(1.3125 / 3, rel=1e-6)
+    assert rate_mse(Readout(spread(counts, 4)), torch.tensor([1])).item() == pytest.approx(1.3125 / 3, rel=1e-6)
     assert LOSSES.get("mse") is rate_mse
 
 

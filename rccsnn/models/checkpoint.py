@@ -7,16 +7,18 @@ A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` reads 
       "arch": "convsnn", "arch_args": {...},          # registry name (or "pkg.module:factory") and its arguments
       "state_dict": {...},                             # tensors; masks are always baked (pruned weights are 0)
       "data": {"name": "digits", "input_shape": [1, 8, 8], "num_classes": 10},
-      "T": 4, "encoding": "direct", "loss": "ce",
+      "T": 4, "encoding": "direct", "loss": "ce", "steps": "multi",   # the model contract (rccsnn.contracts)
       "neuron": {"beta": 0.5, "threshold": 1.0, "reset": "subtract", "surrogate": "atan", "surrogate_alpha": 2.0},
+                                                       # zoo models only: a user model's neurons are its own
       "metrics": {...},                                # e.g. {"val_accuracy": 0.98, "test_accuracy": 0.97}
       "recipe": {...},                                 # the resolved configuration that produced it
       "compression": {...},                            # only in compressed models: method, budgets, resources
     }
 
 Models of the user's own design are supported two ways: a state_dict (bare or inside a dict) plus
-``model="package.module:factory"`` (the factory is called with no arguments and must return a multi-step
-network), or a whole pickled ``nn.Module``, which runs pickled code on load and therefore needs ``trust=True``.
+``model="package.module:factory"`` (the factory is called with no arguments and returns the network as the user
+wrote it, single-step or multi-step: :mod:`rccsnn.contracts`), or a whole pickled ``nn.Module``, which runs pickled
+code on load and therefore needs ``trust=True``. Files written before the contract was recorded are multi-step.
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ from torch import nn
 from rccsnn.version import __version__
 from rccsnn.config import ModelConfig
 from rccsnn.errors import UserError
-from rccsnn.models.registry import build_model
+from rccsnn.contracts import STEPS, detect_steps
+from rccsnn.models.registry import MODELS, build_model
 from rccsnn.rundir import fsync_directory, write_error
 from rccsnn.snn import ENCODERS, LOSSES, NeuronConfig
 
@@ -63,6 +66,7 @@ class ModelSpec(ModelConfig):
     input_shape: Tuple[int, ...]
     num_classes: int
     data: str = "digits"
+    steps: str = "multi"
     arch_args: InitVar[Optional[Dict[str, Any]]] = None
 
     def __post_init__(self, arch_args: Optional[Dict[str, Any]]) -> None:
@@ -150,7 +154,9 @@ def checkpoint_dict(
         "T": spec.T,
         "encoding": spec.encoding,
         "loss": spec.loss,
-        "neuron": spec.neuron.to_dict(),
+        "steps": spec.steps,
+        # The neuron settings build a zoo model; a user model's neurons are in its own code (and weights).
+        "neuron": spec.neuron.to_dict() if is_zoo(spec.arch) else None,
         "metrics": dict(metrics or {}),
         "recipe": dict(recipe or {}),
     }
@@ -171,8 +177,30 @@ def spec_from_checkpoint(raw: Dict[str, Any]) -> ModelSpec:
         T=int(raw["T"]),
         encoding=raw["encoding"],
         loss=raw.get("loss", "ce"),
-        neuron=NeuronConfig(**raw["neuron"]),
+        steps=raw.get("steps", "multi"),
+        # Required to build a zoo model; a user model's file records none.
+        neuron=NeuronConfig(**raw["neuron"]) if is_zoo(raw["arch"]) or raw.get("neuron") else NeuronConfig(),
     )
+
+
+def is_zoo(arch: str) -> bool:
+    """Whether ``arch`` names a registered architecture (built from the spec) rather than user code."""
+    return arch in MODELS
+
+
+def resolve_steps(net: nn.Module, spec: ModelSpec) -> None:
+    """Set ``spec.steps`` to the contract ``net`` keeps when it is ``auto``, by one probe forward on random input
+    of ``spec.input_shape`` (drawn from a private generator: detecting changes no later result); check it
+    otherwise."""
+    if spec.steps != "auto":
+        STEPS.get(spec.steps)
+        return
+    if not spec.input_shape:
+        raise UserError("cannot detect whether the model is single-step or multi-step without its input shape; "
+                        "give --model-steps single|multi")
+    x = torch.rand(2, *spec.input_shape, generator=torch.Generator().manual_seed(0))
+    probe = x.unsqueeze(0).expand(max(spec.T, 2), *x.shape)  # time-major, as every encoding hands it over
+    spec.steps = detect_steps(net, probe)
 
 
 def save_checkpoint(
@@ -344,6 +372,7 @@ def load_checkpoint(
     raw = read_raw(path, trust)
     if isinstance(raw, nn.Module):
         spec = fallback or ModelSpec(arch="pickled-module", input_shape=(), num_classes=0)
+        resolve_steps(raw, spec)
         return LoadedModel(net=raw.eval(), spec=spec)
     if not isinstance(raw, dict):
         raise UserError(f"{path} holds a {type(raw).__name__}, not a checkpoint, state_dict or module")
@@ -358,6 +387,7 @@ def load_checkpoint(
     spec.arch = model
     net = _build(spec, model)
     load_state(net, state, str(path))
+    resolve_steps(net, spec)
     return LoadedModel(net=net.eval(), spec=spec)
 
 
@@ -373,6 +403,7 @@ def from_checkpoint(raw: Dict[str, Any], path: Path, model: Optional[str]) -> Lo
         raise UserError(f"{path}: checkpoint is missing or has a malformed field ({exc})") from None
     ENCODERS.get(spec.encoding)
     LOSSES.get(spec.loss)
+    STEPS.get(spec.steps)
     net = _build(spec, model)
     load_state(net, state, str(path))
     return LoadedModel(
