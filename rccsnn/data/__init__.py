@@ -6,7 +6,7 @@ factory takes and returns) and built with :func:`load_data`.
 from __future__ import annotations
 
 # Importing the data sets registers them.
-from rccsnn.data import digits, npz, vision  # noqa: F401
+from rccsnn.data import digits, events, npz, vision  # noqa: F401
 from rccsnn.data.base import (DATASETS, EVENT_DATASETS, SPLITS, DataSplits, load_data, reject_frames,
                                seeded_split, time_major)
 
