@@ -87,7 +87,7 @@ def prepare(cfg: CompressConfig, loaded: LoadedModel) -> DataSplits:
     """Validate everything that can be checked before any output is written; returns the data."""
     validate_config(cfg)
     data = load_data(cfg.data.name or loaded.spec.data, root=cfg.data.root, download=cfg.data.download,
-                     path=cfg.data.path)
+                     path=cfg.data.path, frames=cfg.data.frames)
     check_fit(loaded, data)
     return data
 

@@ -32,6 +32,8 @@ class DataConfig:
     root: str = "data"
     download: bool = False
     path: Optional[str] = None
+    # binning of an event set (nmnist, dvsgesture, shd), e.g. {n_time_bins: 20}: see rccsnn.data.events
+    frames: Dict[str, Any] = field(default_factory=dict)
     batch_size: int = 64
     eval_batch_size: int = 512
     workers: int = 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
@@ -24,18 +24,28 @@ from rccsnn.snn import ENCODERS, LOSSES
 
 @dataclass(frozen=True)
 class DataSource:
-    """Where a data set comes from (the ``--data``, ``--data-root``, ``--data-path`` and ``--download`` options).
+    """Where a data set comes from (the ``--data``, ``--data-root``, ``--data-path`` and ``--download`` options,
+    and a recipe's ``data.frames``).
 
-    ``name`` None means the data set the model file recorded (digits for files that record none).
+    ``name`` None means the data set the model file recorded (digits for files that record none). ``frames`` are
+    the binning settings of an event set as ``(key, value)`` pairs: a tuple, not a dict, so the source stays
+    hashable and frozen; build it with :meth:`with_frames`.
     """
 
     name: Optional[str] = None
     root: str = "data"
     path: Optional[str] = None
     download: bool = False
+    frames: Tuple[Tuple[str, Any], ...] = ()
+
+    @staticmethod
+    def frames_of(frames: Optional[Mapping[str, Any]]) -> Tuple[Tuple[str, Any], ...]:
+        """``frames`` (a mapping such as a config's ``data.frames``) in the form this class stores, sorted by key."""
+        return tuple(sorted((frames or {}).items()))
 
     def load(self, default: str = "digits") -> DataSplits:
-        return load_data(self.name or default, root=self.root, download=self.download, path=self.path)
+        return load_data(self.name or default, root=self.root, download=self.download, path=self.path,
+                         frames=dict(self.frames))
 
 
 def load_model(path: str | Path, model: Optional[str] = None, trust: bool = False,

@@ -46,7 +46,8 @@ class TrainResult:
 
 def data_and_spec(cfg: TrainConfig) -> Tuple[DataSplits, ModelSpec]:
     """The recipe's data set and the model spec it implies; unknown encodings and losses are one-line errors."""
-    data = load_data(cfg.data.name or "digits", root=cfg.data.root, download=cfg.data.download, path=cfg.data.path)
+    data = load_data(cfg.data.name or "digits", root=cfg.data.root, download=cfg.data.download, path=cfg.data.path,
+                     frames=cfg.data.frames)
     spec = ModelSpec.from_config(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes,
                                  data=data.name)
     ENCODERS.get(spec.encoding)

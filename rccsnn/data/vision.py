@@ -3,18 +3,18 @@
 The files are read by torchvision's own dataset classes from ``root`` (the usual torchvision layout:
 ``root/MNIST/raw/train-images-idx3-ubyte`` ..., ``root/cifar-10-batches-py/data_batch_1`` ...) and downloaded
 there only when ``download`` is true. 10 % of the training set (fixed, seed 0) becomes the validation split;
-only the remaining training subset is augmented.
+only the remaining training subset is augmented. Static sets: a non-empty ``frames`` is a UserError.
 
 Samples are ``(x [C, H, W] float32, y int)``: MNIST-like sets ``[1, 28, 28]`` in [0, 1]; CIFAR ``[3, 32, 32]``
 normalised per channel with the mean and std recorded in ``DataSplits.extra["normalization"]``.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from torch.utils.data import Dataset
 
-from rccsnn.data.base import DATASETS, DataSplits, seeded_split
+from rccsnn.data.base import DATASETS, DataSplits, reject_frames, seeded_split
 
 #: fraction of the training set held out for validation (model selection), fixed with seed 0.
 VAL_FRACTION = 0.1
@@ -102,24 +102,32 @@ def _cifar(name: str, root: str, download: bool, num_classes: int, mean: Tuple[f
 
 
 @DATASETS.register("mnist")
-def mnist(*, root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
+def mnist(*, root: str = "data", download: bool = False, path: Optional[str] = None,
+          frames: Optional[Dict[str, Any]] = None) -> DataSplits:
     """MNIST handwritten digits: x ``[1, 28, 28]`` in [0, 1], 10 classes; 54k/6k/10k. ``path`` is unused."""
+    reject_frames("mnist", frames)
     return _mnist_like("mnist", root, download)
 
 
 @DATASETS.register("fashion-mnist")
-def fashion_mnist(*, root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
+def fashion_mnist(*, root: str = "data", download: bool = False, path: Optional[str] = None,
+                  frames: Optional[Dict[str, Any]] = None) -> DataSplits:
     """Fashion-MNIST clothing images: x ``[1, 28, 28]`` in [0, 1], 10 classes; 54k/6k/10k. ``path`` is unused."""
+    reject_frames("fashion-mnist", frames)
     return _mnist_like("fashion-mnist", root, download)
 
 
 @DATASETS.register("cifar10")
-def cifar10(*, root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
+def cifar10(*, root: str = "data", download: bool = False, path: Optional[str] = None,
+            frames: Optional[Dict[str, Any]] = None) -> DataSplits:
     """CIFAR-10: x ``[3, 32, 32]`` normalised, 10 classes; 45k/5k/10k; crop+flip on train. ``path`` is unused."""
+    reject_frames("cifar10", frames)
     return _cifar("cifar10", root, download, 10, CIFAR10_MEAN, CIFAR10_STD)
 
 
 @DATASETS.register("cifar100")
-def cifar100(*, root: str = "data", download: bool = False, path: Optional[str] = None) -> DataSplits:
+def cifar100(*, root: str = "data", download: bool = False, path: Optional[str] = None,
+             frames: Optional[Dict[str, Any]] = None) -> DataSplits:
     """CIFAR-100: x ``[3, 32, 32]`` normalised, 100 classes; 45k/5k/10k; crop+flip on train. ``path`` unused."""
+    reject_frames("cifar100", frames)
     return _cifar("cifar100", root, download, 100, CIFAR100_MEAN, CIFAR100_STD)
