@@ -12,15 +12,26 @@ Example::
     print(result.accuracy["compressed"], result.resources["params"]["ratio"])
     costs = rccsnn.report(result.checkpoint)                  # per-layer weights, MACs, SynOps, energy, bytes
     rccsnn.export(result.checkpoint, "model.compact.pt")     # the deployable sparse file
+
+``compress``, ``evaluate`` and ``report`` also take the user's own module and DataLoaders (dispatched on the type
+of the first argument; :mod:`rccsnn.objects`)::
+
+    result = rccsnn.compress(net, train_loader, val_loader, budget=0.05, resource="synops", T=25, epochs=10)
+    result.model, result.summary
+    rccsnn.report(result.model, val_loader, T=25)
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import inspect
+import textwrap
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
 
 import torch
+from torch import nn
 
 from rccsnn.compression import RunResult
 from rccsnn.compression import compress as compress_loaded
@@ -34,6 +45,7 @@ from rccsnn.metrics import evaluate as evaluate_loaded
 from rccsnn.metrics import report as report_loaded
 from rccsnn.models.checkpoint import LoadedModel
 from rccsnn.distributed import resolve_device
+from rccsnn.objects import ModuleResult, compress_module, evaluate_module, report_module, train_module
 from rccsnn.training import TrainResult
 from rccsnn.training import train as train_config
 
@@ -78,14 +90,19 @@ def _data(data: Data, loaded: LoadedModel, model: Model) -> DataSplits:
     return splits
 
 
+@functools.singledispatch
 def train(recipe: Union[TrainConfig, str, Path, Mapping[str, Any]], *, settings: Optional[Mapping[str, Any]] = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
     """Train a model from a recipe (``rccsnn train``); ``settings`` are dotted overrides (``{"optim.epochs": 5}``).
-    A run already in the run directory is continued only with ``resume`` and replaced only with ``overwrite``."""
+    A run already in the run directory is continued only with ``resume`` and replaced only with ``overwrite``.
+
+    ``train(net, train_loader, val_loader, *, T, epochs, ...)`` trains an ``nn.Module`` in place on DataLoaders
+    instead (:func:`rccsnn.objects.train_module`)."""
     return train_config(_config(TrainConfig, recipe, settings), resume=resume, overwrite=overwrite,
                         progress=progress)
 
 
+@functools.singledispatch
 def compress(model: Model, budgets: Optional[Mapping[str, float]] = None, *,
              config: Union[CompressConfig, str, Path, Mapping[str, Any], None] = None,
              settings: Optional[Mapping[str, Any]] = None, resume: bool = False, overwrite: bool = False,
@@ -102,6 +119,10 @@ def compress(model: Model, budgets: Optional[Mapping[str, float]] = None, *,
 
     Returns:
         The :class:`RunResult` (also written to ``<out>/summary.json``; the model to ``<out>/model.pt``).
+
+    ``compress(net, train_loader, val_loader, *, budget, resource, T, ...)`` with an ``nn.Module`` compresses that
+    module object in place and returns a :class:`~rccsnn.objects.ModuleResult` (``model``, ``summary``,
+    ``checkpoint``); its arguments are those of :func:`rccsnn.objects.compress_module`, below.
     """
     loaded = _loaded(model)
     overrides: Dict[str, Any] = dict(settings or {})
@@ -113,18 +134,26 @@ def compress(model: Model, budgets: Optional[Mapping[str, float]] = None, *,
     return compress_loaded(cfg, loaded, resume=resume, overwrite=overwrite, progress=progress)
 
 
+@functools.singledispatch
 def evaluate(model: Model, *, data: Data = None, split: str = "test", device: Union[str, torch.device] = "auto",
              batch_size: int = 512) -> Dict[str, Any]:
-    """Accuracy, weights, nonzero weights, MACs and firing rates of ``model`` on ``split`` (``rccsnn evaluate``)."""
+    """Accuracy, weights, nonzero weights, MACs and firing rates of ``model`` on ``split`` (``rccsnn evaluate``).
+
+    ``evaluate(net, loader, *, T, encoding="direct", loss="ce", steps=None, device="auto")`` measures an
+    ``nn.Module`` on a DataLoader instead (:func:`rccsnn.objects.evaluate_module`)."""
     loaded = _loaded(model)
     return evaluate_loaded(loaded, _data(data, loaded, model), split, _device(device), batch_size=batch_size)
 
 
+@functools.singledispatch
 def report(model: Model, *, data: Data = None, split: str = "val", device: Union[str, torch.device] = "auto",
            batch_size: int = 512) -> Dict[str, Any]:
     """Per-layer and total costs of ``model`` on ``split``: weights, MACs, SynOps, energy, bytes (``rccsnn report``).
 
     The default split is the validation split, on which compression measured the budgets.
+
+    ``report(net, loader, *, T, encoding="direct", loss="ce", steps=None, device="auto")`` measures an
+    ``nn.Module`` on a DataLoader instead (:func:`rccsnn.objects.report_module`).
     """
     loaded = _loaded(model)
     return report_loaded(loaded, _data(data, loaded, model), split, _device(device), batch_size=batch_size,
@@ -140,6 +169,14 @@ def export(model: Model, out: Union[str, Path], *, format: str = "compact", dtyp
     splits = _data(data, loaded, model) if split is not None else None
     return export_loaded(loaded, out, format=format, dtype=dtype, per_channel=per_channel, data=splits, split=split,
                          device=device, overwrite=overwrite)
+
+
+# The same calls on a module object and DataLoaders (rccsnn.objects), chosen by the first argument's type.
+train.register(nn.Module, train_module)
+compress.register(nn.Module, compress_module)
+evaluate.register(nn.Module, evaluate_module)
+report.register(nn.Module, report_module)
+compress.__doc__ += "\n" + textwrap.indent(inspect.cleandoc(compress_module.__doc__ or ""), "    ")
 
 
 def _device(device: Union[str, torch.device]) -> torch.device:

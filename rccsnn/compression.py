@@ -21,7 +21,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -83,9 +83,13 @@ def validate_config(cfg: CompressConfig) -> None:
         RESOURCES.create(name, **typed_kwargs(RESOURCES.get(name), consts, f"resources.{name}."))
 
 
-def prepare(cfg: CompressConfig, loaded: LoadedModel) -> DataSplits:
-    """Validate everything that can be checked before any output is written; returns the data."""
+def prepare(cfg: CompressConfig, loaded: LoadedModel, data: Optional[DataSplits] = None) -> DataSplits:
+    """Validate everything that can be checked before any output is written; returns the data (``data`` when
+    given, else the configured data set)."""
     validate_config(cfg)
+    if data is not None:
+        check_fit(loaded, data)
+        return data
     data = load_data(cfg.data.name or loaded.spec.data, root=cfg.data.root, download=cfg.data.download,
                      path=cfg.data.path, frames=cfg.data.frames)
     check_fit(loaded, data)
@@ -105,9 +109,12 @@ def find_run_dir(cfg: CompressConfig) -> Path:
     return find_versioned(default_run_dir(cfg), cfg)
 
 
-def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, overwrite: bool = False,
-             progress: bool = True) -> RunResult:
+def compress(cfg: CompressConfig, loaded: LoadedModel, *, data: Optional[DataSplits] = None, resume: bool = False,
+             overwrite: bool = False, progress: bool = True) -> RunResult:
     """Compress ``loaded`` to ``cfg.budgets`` and write the run directory ``cfg.out``.
+
+    The data are ``cfg.data``'s data set, or ``data`` when given (the splits of a user's loaders,
+    :mod:`rccsnn.objects`).
 
     The run directory gets ``model.pt`` (masks baked, the checkpoint format), ``config.yaml`` (resolved),
     TensorBoard events, ``state.pt`` (resume state) and ``summary.json``. It is locked while the run writes it. A
@@ -134,21 +141,23 @@ def compress(cfg: CompressConfig, loaded: LoadedModel, *, resume: bool = False, 
             return str(run.root)
 
         cfg.out = distributed.on_main(claim)
-        return _compress(cfg, loaded, device, t0, resume=resume, progress=progress)
+        return _compress(cfg, loaded, device, t0, data, resume=resume, progress=progress)
 
 
-def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0: float, *, resume: bool,
-              progress: bool) -> RunResult:
+def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0: float,
+              given: Optional[DataSplits], *, resume: bool, progress: bool) -> RunResult:
     """:func:`compress` in the run directory ``cfg.out``, which this process (process 0) holds."""
     # Each node reads its own copy of the data: a failure on any process stops all, with its message.
-    data = distributed.agreed(lambda: prepare(cfg, loaded))
+    data = distributed.agreed(lambda: prepare(cfg, loaded, given))
     method = build_method(cfg)
     spec, net = loaded.spec, loaded.net.to(device)
     if spec.input_shape == ():
         spec.input_shape, spec.num_classes = tuple(data.input_shape), data.num_classes
     # Each process measures and evaluates its shard of a split; the sums of all processes are added up.
-    val_loader = DataLoader(distributed.shard(data.val), batch_size=cfg.data.eval_batch_size, shuffle=False)
-    test_loader = DataLoader(distributed.shard(data.test), batch_size=cfg.data.eval_batch_size, shuffle=False)
+    val_loader = DataLoader(distributed.shard(data.val), batch_size=cfg.data.eval_batch_size, shuffle=False,
+                            collate_fn=data.collate)
+    test_loader = DataLoader(distributed.shard(data.test), batch_size=cfg.data.eval_batch_size, shuffle=False,
+                             collate_fn=data.collate)
     targets = find_targets(net, cfg.targets.include, cfg.targets.exclude, cfg.targets.exclude_first)
     try:
         dense_test = evaluate_net(net, test_loader, spec, device, across_ranks=True).accuracy

@@ -76,7 +76,7 @@ def load_model_file(path: Optional[str | Path], *, model: Optional[str] = None, 
     fallback = None
     if model or trust:
         splits = data.load()
-        events = getattr(splits, "steps", None)  # time steps of event data (samples [T, ...]); None for static
+        events = splits.steps  # time steps of event data (samples [T, ...]); None for static data
         fallback = ModelSpec(arch=model or "pickled-module", input_shape=tuple(splits.input_shape),
                              num_classes=splits.num_classes, data=data.name or "digits", T=T or events or 4,
                              encoding=encoding or ("none" if events else "direct"), loss=loss or "ce",

@@ -31,7 +31,7 @@ LAYER_KEYS = ("name", "kind", "analog_input", "positions", "input_rate", "weight
 TOTAL_KEYS = LAYER_KEYS[LAYER_KEYS.index("weights"):] + ("connection_sparsity", "activation_sparsity",
                                                          "footprint_bytes")
 REPORT_KEYS = ("file", "file_bytes", "data", "split", "samples", "T", "accuracy", "energy_constants", "layers",
-               "total")
+               "total", "firing_rates")
 
 
 def layer_report(mon, name: str, module: torch.nn.Module) -> Dict[str, float]:
@@ -59,7 +59,7 @@ def run_split(loaded: LoadedModel, data: DataSplits, split: str, device: torch.d
     """Check that ``data`` fits, then evaluate ``loaded`` on ``split`` (one-line error if it cannot run)."""
     check_fit(loaded, data)
     net = loaded.net.to(device)
-    loader = DataLoader(data.split(split), batch_size=batch_size, shuffle=False)
+    loader = DataLoader(data.split(split), batch_size=batch_size, shuffle=False, collate_fn=data.collate)
     try:
         return evaluate_net(net, loader, loaded.spec, device, spikes=spikes)
     except RuntimeError as exc:
@@ -117,7 +117,8 @@ def report(loaded: LoadedModel, data: DataSplits, split: str, device: torch.devi
     ``bytes_dense`` = 4 x weights (fp32) and ``bytes_compact`` = the weight's bytes in the compact format (the
     stored bytes given in ``stored_bytes`` for a compact file; otherwise what a float32 export would store).
 
-    Returns a dict with keys :data:`REPORT_KEYS`; ``total`` has :data:`TOTAL_KEYS`.
+    Returns a dict with keys :data:`REPORT_KEYS`; ``total`` has :data:`TOTAL_KEYS`; ``firing_rates`` maps each
+    spiking layer (rccsnn's LIF or any snntorch neuron) to its spikes per neuron per step.
     """
     from rccsnn.formats.compact import encode_weight, entry_nbytes
 
@@ -157,6 +158,7 @@ def report(loaded: LoadedModel, data: DataSplits, split: str, device: torch.devi
         "energy_constants": {fmt: dict(e) for fmt, e in ENERGY_PJ.items()},
         "layers": layers,
         "total": total,
+        "firing_rates": mon.firing_rates(),
     }
 
 

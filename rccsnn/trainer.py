@@ -182,7 +182,7 @@ class Trainer:
                                       world_size=distributed.world_size())
         self.train_loader = DataLoader(
             data.train, batch_size=distributed.per_process_batch(options.batch_size), sampler=self.sampler,
-            drop_last=False, num_workers=options.workers, generator=self.loader_gen,
+            drop_last=False, num_workers=options.workers, generator=self.loader_gen, collate_fn=data.collate,
         )
         self._ddp: Optional[nn.Module] = None
         self.steps_per_epoch = len(self.train_loader)
@@ -249,7 +249,7 @@ class Trainer:
         result for the whole split).
         """
         loader = DataLoader(distributed.shard(self.data.split(split)), batch_size=self.opt.eval_batch_size,
-                            shuffle=False)
+                            shuffle=False, collate_fn=self.data.collate)
         return evaluate_net(self.net, loader, self.spec, self.device, spikes=spikes, across_ranks=True)
 
     def train_epoch(self, epoch: int, desc: Optional[str] = None) -> Dict[str, float]:

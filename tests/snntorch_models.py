@@ -124,3 +124,28 @@ def wrapped_csnn() -> nn.Module:
 
 
 SINGLE_STEP = ("csnn", "mlp", "synaptic", "alpha", "lapicque", "rleaky", "rsynaptic")
+
+
+def nmnist_csnn() -> nn.Module:
+    """Tutorial 7's N-MNIST network, scaled down: frames ``[2, 34, 34]`` per step -> 10 classes."""
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 5, stride=2), nn.MaxPool2d(2),
+        snn.Leaky(beta=0.5, spike_grad=GRAD, init_hidden=True),
+        nn.Flatten(), nn.Linear(4 * 7 * 7, 10),
+        snn.Leaky(beta=0.5, spike_grad=GRAD, init_hidden=True, output=True),
+    )
+
+
+class Dict(nn.Module):
+    """Returns a dict: fits neither contract."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor):
+        return {"out": self.fc(x.flatten(-3))}
+
+
+def returns_dict() -> nn.Module:
+    return Dict()
