@@ -85,7 +85,10 @@ def _first_batch(loader: DataLoader, role: str, T: int, encoding: str) -> Tensor
         layout = "[T, B, ...] (encoding 'none')" if encoding == "none" else f"[B, ...] (encoding '{encoding}')"
         raise UserError(f"{role} yields x of shape {list(x.shape)} and y of shape {list(y.shape)}; expected x "
                         f"{layout} and y [B] class indices")
-    ENCODERS.get(encoding)(x, T)  # 'none' checks that the batch has T steps
+    try:
+        ENCODERS.get(encoding)(x, T)  # 'none' checks that the batch has T steps
+    except UserError as exc:
+        raise UserError(f"{role}: {exc}") from None
     return x
 
 

@@ -287,3 +287,19 @@ def test_event_data_nmnist_format_through_tonic_compressed_with_no_encoding(mode
     assert raw["encoding"] == "none" and raw["T"] == 16 and raw["steps"] == "single"
     assert raw["data"]["input_shape"] == [2, 34, 34]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["resources"]["params"]["ratio"] <= 0.2
+
+
+def test_api_takes_time_major_event_loaders_with_no_encoding(models, digits):
+    """A user's loader of event tensors, batched time-major by its own collate_fn (as tonic's
+    ``PadTensors(batch_first=False)`` does): ``encoding="none"``, T from the data."""
+    from rccsnn.data.base import time_major
+
+    x, y = digits
+    events = (x[:400].unsqueeze(1).expand(400, 3, 1, 8, 8) > torch.rand(400, 3, 1, 8, 8)).float()  # [N, T, ...]
+    train = DataLoader(TensorDataset(events[:300], y[:300]), batch_size=50, shuffle=True, collate_fn=time_major)
+    val = DataLoader(TensorDataset(events[300:], y[300:400]), batch_size=100, collate_fn=time_major)
+    torch.manual_seed(0)
+    result = rccsnn.compress(models.mlp(), train, val, budget=0.2, T=3, encoding="none", epochs=1, progress=False)
+    assert result.summary["resources"]["params"]["ratio"] <= 0.2
+    with pytest.raises(UserError, match=r"val_loader: .* with T = 5, got a batch of shape \[3, 100, 1, 8, 8\]"):
+        rccsnn.compress(models.mlp(), train, val, budget=0.2, T=5, encoding="none", epochs=1, progress=False)
