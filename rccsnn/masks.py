@@ -44,8 +44,9 @@ class Target:
 
     @property
     def mask(self) -> Optional["Mask"]:
+        """The weight's :class:`Mask` (its first parametrization; a quantizer, if any, comes after it)."""
         if parametrize.is_parametrized(self.module, "weight"):
-            return self.module.parametrizations.weight[0]
+            return next((p for p in self.module.parametrizations.weight if isinstance(p, Mask)), None)
         return None
 
     def nonzero(self) -> int:

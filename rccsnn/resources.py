@@ -7,7 +7,9 @@
 | params  | 1                                                                                                         |
 | macs    | the tap's MACs: T x the output positions at which it reads inside the input (padding, stride, dilation)   |
 | synops  | the input spikes the tap reads (NeuroBench's effective ACs); a layer with analog input counts its MACs     |
-| energy  | E_MAC x MACs for analog-input layers (x effective MACs with ``skip_zero_inputs``), E_AC x SynOps otherwise |
+| energy  | E_MAC(b) x MACs for analog-input layers (x effective MACs with ``skip_zero_inputs``), E_AC(b) x SynOps    |
+|         | otherwise, at the layer's weight bit width b (:func:`op_energy`; float32 unless quantized)               |
+| bitops  | SynOps x b (LitE-SNN's bit-weighted synaptic operations; MACs x b for an analog-input layer)              |
 
 A conv tap ``(c_out, c_in, k)`` reads the same inputs whatever its output channel, so a layer's costs are a tensor
 ``[G, 1, C_in / G, *kernel]`` (G the conv's groups; ``[1, 1, F]`` for a linear layer), broadcastable against the weight
@@ -20,7 +22,7 @@ these formulas and the energy constants; the report, the methods and the benchma
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +49,7 @@ class LayerStats:
         reads: per target, the nonzero inputs each tap reads per inference (:meth:`SpikeMonitor.tap_reads`), measured
             at ``measured_rate``; None: ``taps x input_rate`` (the mean-field estimate).
         measured_rate: ``[L]`` the input rates at which ``reads`` was measured (None: ``input_rate``).
+        bits: ``[L]`` float64 weight bit width of each target (32: float32); None: every target float32.
     """
 
     positions: Tensor
@@ -56,6 +59,15 @@ class LayerStats:
     taps: Optional[List[Tensor]] = None
     reads: Optional[List[Tensor]] = None
     measured_rate: Optional[Tensor] = None
+    bits: Optional[Tensor] = None
+
+    def bits_of(self, l: int) -> int:
+        """Weight bit width of target ``l`` (32: float32)."""
+        return 32 if self.bits is None else int(self.bits[l])
+
+    def with_bits(self, bits: Sequence[int]) -> "LayerStats":
+        """The same layers with weights of ``bits`` (``[L]``, 32 = float32)."""
+        return replace(self, bits=torch.tensor([float(b) for b in bits], dtype=torch.float64))
 
     def with_rates(self, rates: Tensor) -> "LayerStats":
         """The same layers at other input rates (a moving average of training batches): each tap's reads are the
@@ -247,6 +259,22 @@ ENERGY_PJ: Dict[str, Dict[str, float]] = {
 }
 
 
+def op_energy(bits: int, e_mac_fp32: float = ENERGY_PJ["fp32"]["e_mac"],
+              e_ac_fp32: float = ENERGY_PJ["fp32"]["e_ac"]) -> Tuple[float, float]:
+    """``(E_MAC, E_AC)`` in pJ of one operation with ``bits``-bit integer weights (45 nm, Horowitz 2014).
+
+    float32 (32 bits) costs ``e_mac_fp32``/``e_ac_fp32`` (:data:`ENERGY_PJ`'s fp32 by default). Below that the
+    integer operations scale from :data:`ENERGY_PJ`'s int8 figures as the circuits do: an adder's energy grows with
+    its width, a multiplier's with the product of its input widths, so ``E_AC(b) = 0.03 x b / 8`` and ``E_MAC(b) =
+    0.2 x (b / 8)^2`` (16 bits: 0.06 and 0.8 pJ; Horowitz's own 32-bit integer figures, 0.1 and 3.1 pJ, are within 20
+    % of this rule).
+    """
+    if bits >= 32:
+        return e_mac_fp32, e_ac_fp32
+    int8 = ENERGY_PJ["int8"]
+    return int8["e_mac"] * (bits / 8.0) ** 2, int8["e_ac"] * bits / 8.0
+
+
 def tap_energy(taps: Tensor, reads: Tensor, analog: bool, e_mac: float, e_ac: float,
                skip_zero_inputs: bool = False) -> Tensor:
     """Energy per tap in pJ: E_MAC per MAC on an analog input (per effective MAC, one whose input is nonzero, with
@@ -340,8 +368,21 @@ class Energy(ResourceModel):
         self.e_mac, self.e_ac, self.skip_zero_inputs = float(e_mac), float(e_ac), skip_zero_inputs
 
     def tap_costs(self, stats, l):
-        return tap_energy(stats.taps_of(l), stats.reads_of(l), bool(stats.analog[l] > 0), self.e_mac, self.e_ac,
+        e_mac, e_ac = op_energy(stats.bits_of(l), self.e_mac, self.e_ac)
+        return tap_energy(stats.taps_of(l), stats.reads_of(l), bool(stats.analog[l] > 0), e_mac, e_ac,
                           self.skip_zero_inputs)
+
+
+@RESOURCES.register("bitops")
+class BitOps(ResourceModel):
+    """Bit-weighted synaptic operations per inference (LitE-SNN's measure of computation): every synaptic operation
+    (every MAC on an analog input) times the bit width of its weight (32 for float32)."""
+
+    name, unit, data_dependent = "bitops", "bit-ops", True
+
+    def tap_costs(self, stats, l):
+        ops = stats.taps_of(l) if bool(stats.analog[l] > 0) else stats.reads_of(l)
+        return ops * float(stats.bits_of(l))
 
 
 def create_resource(name: str, options: Dict[str, Dict[str, float]] | None = None) -> ResourceModel:

@@ -23,7 +23,7 @@ from rccsnn.masks import find_targets
 from rccsnn.metrics import layer_report, report
 from rccsnn.models import MODELS, build_model
 from rccsnn.models.checkpoint import load_checkpoint
-from rccsnn.resources import RESOURCES, create_resource, stats_from_monitor
+from rccsnn.resources import RESOURCES, create_resource, op_energy, stats_from_monitor
 from rccsnn.snn import LIF, NeuronConfig, PerStep, SpikeMonitor, simulate, weight_layers
 
 REL = 5e-3  # the acceptance tolerance, 0.5 % per layer
@@ -211,7 +211,14 @@ def test_resources_measure_what_the_judge_counts():
         sum(judged[t.name]["dense"] for t in targets), rel=1e-9)
     assert create_resource("energy", {"energy": {"e_ac": 0.5}}).absolute(targets, stats) == pytest.approx(
         0.5 * synops, rel=1e-9)
-    assert set(RESOURCES.names()) == {"params", "macs", "synops", "energy"}
+    # bit widths: bitops is SynOps x b; energy prices each layer's operations at its bits (op_energy)
+    bits = [4 + 2 * l for l in range(len(targets))]
+    at_bits = stats.with_bits(bits)
+    assert create_resource("bitops").absolute(targets, at_bits) == pytest.approx(
+        sum(b * judged[t.name]["effective"] for t, b in zip(targets, bits)), rel=1e-9)
+    assert create_resource("energy").absolute(targets, at_bits) == pytest.approx(
+        sum(op_energy(b)[1] * judged[t.name]["effective"] for t, b in zip(targets, bits)), rel=1e-9)
+    assert set(RESOURCES.names()) == {"params", "macs", "synops", "energy", "bitops"}
 
 
 def test_energy_skip_zero_inputs_prices_effective_macs():
