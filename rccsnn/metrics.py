@@ -22,9 +22,9 @@ from rccsnn.snn import weight_layers
 from rccsnn.trainer import EvalResult, evaluate_net
 
 #: Keys of every entry of ``report(...)["layers"]``, in order; ``total`` has the numeric ones from "weights" on.
-LAYER_KEYS = ("name", "kind", "analog_input", "positions", "input_rate", "weights", "nonzero", "macs",
-              "effective_macs", "synops", "dense_ops", "energy_pj_fp32", "energy_pj_int8", "bytes_dense",
-              "bytes_compact")
+LAYER_KEYS = ("name", "kind", "analog_input", "positions", "input_rate", "bits", "weights", "nonzero", "macs",
+              "effective_macs", "synops", "dense_ops", "energy_pj_fp32", "energy_pj_int8", "energy_pj", "bitops",
+              "bytes_dense", "bytes_compact")
 #: Keys of ``report(...)["total"]``: the sums of the numeric layer keys from "weights" on, then NeuroBench's
 #: ``connection_sparsity`` (zero weights / weights), ``activation_sparsity`` (1 - spikes / neuron steps over the LIF
 #: layers; None without any) and ``footprint_bytes`` (every parameter and buffer, dense, as NeuroBench's Footprint).
@@ -34,10 +34,11 @@ REPORT_KEYS = ("file", "file_bytes", "data", "split", "samples", "T", "accuracy"
                "total", "firing_rates")
 
 
-def layer_report(mon, name: str, module: torch.nn.Module) -> Dict[str, float]:
-    """:func:`rccsnn.resources.layer_costs` of one weight layer that ``mon`` (a SpikeMonitor) watched."""
+def layer_report(mon, name: str, module: torch.nn.Module, bits: int = 32) -> Dict[str, float]:
+    """:func:`rccsnn.resources.layer_costs` of one weight layer that ``mon`` (a SpikeMonitor) watched, whose weights
+    have ``bits`` bits (32: float32)."""
     target = Target(name=name, module=module, shape=tuple(module.weight.shape), n=module.weight.numel())
-    return layer_costs(target, mon.tap_macs(name), mon.tap_reads(name), bool(mon.analog_input[name]))
+    return layer_costs(target, mon.tap_macs(name), mon.tap_reads(name), bool(mon.analog_input[name]), bits=bits)
 
 
 def check_fit(loaded: LoadedModel, data: DataSplits) -> None:
@@ -113,8 +114,10 @@ def report(loaded: LoadedModel, data: DataSplits, split: str, device: torch.devi
     positions at which it reads inside the input: padding, stride and dilation honoured) and ``dense_ops`` the same
     with every weight; ``effective_macs`` (analog input) and ``synops`` (spike input, NeuroBench's effective ACs)
     the operations whose input is nonzero too (each is 0 for the other kind of layer); energy in pJ = E_MAC x macs
-    for analog inputs, E_AC x synops otherwise, with the constants of :data:`rccsnn.resources.ENERGY_PJ`;
-    ``bytes_dense`` = 4 x weights (fp32) and ``bytes_compact`` = the weight's bytes in the compact format (the
+    for analog inputs, E_AC x synops otherwise, with the constants of :data:`rccsnn.resources.ENERGY_PJ`
+    (``energy_pj_fp32``, ``energy_pj_int8``: what the layer would cost in each format) and at the layer's own weight
+    width ``bits`` (``energy_pj``, :func:`rccsnn.resources.op_energy`; ``bits`` 32 is float32), ``bitops`` its
+    operations x bits; ``bytes_dense`` = 4 x weights (fp32) and ``bytes_compact`` = the weight's bytes in the compact format (the
     stored bytes given in ``stored_bytes`` for a compact file; otherwise what a float32 export would store).
 
     Returns a dict with keys :data:`REPORT_KEYS`; ``total`` has :data:`TOTAL_KEYS`; ``firing_rates`` maps each
@@ -131,6 +134,7 @@ def report(loaded: LoadedModel, data: DataSplits, split: str, device: torch.devi
         if name not in mon.positions:
             continue  # a layer the forward pass never used
         w = module.weight.detach()
+        bits = loaded.spec.bits.get(name, 32)
         key = f"{name}.weight" if name else "weight"
         n, nonzero = w.numel(), int(torch.count_nonzero(w))
         if stored_bytes is not None and key in stored_bytes:
@@ -139,8 +143,9 @@ def report(loaded: LoadedModel, data: DataSplits, split: str, device: torch.devi
             compact = entry_nbytes(encode_weight(w.cpu(), "float32"))
         layers.append({
             "name": name, "kind": type(module).__name__, "analog_input": bool(mon.analog_input[name]),
-            "positions": mon.positions[name], "input_rate": float(rates.get(name, 0.0)), "weights": n,
-            "nonzero": nonzero, **layer_report(mon, name, module), "bytes_dense": 4 * n, "bytes_compact": compact,
+            "positions": mon.positions[name], "input_rate": float(rates.get(name, 0.0)), "bits": bits, "weights": n,
+            "nonzero": nonzero, **layer_report(mon, name, module, bits), "bytes_dense": 4 * n,
+            "bytes_compact": compact,
         })
     total: Dict[str, Any] = {k: sum(layer[k] for layer in layers) for k in LAYER_KEYS[LAYER_KEYS.index("weights"):]}
     total["connection_sparsity"] = 1.0 - total["nonzero"] / total["weights"] if total["weights"] else 0.0
@@ -168,13 +173,13 @@ def report_table(report: Dict[str, Any]) -> str:
 
     def row(name: str, kind: str, r: Dict[str, Any]) -> List[Any]:
         density = r["nonzero"] / r["weights"] if r["weights"] else 0.0
-        return [name, kind, r["weights"], r["nonzero"], f"{100 * density:.2f}", f"{r['macs']:.0f}",
-                f"{r['effective_macs']:.0f}", f"{r['synops']:.0f}", f"{r['energy_pj_fp32'] / 1e3:.3f}",
-                f"{r['energy_pj_int8'] / 1e3:.4f}",
+        return [name, kind, r.get("bits", ""), r["weights"], r["nonzero"], f"{100 * density:.2f}", f"{r['macs']:.0f}",
+                f"{r['effective_macs']:.0f}", f"{r['synops']:.0f}", f"{r['energy_pj'] / 1e3:.3f}",
+                f"{r['energy_pj_fp32'] / 1e3:.3f}", f"{r['energy_pj_int8'] / 1e3:.4f}",
                 f"{r['bytes_dense'] / 1e3:.1f}", f"{r['bytes_compact'] / 1e3:.1f}"]
 
-    header = ["layer", "kind", "weights", "nonzero", "density %", "MACs", "eff. MACs", "SynOps", "E fp32 nJ",
-              "E int8 nJ", "dense kB", "compact kB"]
+    header = ["layer", "kind", "bits", "weights", "nonzero", "density %", "MACs", "eff. MACs", "SynOps", "E nJ",
+              "E fp32 nJ", "E int8 nJ", "dense kB", "compact kB"]
     rows = [row(r["name"], r["kind"] + (" (analog in)" if r["analog_input"] else ""), r) for r in report["layers"]]
     rows.append(row("total", "", report["total"]))
     return format_table(header, rows)

@@ -285,7 +285,7 @@ def tap_energy(taps: Tensor, reads: Tensor, analog: bool, e_mac: float, e_ac: fl
 
 
 def layer_costs(target: Target, taps: Tensor, reads: Tensor, analog: bool,
-                skip_zero_inputs: bool = False) -> Dict[str, float]:
+                skip_zero_inputs: bool = False, bits: int = 32) -> Dict[str, float]:
     """What one layer costs per inference with its current nonzero weights, in NeuroBench's vocabulary.
 
     Args:
@@ -294,12 +294,14 @@ def layer_costs(target: Target, taps: Tensor, reads: Tensor, analog: bool,
             :meth:`SpikeMonitor.tap_reads`).
         analog: whether the layer's input is analog (not spikes).
         skip_zero_inputs: analog-input energy counts effective MACs rather than every MAC.
+        bits: the layer's weight bit width (32: float32).
 
     Returns:
         ``macs`` (every tap reading inside the input, with a nonzero weight), ``dense_ops`` (the same with every
         weight), ``effective_macs`` (analog input: the MACs whose input is nonzero; 0 for a spiking layer, whose
         operations are ACs), ``synops`` (spiking input: the input spikes read by nonzero weights, NeuroBench's
-        effective ACs; 0 for an analog-input layer) and, per format of :data:`ENERGY_PJ`, ``energy_pj_<format>``.
+        effective ACs; 0 for an analog-input layer), per format of :data:`ENERGY_PJ` ``energy_pj_<format>``, and at
+        the layer's own ``bits``: ``energy_pj`` (:func:`op_energy`) and ``bitops`` (its operations x bits).
     """
     with torch.no_grad():
         weight = target.module.weight
@@ -310,6 +312,10 @@ def layer_costs(target: Target, taps: Tensor, reads: Tensor, analog: bool,
         for fmt, e in ENERGY_PJ.items():
             energy = tap_energy(taps, reads, analog, e["e_mac"], e["e_ac"], skip_zero_inputs)
             out[f"energy_pj_{fmt}"] = float(cost_sum(target, energy, weight))
+        e_mac, e_ac = op_energy(bits)
+        out["energy_pj"] = float(cost_sum(target, tap_energy(taps, reads, analog, e_mac, e_ac, skip_zero_inputs),
+                                          weight))
+        out["bitops"] = bits * (macs if analog else effective)
     return out
 
 

@@ -83,7 +83,7 @@ def test_file_is_plain_data_with_the_documented_keys(saved):
     path, net, spec = saved
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert set(raw) == {"format", "format_version", "rccsnn_version", "arch", "arch_args", "state_dict", "data",
-                        "T", "encoding", "loss", "steps", "neuron", "metrics", "recipe"}
+                        "T", "encoding", "loss", "steps", "bits", "neuron", "metrics", "recipe"}
     assert raw["format"] == FORMAT == "rccsnn-checkpoint"
     assert raw["format_version"] == FORMAT_VERSION == 1
     assert raw["rccsnn_version"] == __version__

@@ -84,3 +84,96 @@ def test_energy_per_operation_by_bit_width():
     macs, acs = zip(*(op_energy(b) for b in LADDER))
     assert list(macs) == sorted(macs) and list(acs) == sorted(acs)
     assert op_energy(32, 9.0, 1.0) == (9.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ compact files
+def _quantized_model(bits_by_layer, keep=0.3, seed=0):
+    """A tiny convsnn, a random ``keep`` of its weights kept, each layer at its bits, baked; and its spec."""
+    from rccsnn.models import build_model
+    from rccsnn.models.checkpoint import LoadedModel, ModelSpec
+    from rccsnn.snn import NeuronConfig
+
+    torch.manual_seed(seed)
+    net = build_model("convsnn", (1, 8, 8), 10, NeuronConfig(), {"channels": [4, 8], "hidden": 16}).eval()
+    targets = find_targets(net, exclude_first=False)
+    attach_masks(targets)
+    for t in targets:
+        t.mask.mask.copy_((torch.rand(t.shape) < keep).float())
+    names = [t.name for t in targets]
+    bits = {names[i]: b for i, b in bits_by_layer.items()}
+    set_bits(net, bits)
+    bits = bits_of(net)  # the quantized layers (a layer at 32 bits is float32, recorded as none)
+    bake(net)
+    spec = ModelSpec(arch="convsnn", args={"channels": [4, 8], "hidden": 16}, input_shape=(1, 8, 8),
+                     num_classes=10, T=2, bits=bits)
+    return LoadedModel(net=net, spec=spec), bits
+
+
+@pytest.mark.parametrize("bits", WIDTHS)
+def test_compact_packs_each_ladder_width_and_loads_back(bits):
+    """Every ladder width round-trips: the same codes, the weights within float rounding of the scale, and the
+    stored values take exactly ceil(nonzero x b / 8) bytes."""
+    from rccsnn.formats.compact import decoded, plan_compact
+
+    loaded, named = _quantized_model({0: bits, 2: bits, 3: 32})
+    plan = plan_compact(loaded)
+    back = decoded(plan)
+    assert back.spec.bits == named
+    for name, b in named.items():
+        entry = plan.contents["tensors"][f"{name}.weight"]
+        original = dict(loaded.net.named_modules())[name].weight.detach()
+        again = dict(back.net.named_modules())[name].weight.detach()
+        nonzero = int(torch.count_nonzero(original))
+        assert entry["bits"] == b and entry["values"].dtype == torch.uint8
+        stored = nonzero if entry["encoding"] != "dense" else original.numel()
+        assert entry["values"].numel() == (stored * b + 7) // 8
+        assert torch.equal(integers(again, b)[0], integers(original, b)[0])
+        assert torch.allclose(again, original, rtol=1e-6, atol=0) and torch.equal(again == 0, original == 0)
+    x = torch.rand(3, 1, 8, 8)
+    from rccsnn.snn import simulate
+    with torch.no_grad():
+        assert torch.equal(simulate(back.net, x, 2).argmax(1), simulate(loaded.net, x, 2).argmax(1))
+
+
+def test_packed_file_is_as_small_as_the_decision():
+    """The packed weights take sum(nonzero x b) / 8 + indices + scales (to the byte, per layer)."""
+    from rccsnn.formats.compact import entry_nbytes, plan_compact
+
+    loaded, named = _quantized_model({0: 3, 1: 4, 2: 6, 3: 2}, keep=0.1)
+    plan = plan_compact(loaded)
+    for name, b in named.items():
+        entry = plan.contents["tensors"][f"{name}.weight"]
+        nonzero = int(torch.count_nonzero(dict(loaded.net.named_modules())[name].weight))
+        index = entry_nbytes(entry) - entry["values"].numel() - 4 * entry["scale"].numel()
+        assert entry["encoding"] in ("bitmask", "delta") and index == entry_nbytes(
+            {k: v for k, v in entry.items() if k in ("bitmask", "deltas")})
+        assert entry["values"].numel() == (nonzero * b + 7) // 8
+
+
+def test_corrupt_packed_entry_is_refused():
+    from rccsnn.formats.compact import decode_entry, plan_compact
+
+    loaded, named = _quantized_model({1: 4})
+    entry = dict(plan_compact(loaded).contents["tensors"][f"{next(iter(named))}.weight"])
+    for broken, message in ((dict(entry, bits=40), "bad bits"), (dict(entry, values=entry["values"][:-1]), "bytes"),
+                            (dict(entry, scale=entry["scale"][:1]), "scale per output channel")):
+        with pytest.raises(ValueError, match=message):
+            decode_entry(broken)
+
+
+def test_report_prices_each_layer_at_its_bits():
+    """The report's per-layer bits, energy at those bits and bit-ops follow op_energy and SynOps x b."""
+    from rccsnn.data import load_data
+    from rccsnn.metrics import report
+
+    loaded, named = _quantized_model({1: 4, 3: 8})
+    r = report(loaded, load_data("digits"), "val", torch.device("cpu"))
+    seen = {layer["name"]: layer for layer in r["layers"]}
+    for name, layer in seen.items():
+        b = named.get(name, 32)
+        assert layer["bits"] == b
+        e_mac, e_ac = op_energy(b)
+        expected = layer["macs"] * e_mac if layer["analog_input"] else layer["synops"] * e_ac
+        assert layer["energy_pj"] == pytest.approx(expected, rel=1e-9)
+        assert layer["bitops"] == pytest.approx(b * (layer["macs"] if layer["analog_input"] else layer["synops"]))
+    assert r["total"]["energy_pj"] == pytest.approx(sum(layer["energy_pj"] for layer in r["layers"]))

@@ -27,7 +27,13 @@ float32, float16 or int8) and one of three ``encoding`` s, whichever stores fewe
   ``g % M``; so every code below ``M`` ends one index and ``i_k = (sum of all codes up to it) + k``.
 
 With ``int8`` values an entry also has ``scale`` (float32; a scalar, or one per output channel, i.e. per index of
-dim 0, with ``--per-channel``): ``w = q * scale``, symmetric, ``scale = max |w| / 127``. Every other tensor
+dim 0, with ``--per-channel``): ``w = q * scale``, symmetric, ``scale = max |w| / 127``.
+
+A weight whose layer the model quantized to ``b < 32`` bits (``ModelSpec.bits``, :mod:`rccsnn.quant`) is stored at
+those bits whatever ``--dtype`` says: ``values`` is then a uint8 tensor of the codes packed ``b`` bits each
+(two's complement, most significant bit first, ``np.packbits`` order, zero padding), the entry has ``bits`` (b) and
+``scale`` (float32, one per output channel) and ``w = code * scale[channel]``; the codes are the layer's own grid
+(:func:`rccsnn.quant.integers`), so nothing is lost beyond float rounding of the scale. Every other tensor
 (biases, BatchNorm, counters) is stored as it is: ``{"encoding": "raw", "value": tensor}``.
 """
 from __future__ import annotations
@@ -47,6 +53,7 @@ from torch import Tensor, nn
 from rccsnn.errors import UserError
 from rccsnn.rundir import publish
 from rccsnn.models.checkpoint import FORMAT, LoadedModel, atomic_save, checkpoint_dict, from_checkpoint, read_raw
+from rccsnn.quant import FLOAT_BITS, integers
 from rccsnn.snn import weight_layers
 
 COMPACT_FORMAT = "rccsnn-compact"
@@ -167,15 +174,38 @@ def _quantize(values: Tensor, positions: np.ndarray, weight: Tensor, dtype: str,
     return q, scale
 
 
-def encode_weight(weight: Tensor, dtype: str = "float32", per_channel: bool = False) -> Dict[str, Any]:
-    """A weight tensor as a compact entry: dense, or nonzero values + the cheaper index code, whichever is smaller."""
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Signed integer codes (each in ``-2^(b-1) .. 2^(b-1) - 1``) packed ``bits`` bits each into uint8."""
+    unsigned = codes.astype(np.int64) & ((1 << bits) - 1)
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.int64)
+    out = []
+    for start in range(0, unsigned.size, 1 << 20):  # chunks: the bit matrix is ``bits`` bytes per code
+        chunk = unsigned[start:start + (1 << 20)]
+        out.append(((chunk[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1))
+    return np.packbits(np.concatenate(out) if out else np.zeros(0, np.uint8))
+
+
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """The ``count`` signed codes :func:`pack_codes` packed (int64)."""
+    if packed.size * 8 < count * bits:
+        raise ValueError(f"{packed.size} bytes hold fewer than {count} codes of {bits} bits")
+    matrix = np.unpackbits(packed)[:count * bits].reshape(count, bits).astype(np.int64)
+    unsigned = matrix @ (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))
+    return np.where(unsigned >= 1 << (bits - 1), unsigned - (1 << bits), unsigned)
+
+
+def encode_weight(weight: Tensor, dtype: str = "float32", per_channel: bool = False,
+                  bits: Optional[int] = None) -> Dict[str, Any]:
+    """A weight tensor as a compact entry: dense, or nonzero values + the cheaper index code, whichever is smaller.
+    With ``bits`` (< 32) the values are the weight's codes at that width, packed (see the module docstring)."""
     if dtype not in VALUE_DTYPES:
         raise UserError(f"unknown value dtype '{dtype}' (use {', '.join(VALUE_DTYPES)})")
+    packed = bits is not None and bits < FLOAT_BITS
     w = weight.detach().cpu().contiguous()
     flat = w.reshape(-1)
     n = flat.numel()
     mask = (flat != 0).numpy()
-    itemsize = torch.empty((), dtype=VALUE_DTYPES[dtype]).element_size()
+    itemsize = bits / 8.0 if packed else torch.empty((), dtype=VALUE_DTYPES[dtype]).element_size()
     code = encode_mask(mask)
     nonzero = int(mask.sum())
     if code.nbytes + nonzero * itemsize < n * itemsize:
@@ -184,9 +214,15 @@ def encode_weight(weight: Tensor, dtype: str = "float32", per_channel: bool = Fa
     else:
         positions = np.arange(n, dtype=np.int64)
         encoding = "dense"
-    values, scale = _quantize(flat[torch.from_numpy(positions)], positions, w, dtype, per_channel)
+    if packed:
+        codes, scale = integers(w, bits)
+        values = torch.from_numpy(pack_codes(codes.reshape(-1).numpy()[positions], bits))
+    else:
+        values, scale = _quantize(flat[torch.from_numpy(positions)], positions, w, dtype, per_channel)
     entry: Dict[str, Any] = {"encoding": encoding, "shape": list(w.shape), "dtype": str(w.dtype).replace("torch.", ""),
                              "values": values}
+    if packed:
+        entry["bits"] = int(bits)
     if scale is not None:
         entry["scale"] = scale
     if encoding == "bitmask":
@@ -220,7 +256,13 @@ def decode_entry(entry: Any) -> Tensor:
     dtype = getattr(torch, dtype_name, None) if isinstance(dtype_name, str) else None
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"bad dtype {dtype_name!r}")
-    if not isinstance(values, Tensor) or values.dim() != 1 or values.dtype not in VALUE_DTYPES.values():
+    bits = entry.get("bits")
+    if bits is not None and (not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 16):
+        raise ValueError(f"bad bits {bits!r}")
+    if bits is not None and (not isinstance(values, Tensor) or values.dim() != 1 or values.dtype != torch.uint8):
+        raise ValueError("packed values must be a 1-D uint8 tensor")
+    if bits is None and (not isinstance(values, Tensor) or values.dim() != 1
+                         or values.dtype not in VALUE_DTYPES.values()):
         raise ValueError("values must be a 1-D float32, float16 or int8 tensor")
     n = int(np.prod(shape, dtype=np.int64))
     if encoding == "dense":
@@ -232,10 +274,19 @@ def decode_entry(entry: Any) -> Tensor:
                 encoding == "delta" and data.dtype not in _DELTA_TORCH):
             raise ValueError(f"missing or mistyped '{key}'")
         positions = decode_mask(IndexCode(encoding, data.numpy()), n)
+    if bits is not None:
+        values = torch.from_numpy(unpack_codes(values.numpy(), bits, positions.size)).to(torch.int32)
+        if (values.numel() * bits + 7) // 8 != entry["values"].numel():
+            raise ValueError(f"{entry['values'].numel()} packed bytes for {positions.size} codes of {bits} bits")
     if positions.size != values.numel():
         raise ValueError(f"{values.numel()} values for {positions.size} positions")
     scale = entry.get("scale")
-    if values.dtype == torch.int8:
+    if bits is not None:
+        if not isinstance(scale, Tensor) or scale.dtype != torch.float32 or len(shape) == 0 or \
+                tuple(scale.shape) != (shape[0],):
+            raise ValueError("packed values need a float32 scale per output channel")
+        floats = values.to(torch.float32) * scale[_channels_of(positions, shape)]
+    elif values.dtype == torch.int8:
         if not isinstance(scale, Tensor) or scale.dtype != torch.float32 or not (
                 scale.dim() == 0 or (len(shape) > 0 and tuple(scale.shape) == (shape[0],))):
             raise ValueError("int8 values need a float32 scale (a scalar or one per output channel)")
@@ -319,12 +370,14 @@ def plan_compact(loaded: LoadedModel, dtype: str = "float32", per_channel: bool 
         raise UserError("a pickled module cannot be exported: rccsnn rebuilds models from their architecture; "
                         "save it as a state_dict and pass --model package.module:factory")
     compressible = set(weight_keys(loaded.net))
+    # the weights of quantized layers are stored at their bits, whatever ``dtype`` says (see the module docstring)
+    layer_bits = {(f"{name}.weight" if name else "weight"): b for name, b in spec.bits.items()}
     tensors: Dict[str, Dict[str, Any]] = {}
     records: List[TensorRecord] = []
     for key, value in loaded.net.state_dict().items():
         t = value.detach().cpu()
         if key in compressible and t.is_floating_point() and t.dim() >= 2:
-            entry = encode_weight(t, dtype, per_channel)
+            entry = encode_weight(t, dtype, per_channel, bits=layer_bits.get(key))
         else:
             entry = {"encoding": "raw", "value": t.clone()}
         tensors[key] = entry

@@ -8,6 +8,7 @@ A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` reads 
       "state_dict": {...},                             # tensors; masks are always baked (pruned weights are 0)
       "data": {"name": "digits", "input_shape": [1, 8, 8], "num_classes": 10},
       "T": 4, "encoding": "direct", "loss": "ce", "steps": "multi",   # the model contract (rccsnn.contracts)
+      "bits": {"features.3.0": 4},                     # weight bit widths of quantized layers (rccsnn.quant)
       "neuron": {"beta": 0.5, "threshold": 1.0, "reset": "subtract", "surrogate": "atan", "surrogate_alpha": 2.0},
                                                        # zoo models only: a user model's neurons are its own
       "metrics": {...},                                # e.g. {"val_accuracy": 0.98, "test_accuracy": 0.97}
@@ -42,6 +43,7 @@ from rccsnn.version import __version__
 from rccsnn.config import ModelConfig
 from rccsnn.errors import UserError
 from rccsnn.contracts import STEPS, detect_steps
+from rccsnn.quant import check_bits
 from rccsnn.models.registry import MODELS, build_model
 from rccsnn.rundir import fsync_directory, write_error
 from rccsnn.snn import ENCODERS, LOSSES, NeuronConfig
@@ -54,7 +56,10 @@ FORMAT_VERSION = 1
 class ModelSpec(ModelConfig):
     """What it takes to rebuild and run a network besides its weights: the model settings of a recipe
     (:class:`~rccsnn.config.ModelConfig`: ``arch``, ``args``, ``T``, ``encoding``, ``loss``, ``neuron``) and what
-    the data set fixes (``input_shape`` ``(C, H, W)``, ``num_classes``, the data set's name ``data``).
+    the data set fixes (``input_shape`` ``(C, H, W)``, ``num_classes``, the data set's name ``data``), the
+    network's contract ``steps`` (``multi`` or ``single``, :mod:`rccsnn.contracts`; ``auto`` until detected) and
+    the weight bit width of every quantized layer, ``bits`` (layer name -> 2..16; a layer not named is float32; the
+    saved weights are already on their grid, :mod:`rccsnn.quant`).
 
     One schema for recipes, checkpoints and compact files: :func:`checkpoint_dict` writes it and
     :func:`spec_from_checkpoint` reads it back. ``arch`` is required here. The files call ``args``
@@ -67,6 +72,7 @@ class ModelSpec(ModelConfig):
     num_classes: int
     data: str = "digits"
     steps: str = "multi"
+    bits: Dict[str, int] = field(default_factory=dict)
     arch_args: InitVar[Optional[Dict[str, Any]]] = None
 
     def __post_init__(self, arch_args: Optional[Dict[str, Any]]) -> None:
@@ -155,6 +161,7 @@ def checkpoint_dict(
         "encoding": spec.encoding,
         "loss": spec.loss,
         "steps": spec.steps,
+        "bits": dict(spec.bits),
         # The neuron settings build a zoo model; a user model's neurons are in its own code (and weights).
         "neuron": spec.neuron.to_dict() if is_zoo(spec.arch) else None,
         "metrics": dict(metrics or {}),
@@ -178,6 +185,7 @@ def spec_from_checkpoint(raw: Dict[str, Any]) -> ModelSpec:
         encoding=raw["encoding"],
         loss=raw.get("loss", "ce"),
         steps=raw.get("steps", "multi"),
+        bits={str(name): check_bits(int(b), f"bits of '{name}'") for name, b in (raw.get("bits") or {}).items()},
         # Required to build a zoo model; a user model's file records none.
         neuron=NeuronConfig(**raw["neuron"]) if is_zoo(raw["arch"]) or raw.get("neuron") else NeuronConfig(),
     )
