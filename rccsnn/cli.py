@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a budget on another resource (repeatable; each gets its own dual variable)")
     p.add_argument("--method", help="minimax (default), magnitude or gmp")
     p.add_argument("--schedule", help="joint (default) or sequential (the ablation)")
+    p.add_argument("--decide", metavar="LIST",
+                   help="what minimax decides: sparsity (default), bits, or sparsity,bits (method.options.decide); "
+                        "with bits, costs are the whole network's, relative to dense float32")
+    p.add_argument("--bits-ladder", metavar="LIST",
+                   help="the bit widths --decide bits chooses from (default 2,3,4,6,8,16,32; 32 = float32)")
     p.add_argument("--epochs", type=positive_int, help="total epochs, compression and finetuning (default 30)")
     p.add_argument("--lr", type=float, help="Adam learning rate of the weights (default 1e-3)")
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
@@ -290,7 +295,8 @@ def compress_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     overrides = config_overrides(args, {"model": args.model_file, "method.name": args.method,
                                         "method.schedule": args.schedule, "optim.epochs": args.epochs,
                                         "optim.lr": args.lr, "seed": args.seed, "out": args.out,
-                                        "device": args.device})
+                                        "device": args.device, "method.options.decide": args.decide,
+                                        "method.options.bits_ladder": args.bits_ladder})
     budgets = dict(read_yaml(args.config).get("budgets") or {}) if args.config else {}
     if args.resource is not None and args.budget is None:
         raise UserError("--resource needs --budget")

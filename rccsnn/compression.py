@@ -31,6 +31,7 @@ from rccsnn.config import CompressConfig, typed_kwargs, write_yaml
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.masks import bake, find_targets
+from rccsnn.quant import bits_of, target_bits
 from rccsnn.methods import METHODS, CompressionMethod, Constraint, Problem
 from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
 from rccsnn.monitor import Monitor, format_table
@@ -57,6 +58,7 @@ class RunResult:
     wall_seconds: float
     checkpoint: str
     events: list = field(default_factory=list)
+    decisions: Dict[str, Any] = field(default_factory=dict)  # {"T": time steps, "bits": {layer: width < 32}}
 
     def summary(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -159,6 +161,11 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     test_loader = DataLoader(distributed.shard(data.test), batch_size=cfg.data.eval_batch_size, shuffle=False,
                              collate_fn=data.collate)
     targets = find_targets(net, cfg.targets.include, cfg.targets.exclude, cfg.targets.exclude_first)
+    fixed: tuple = ()
+    if method.whole_network:  # every weight layer counts (and gets its bits decided); those left out stay dense
+        prunable = {t.name for t in targets}
+        targets = find_targets(net, exclude_first=False)
+        fixed = tuple(t.name for t in targets if t.name not in prunable)
     try:
         dense_test = evaluate_net(net, test_loader, spec, device, across_ranks=True).accuracy
     except RuntimeError as exc:
@@ -167,8 +174,10 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     torch.manual_seed(distributed.rank_seed(cfg.seed))
 
     def stats_now() -> LayerStats:
-        return measure_stats(net, targets, val_loader, spec.T, spec.encoding, device, across_ranks=True,
-                             steps=spec.steps)
+        stats = measure_stats(net, targets, val_loader, spec.T, spec.encoding, device, across_ranks=True,
+                              steps=spec.steps)
+        # each layer at its weight bit width: its quantizer's while compressing, the recorded one once baked
+        return stats.with_bits([spec.bits.get(t.name, b) for t, b in zip(targets, target_bits(targets))])
 
     dense_stats = stats_now()
     dense = resource_table(targets, dense_stats, cfg.resources)
@@ -191,7 +200,7 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
 
     out = distributed.on_main(make_run_dir)
     method.bind(Problem(net=net, targets=targets, constraints=constraints, stats=dense_stats,
-                        measure_stats=stats_now))
+                        measure_stats=stats_now, fixed=fixed))
 
     main = distributed.is_main()
     monitor = Monitor(out if main else None, progress=progress and main)
@@ -200,6 +209,7 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
                       method=method, device=device)
     trainer.fit(resume=resume)
 
+    spec.bits = {**spec.bits, **bits_of(net)}  # the widths decided (the quantizers are baked into the weights next)
     bake(net)
     final_stats = stats_now()
     compressed = resource_table(targets, final_stats, cfg.resources)
@@ -209,7 +219,8 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     ckpt = out / CHECKPOINT_FILE
     result = RunResult(method=method.name, schedule=method.schedule, budgets=dict(cfg.budgets),
                        resources=resources, accuracy={"dense": dense_test, "compressed": test_acc},
-                       epochs=cfg.optim.epochs, wall_seconds=0.0, checkpoint=str(ckpt), events=method.events)
+                       epochs=cfg.optim.epochs, wall_seconds=0.0, checkpoint=str(ckpt), events=method.events,
+                       decisions={"T": spec.T, "bits": dict(spec.bits)})
     compression = {k: v for k, v in result.summary().items() if k not in ("checkpoint", "wall_seconds")}
 
     def write_outputs() -> float:

@@ -19,7 +19,7 @@ the cost models (:mod:`rccsnn.resources`), the report and the compact export rea
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -125,6 +125,15 @@ def set_bits(net: nn.Module, bits: Mapping[str, int]) -> None:
             fq.bits = b
 
 
+def target_bits(targets: Sequence) -> List[int]:
+    """``[L]`` the current weight bit width of each target (anything with a ``module``): its quantizer's, else 32."""
+    out = []
+    for t in targets:
+        fq = quantizer(t.module)
+        out.append(fq.bits if fq is not None else FLOAT_BITS)
+    return out
+
+
 def bits_of(net: nn.Module) -> Dict[str, int]:
     """Layer name -> bits of every module whose weight has a :class:`FakeQuant` below 32 bits."""
     out = {}
@@ -136,4 +145,4 @@ def bits_of(net: nn.Module) -> Dict[str, int]:
 
 
 __all__ = ["FLOAT_BITS", "FakeQuant", "LADDER", "bits_of", "channel_scales", "check_bits", "integers", "levels",
-           "parse_ladder", "quantize", "quantizer", "set_bits"]
+           "parse_ladder", "quantize", "quantizer", "set_bits", "target_bits"]

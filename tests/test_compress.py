@@ -42,7 +42,7 @@ FIRST_LAYER_MACS = 4 * 1 * (3 * 8 - 2) ** 2 * T  # 3872
 DENSE_PARAMS = sum(TARGET_WEIGHTS.values())  # 960
 DENSE_MACS = 8 * 4 * (3 * 4 - 2) ** 2 * T + (512 + 160) * T  # 7744
 SUMMARY_KEYS = {"method", "schedule", "budgets", "resources", "accuracy", "epochs", "wall_seconds", "checkpoint",
-                "events"}
+                "events", "decisions"}
 
 RECIPE = tiny_recipe(epochs=2)
 

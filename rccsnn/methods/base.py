@@ -24,7 +24,7 @@ steps plugs in the same way. The base class does nothing, which is dense trainin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from rccsnn.errors import UserError
 from rccsnn.masks import Target, apply_masks, attach_masks, set_straight_through
+from rccsnn.quant import target_bits
 from rccsnn.registry import Registry
 from rccsnn.resources import LayerStats, RateTracker, ResourceModel, cost_sum, grouped, per_weight
 
@@ -81,6 +82,9 @@ class Problem:
         constraints: the budgets, one per constrained resource.
         stats: the dense network's layer statistics on the validation split (firing rates, positions, T).
         measure_stats: measures exact statistics on the validation split with the current weights.
+        fixed: names of targets whose weights may not be pruned (they are targets so that their costs count and
+            their other decisions, such as bit widths, can be made: a method that decides bits sees the whole
+            network, the first layer included, which stays dense).
     """
 
     net: nn.Module
@@ -88,6 +92,7 @@ class Problem:
     constraints: List[Constraint]
     stats: LayerStats
     measure_stats: Callable[[], LayerStats]
+    fixed: Tuple[str, ...] = ()
 
 
 class CompressionMethod:
@@ -100,6 +105,9 @@ class CompressionMethod:
     """
 
     name = "dense"
+    #: whether compress() should hand the method every weight layer as a target (costs of the whole network; the
+    #: layers targets.exclude_first and the patterns leave out come as ``Problem.fixed``)
+    whole_network = False
 
     def __init__(self, schedule: str = "joint") -> None:
         if schedule not in SCHEDULES:
@@ -317,6 +325,7 @@ class PruningMethod(CompressionMethod):
         """Per constraint j and target l the cost of each weight per tap (:meth:`ResourceModel.weight_costs`), with
         the current firing-rate estimates: the last exact measurement's pattern scaled to the moving-average rates."""
         stats = self.stats.with_rates(self.tracker.rates()) if self.tracker else self.stats
+        stats = stats.with_bits(target_bits(self.targets))  # each layer priced at its current weight bit width
         return [c.resource.weight_costs(self.targets, stats) for c in self.constraints]
 
     def costs(self) -> Tensor:

@@ -60,11 +60,14 @@ from rccsnn.masks import Target, apply_masks, set_straight_through
 from rccsnn.methods.base import (METHODS, PruningMethod, kept_counts, kept_mean_costs, prune_cheapest,
                                 resource_values)
 from rccsnn.methods.stepsize import STEP_RULES, DensityStepSize
-from rccsnn.resources import per_weight
+from rccsnn.quant import FLOAT_BITS, LADDER, parse_ladder, quantize, set_bits, target_bits
+from rccsnn.resources import cost_sum, per_weight
 
 ALLOCATIONS = ("auto", "global", "layerwise")
 IMPORTANCES = ("fisher", "w2")
 PACINGS = ("auto", "legacy")
+#: What ``decide`` may list: the masks (``sparsity``) and the weights' bit widths (``bits``).
+DECISIONS = ("sparsity", "bits")
 REGROWS = ("none", "criticality")
 ACTIVITY_LAYERS = ("output", "all")
 
@@ -124,7 +127,8 @@ class MinimaxEngine:
                  lr_s: float, lr_y: float, lr_z: float, y0: float, z0: float, s_max: float,
                  normalize: str = "layer", s_rate: float = 2.0, sample_size: int = 2 ** 14,
                  importance: str = "w2", fisher_steps: float = 1.0, decade_steps: Optional[float] = None,
-                 floor_layer: Optional[int] = None, floor_per_row: int = 0, layer_floor: bool = False) -> None:
+                 floor_layer: Optional[int] = None, floor_per_row: int = 0, layer_floor: bool = False,
+                 fixed: Optional[Sequence[bool]] = None) -> None:
         if importance not in IMPORTANCES:
             raise UserError(f"unknown importance '{importance}'; choices: {', '.join(IMPORTANCES)}")
         self.targets = list(targets)
@@ -139,6 +143,8 @@ class MinimaxEngine:
         self.lr_s, self.lr_y, self.lr_z = lr_s / P, lr_y / P, lr_z / P
         self.max_ds = s_rate / P
         self.s_max = s_max
+        # Fixed targets (never pruned): s stays 0 for them (layerwise); a global ranking floors them at all weights.
+        self.fixed = torch.tensor([bool(f) for f in (fixed or [False] * len(targets))])
         self.sample_size = int(sample_size)
         self.t = 0  # engine steps taken: seeds the sample
         with torch.no_grad():
@@ -192,8 +198,10 @@ class MinimaxEngine:
         # (with per-layer units of w^2 the layers stay about equally dense anyway; saliencies in one unit can
         # rank a whole layer below the others, and an empty layer kills the network). ``keep[l]``: the weights of
         # target l that s cannot prune (its floor, or the output floor's protected weights where more).
-        self.layer_floor = bool(layer_floor) and allocation == "global" and len(self.targets) > 1
+        self.layer_floor = (bool(layer_floor) or bool(self.fixed.any())) and allocation == "global" \
+            and len(self.targets) > 1
         floors = torch.ceil((1.0 - s_max) * self.n - 1e-9) if self.layer_floor else torch.zeros_like(self.n)
+        floors = torch.where(self.fixed, self.n, floors)
         self.keep = torch.maximum(floors.clamp(0.0, None), self.protected)
 
     # ------------------------------------------------------------------------------------------- selection
@@ -559,7 +567,10 @@ class MinimaxEngine:
             d = 1.0 - self.s
             f = 10.0 ** (-1.0 / self.decade_steps)
             ds = torch.maximum(torch.minimum(ds, d * (1.0 - f)), -d * (1.0 / f - 1.0))
-        self.s = self._land(self.s, (self.s + ds).clamp(0.0, self.s_max), costs, dense, budgets)
+        cap = torch.full_like(self.s, float(self.s_max))
+        if self.allocation != "global":
+            cap = torch.where(self.fixed, 0.0, cap)
+        self.s = self._land(self.s, torch.minimum((self.s + ds).clamp_min(0.0), cap), costs, dense, budgets)
         # 4. duals ascend, projected onto >= 0
         self.penalty = float(S.sum()) / self.N
         self.y = max(0.0, self.y + self.lr_y * self.penalty)
@@ -735,7 +746,8 @@ class Minimax(PruningMethod):
                  nodes: Union[str, Sequence[float]] = "auto", node_fraction: float = 0.1, normalize: str = "layer",
                  sample_size: int = 2 ** 14, importance: str = "fisher", pacing: str = "auto",
                  output_floor: int = 1, activity: float = 0.1, activity_layers: str = "output", regrow: str = "none",
-                 finetune_step: str = "sqrt_density", guarantee_rounds: int = 3) -> None:
+                 finetune_step: str = "sqrt_density", decide: Union[str, Sequence[str]] = "sparsity",
+                 bits_ladder: Union[str, Sequence[int]] = LADDER, guarantee_rounds: int = 3) -> None:
         super().__init__(schedule=schedule, compress_fraction=compress_fraction, guarantee_rounds=guarantee_rounds)
         if allocation not in ALLOCATIONS:
             raise UserError(f"unknown allocation '{allocation}'; choices: {', '.join(ALLOCATIONS)}")
@@ -773,6 +785,14 @@ class Minimax(PruningMethod):
         if finetune_step not in STEP_RULES:
             raise UserError(f"unknown finetune_step '{finetune_step}'; choices: {', '.join(STEP_RULES)}")
         self.finetune_step = finetune_step
+        chosen = [d.strip() for d in (decide.split(",") if isinstance(decide, str) else decide)]
+        unknown = [d for d in chosen if d not in DECISIONS]
+        if unknown or not chosen:
+            raise UserError(f"method option decide lists what to decide, from {', '.join(DECISIONS)}; got {decide!r}")
+        self.decide = tuple(d for d in DECISIONS if d in chosen)
+        self.ladder = parse_ladder(bits_ladder)
+        self.whole_network = "bits" in self.decide
+        self._next_bits = 0  # the step of the next bit-width decision
         self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, normalize=normalize, s_rate=s_rate)
         if sample_size < 0:
             raise UserError(f"method option sample_size must be >= 0 (0: rank every weight), got {sample_size}")
@@ -781,6 +801,9 @@ class Minimax(PruningMethod):
         self.nodes: List[float] = [] if self.nodes_auto else [float(b) for b in nodes]
         self.node_fraction = node_fraction
         self.importance, self.pacing, self.output_floor = importance, pacing, int(output_floor)
+        if "bits" in self.decide and importance != "fisher":
+            raise UserError("decide: bits prices a layer's quantization noise with the Fisher information; "
+                            "it needs importance: fisher")
         self.rho_min, self.activity_layers, self.regrow = float(activity), activity_layers, regrow
         self.activity: Optional[Any] = None  # rccsnn.activity.ActivityConstraints when rho_min > 0
         self.regrowth: Optional[Any] = None  # rccsnn.methods.criticality.CriticalityRegrowth for regrow: criticality
@@ -830,13 +853,19 @@ class Minimax(PruningMethod):
         s_max = self.s_max if self.s_max is not None else 1.0 - self.min_density * float(self.budgets.min())
         plan = self.plan()
         self.nodes, self._hold_steps = plan["nodes"], plan["hold"]
+        self._next_bits = self._hold_steps
         floor_layer = self.output_layer() if self.output_floor > 0 else None
+        fixed = [t.name in self.problem.fixed or "sparsity" not in self.decide for t in self.targets]
+        if all(fixed) and "bits" not in self.decide:
+            raise UserError("every layer is fixed (targets.exclude_first and the patterns leave nothing to prune)")
+        if "bits" in self.decide:
+            set_bits(self.problem.net, {t.name: FLOAT_BITS for t in self.targets})
         self.engine = MinimaxEngine(self.targets, len(self.constraints), allocation=allocation,
                                     steps=self.compress_steps, s_max=s_max, sample_size=self.sample_size,
                                     importance=self.importance, fisher_steps=plan["fisher_steps"],
                                     decade_steps=plan["decade_steps"], floor_layer=floor_layer,
                                     floor_per_row=self.output_floor, layer_floor=self.importance == "fisher",
-                                    **self.hyper)
+                                    fixed=fixed, **self.hyper)
         self.engine.set_masks()
         self.scale = self.engine.scale
         self.stepsize = DensityStepSize(self.targets, STEP_RULES[self.finetune_step])
@@ -888,7 +917,8 @@ class Minimax(PruningMethod):
     def floors(self) -> List[int]:
         """The engine's own limit (``s_max``) as the projections' floor: if the phase ends before the budget holds,
         or a data-dependent budget fails on the final measurement, they prune the other layers before emptying one."""
-        return [math.ceil((1.0 - self.engine.s_max) * t.n - 1e-9) for t in self.targets]
+        return [t.n if bool(fixed) else math.ceil((1.0 - self.engine.s_max) * t.n - 1e-9)
+                for t, fixed in zip(self.targets, self.engine.fixed)]
 
     def deadline(self) -> int:
         """A hold at a node stops the compression clock: the descent keeps all of ``compress_steps`` (the rates are
@@ -911,6 +941,9 @@ class Minimax(PruningMethod):
             if self.hold == 0:
                 set_straight_through(self.targets, True)
             return
+        if "bits" in self.decide and step >= self._next_bits:
+            self._next_bits = step + self.hold_steps()
+            self.decide_bits()
         budgets = self.stage_budgets()
         costs = self.costs()
         self.last = self.engine.step(costs, self.dense, budgets, self.loop.lr, final=self.budgets)
@@ -933,6 +966,54 @@ class Minimax(PruningMethod):
         self._regenerate()
         apply_masks(self.targets)
         set_straight_through(self.targets, False)
+
+    @torch.no_grad()
+    def decide_bits(self) -> Dict[str, int]:
+        """Set every target's weight bit width to the ladder value that the engine's current prices favour.
+
+        The engine's equilibrium prices weights and resources in one currency: a weight is kept while ``y`` times its
+        saliency (``F w^2`` in the engine's unit ``U``) exceeds ``sum_j z_j c_hat_j``, its normalised cost
+        ``c_hat_j = c_j N / C_j`` (``C_j`` the targets' cost if dense). Bits are priced the same way: layer l at
+        ``b`` bits costs the task loss ``y sum_i F_i (q_b(w_i) - w_i)^2 / U`` (Optimal Brain Damage's second-order
+        estimate, applied to the quantization error instead of removal), and spends ``sum_j z_j C_jl(b) N / C_j``
+        of the budgets (``C_jl(b)`` the cost of its kept weights at ``b`` bits). Each layer takes the ladder value
+        with the smallest sum: a separable, exact minimisation (the ladder is short), where a continuous
+        relaxation of b would need rounding, and a rounding that breaks a budget. Widths go down as the duals
+        rise and back up if they fall, one rung per decision; the sparsity step then sees the costs at the new
+        widths, so the two decisions share the budget at equal marginal prices. The first decision waits one hold
+        (the duals start at ``y0``, ``z0``, not at prices), and the widths freeze with the masks.
+
+        Returns:
+            layer name -> bits chosen (32: float32).
+        """
+        e = self.engine
+        if e.fisher is None or e.unit is None or not all(e.seen) or e.y <= 0:
+            return dict(zip((t.name for t in self.targets), target_bits(self.targets)))
+        stats = self.stats.with_rates(self.tracker.rates()) if self.tracker else self.stats
+        current = self.costs()  # [J, L] at the current widths
+        totals = (current * self.n).sum(1).clamp_min(1e-300)
+        price = e.z * self.n.sum() / totals  # [J] per unit of each resource, in the engine's currency
+        scores = torch.zeros(len(self.ladder), len(self.targets), dtype=torch.float64)
+        unit = e.unit * e.inv  # the Fisher buffers hold F * inv
+        for i, b in enumerate(self.ladder):
+            at_b = stats.with_bits([b] * len(self.targets))
+            spend = torch.tensor([[float(cost_sum(t, c.resource.tap_costs(at_b, l), t.mask.mask))
+                                   for l, t in enumerate(self.targets)] for c in self.constraints],
+                                 dtype=torch.float64).reshape(len(self.constraints), len(self.targets))
+            for l, t in enumerate(self.targets):
+                w = t.weight.detach() * t.mask.mask
+                noise = float((e.fisher[l] * (quantize(w, b) - w).pow(2)).sum()) / unit
+                scores[i, l] = e.y * noise + float((price * spend[:, l]).sum())
+        # A trust region, as for s: a layer moves one rung of the ladder per decision (a decision per hold's steps,
+        # about an epoch), so the weights adapt to each width before the next; 32 -> 2 bits takes six decisions.
+        now = [self.ladder.index(b) if b in self.ladder else len(self.ladder) - 1 for b in target_bits(self.targets)]
+        best = scores.argmin(0).tolist()
+        rung = [r + (b > r) - (b < r) for r, b in zip(now, best)]
+        chosen = {t.name: self.ladder[r] for t, r in zip(self.targets, rung)}
+        if rung != now:
+            set_bits(self.problem.net, chosen)
+            self.say("bits " + ", ".join(f"{name}:{b}" for name, b in chosen.items()))
+        return chosen
 
     def _regenerate(self) -> None:
         """``regrow: criticality``: a budget-neutral swap when the masks are about to be held (at a node, and when
@@ -1032,7 +1113,8 @@ class Minimax(PruningMethod):
             self.activity.close()
 
     def state_dict(self) -> Dict[str, Any]:
-        out = {**super().state_dict(), "engine": self.engine.state_dict(), "stage": self.stage, "hold": self.hold}
+        out = {**super().state_dict(), "engine": self.engine.state_dict(), "stage": self.stage, "hold": self.hold,
+               "bits": target_bits(self.targets), "next_bits": self._next_bits}
         if self.activity is not None:
             out["activity"] = self.activity.state_dict()
         if self.regrowth is not None:
@@ -1043,6 +1125,9 @@ class Minimax(PruningMethod):
         super().load_state_dict(state)
         self.engine.load_state_dict(state["engine"])
         self.stage, self.hold = state["stage"], state["hold"]
+        if "bits" in self.decide and state.get("bits") is not None:
+            set_bits(self.problem.net, {t.name: int(b) for t, b in zip(self.targets, state["bits"])})
+            self._next_bits = int(state["next_bits"])
         if self.activity is not None and state.get("activity") is not None:
             self.activity.load_state_dict(state["activity"])
         if self.regrowth is not None and state.get("regrowth") is not None:
