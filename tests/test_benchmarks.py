@@ -128,6 +128,17 @@ def test_energy_quick_compares_a_params_and_a_synops_budget(tmp_path):
     assert 0.05 <= float(rows["params 0.05"][4]) < 0.06
 
 
+def test_decisions_quick_tables_each_axis_under_a_whole_network_energy_budget(tmp_path):
+    text = run_quick("decisions", tmp_path / "decisions")
+    (row,) = table_rows(text, r"0\.03")
+    cells = dict(zip(["joint", "bits", "sparsity", "sparsity+int8"], [row[1 + 3 * i: 4 + 3 * i] for i in range(4)]))
+    for label, (acc, energy, within) in cells.items():
+        assert 0 <= float(acc.split(" ± ")[0]) <= 100 and within in ("0/1", "1/1"), label
+    assert cells["joint"][2] == "1/1" and cells["bits"][2] == "1/1"  # the decided widths meet the budget
+    # float32 sparsity alone cannot: the dense first layer alone spends about a quarter of the energy
+    assert cells["sparsity"][2] == "0/1" and float(cells["sparsity"][1].split(" ± ")[0]) > 3.0
+
+
 def test_exact_costs_quick_sets_every_pruned_layer_against_the_exact_count(tmp_path):
     out = tmp_path / "exact"
     text = run_quick("exact_costs", out)

@@ -941,10 +941,12 @@ class Minimax(PruningMethod):
             if self.hold == 0:
                 set_straight_through(self.targets, True)
             return
-        if "bits" in self.decide and step >= self._next_bits:
+        budgets = self.stage_budgets()
+        # Widths follow the prices only while the stage's budget is not met: once it holds, the masks hold or
+        # freeze, and a lower width would give up accuracy for nothing (z falls slowly once R < B).
+        if "bits" in self.decide and step >= self._next_bits and not bool((self.values() <= budgets).all()):
             self._next_bits = step + self.hold_steps()
             self.decide_bits()
-        budgets = self.stage_budgets()
         costs = self.costs()
         self.last = self.engine.step(costs, self.dense, budgets, self.loop.lr, final=self.budgets)
         for l in self.engine.fallback:
@@ -981,7 +983,8 @@ class Minimax(PruningMethod):
         relaxation of b would need rounding, and a rounding that breaks a budget. Widths go down as the duals
         rise and back up if they fall, one rung per decision; the sparsity step then sees the costs at the new
         widths, so the two decisions share the budget at equal marginal prices. The first decision waits one hold
-        (the duals start at ``y0``, ``z0``, not at prices), and the widths freeze with the masks.
+        (the duals start at ``y0``, ``z0``, not at prices), decisions are made only while the stage's budget is
+        exceeded, and the widths freeze with the masks.
 
         Returns:
             layer name -> bits chosen (32: float32).
