@@ -29,7 +29,7 @@ class DataSource:
 
     ``name`` None means the data set the model file recorded (digits for files that record none). ``frames`` are
     the binning settings of an event set as ``(key, value)`` pairs: a tuple, not a dict, so the source stays
-    hashable and frozen; build it with :meth:`with_frames`.
+    hashable and frozen; build it with :meth:`frames_of`.
     """
 
     name: Optional[str] = None
@@ -105,10 +105,12 @@ def model_and_data(path: Optional[str | Path], *, data: DataSource = DataSource(
 
 
 def recorded_data(loaded: LoadedModel, path: Optional[str | Path], data: DataSource) -> DataSource:
-    """``data`` with the data file the model file recorded filled in where the user gave none.
+    """``data`` with the data file, data root and frame settings the model file recorded filled in where the user
+    gave none.
 
-    A model trained or compressed on a file (an npz) records its path in the checkpoint's recipe, so ``evaluate``,
-    ``report`` and ``export`` of it need no repeated ``--data-path``. The recorded path is used as it was written
+    A model trained or compressed on a file (an npz) or under a data root (torchvision and tonic sets) records them in
+    the checkpoint's recipe, so ``evaluate``, ``report`` and ``export`` of it need no repeated ``--data-path`` or
+    ``--data-root`` (nor the event set's ``data.frames``, which fix its T). The recorded path is used as it was written
     when it exists from here, else relative to the model file's directory (a run directory moved with its data);
     otherwise as written, and the loader's error names it. A ``--data`` naming another data set, or a
     ``--data-path``, is the user's choice and wins.
@@ -117,20 +119,31 @@ def recorded_data(loaded: LoadedModel, path: Optional[str | Path], data: DataSou
     if not isinstance(recorded, dict):  # a recipe is free-form (a panel model records "data": "digits")
         return data
     trained_on = recorded.get("name") or loaded.spec.data
-    if data.path is not None or not recorded.get("path") or (data.name or loaded.spec.data) != trained_on:
+    if (data.name or loaded.spec.data) != trained_on:
         return data
-    written = Path(str(recorded["path"]))
-    beside = Path(path).parent / written if path is not None and not written.is_absolute() else written
-    chosen = written if written.exists() or not beside.exists() else beside
-    return replace(data, path=str(chosen))
+
+    def found(value: Any) -> str:
+        written = Path(str(value))
+        beside = Path(path).parent / written if path is not None and not written.is_absolute() else written
+        return str(written if written.exists() or not beside.exists() else beside)
+
+    # An event set's frame settings fix the model's T: evaluating with other bins would not fit it.
+    if not data.frames and isinstance(recorded.get("frames"), dict) and recorded["frames"]:
+        data = replace(data, frames=DataSource.frames_of(recorded["frames"]))
+    if data.root == DataSource.root and recorded.get("root") and recorded["root"] != DataSource.root:
+        data = replace(data, root=found(recorded["root"]))  # torchvision and tonic sets live under a root
+    if data.path is None and recorded.get("path"):
+        data = replace(data, path=found(recorded["path"]))
+    return data
 
 
 def fill_recorded_data(data: Any, loaded: LoadedModel, path: Optional[str | Path]) -> None:
-    """Set ``data.path`` (a config's data section: ``name``, ``path``) to the data file the model recorded when the
-    config names none (:func:`recorded_data`), so that compressing a model trained on an npz needs no repeated
-    ``--data-path`` and the compressed file records the file too."""
-    if data.path is None:
-        data.path = recorded_data(loaded, path, DataSource(name=data.name)).path
+    """Fill a config's data section (``name``, ``root``, ``path``, ``frames``) with what the model recorded where the
+    config gives nothing (:func:`recorded_data`), so that compressing a model trained on an npz or an event set needs
+    no repeated ``--data-path``, ``--data-root`` or frame settings, and the compressed file records them too."""
+    given = DataSource(name=data.name, root=data.root, path=data.path, frames=DataSource.frames_of(data.frames))
+    source = recorded_data(loaded, path, given)
+    data.path, data.root, data.frames = source.path, source.root, dict(source.frames)
 
 
 __all__ = ["DataSource", "fill_recorded_data", "load_model", "load_model_file", "model_and_data", "recorded_data"]

@@ -303,3 +303,29 @@ def test_api_takes_time_major_event_loaders_with_no_encoding(models, digits):
     assert result.summary["resources"]["params"]["ratio"] <= 0.2
     with pytest.raises(UserError, match=r"val_loader: .* with T = 5, got a batch of shape \[3, 100, 1, 8, 8\]"):
         rccsnn.compress(models.mlp(), train, val, budget=0.2, T=5, encoding="none", epochs=1, progress=False)
+
+
+def test_event_model_files_remember_their_data_root_and_frames(models, tmp_path, monkeypatch):
+    """A model compressed on an event set under --data-root with data.frames: evaluate and report of it need
+    neither again (they would bin at another T otherwise); compressing it again finds them too."""
+    pytest.importorskip("tonic")
+    from test_events import _nmnist
+
+    _nmnist(tmp_path / "events")
+    state = _state_file(models, "nmnist_csnn", tmp_path / "n.pt")
+    code, _, err = cli("compress", state, "--model", "snntorch_models:nmnist_csnn", "--data", "nmnist",
+                       "--data-root", tmp_path / "events", "--set", "data.frames={n_time_bins: 6}", "--T", "6",
+                       "--budget", "0.3", "--epochs", "1", "--no-progress", "--device", "cpu", "--out",
+                       tmp_path / "run")
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)  # "data", the default root, holds nothing here
+    code, _, err = cli("evaluate", tmp_path / "run" / "model.pt", "--model", "snntorch_models:nmnist_csnn",
+                       "--json", tmp_path / "e.json", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "e.json").read_text())["samples"] == 6  # the test split of the generated set
+    code, _, err = cli("compress", tmp_path / "run" / "model.pt", "--model", "snntorch_models:nmnist_csnn",
+                       "--budget", "0.2", "--epochs", "1", "--no-progress", "--device", "cpu", "--out",
+                       tmp_path / "again")
+    assert code == 0, err
+    recipe = torch.load(tmp_path / "again" / "model.pt", weights_only=True)["recipe"]["data"]
+    assert recipe["frames"] == {"n_time_bins": 6} and recipe["root"] == str(tmp_path / "events")
