@@ -1,13 +1,36 @@
 """What quality.py and energy.py share: run a generated sweep through ``rccsnn sweep``'s runner, publish a report."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import yaml
 
 from rccsnn.sweep import Sweep, SweepOutcome, load_sweep, run_sweep, write_results
+
+
+def grid_arguments(argv: Optional[Sequence[str]], description: str, name: str, model: Path,
+                   budgets: Sequence[float], seeds: int, quick_budget: float) -> argparse.Namespace:
+    """The options every one-model grid benchmark takes (model, budgets, seeds, epochs, jobs, out, quick,
+    no-progress), parsed; ``--quick`` is ``quick_budget``, one seed, 2 epochs, and ``out`` defaults to
+    ``runs/benchmarks/<name>-<model>[-quick]``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("model", nargs="?", default=str(model))
+    p.add_argument("--budgets", nargs="+", type=float, default=list(budgets))
+    p.add_argument("--seeds", type=int, default=seeds)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--out", default=None, help=f"benchmark directory (default runs/benchmarks/{name}-<model>)")
+    p.add_argument("--quick", action="store_true", help=f"budget {quick_budget:g}, one seed, 2 epochs (a smoke run)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.budgets, args.epochs, args.seeds = [quick_budget], 2, 1
+    args.out = Path(args.out or Path("runs") / "benchmarks"
+                    / (f"{name}-{Path(args.model).stem}" + ("-quick" if args.quick else "")))
+    return args
 
 
 def run_grid(doc: dict, out: Path, jobs: int, progress: bool) -> Tuple[Sweep, SweepOutcome]:

@@ -19,7 +19,6 @@ budget. It writes ``decisions.md`` in the output directory.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -28,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from benchsweep import publish, run_grid
+from benchsweep import grid_arguments, publish, run_grid
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.loading import load_model
@@ -81,21 +80,10 @@ def mean_std(values: Sequence[float]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL))
-    p.add_argument("--budgets", nargs="+", type=float, default=[0.1, 0.03, 0.01, 0.005])
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--out", default=None, help="benchmark directory (default runs/benchmarks/decisions-<model>)")
-    p.add_argument("--quick", action="store_true", help="budget 0.03, one seed, 2 epochs (a smoke run)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.budgets, args.epochs, args.seeds = [0.03], 2, 1
+    args = grid_arguments(argv, __doc__.splitlines()[0], "decisions", DEFAULT_MODEL, [0.1, 0.03, 0.01, 0.005], 3,
+                          0.03)
+    out = args.out
     try:
-        out = Path(args.out or Path("runs") / "benchmarks"
-                   / (f"decisions-{Path(args.model).stem}" + ("-quick" if args.quick else "")))
         doc = {"name": "decisions",
                "base": {"model": str(Path(args.model).resolve()), "optim": {"epochs": args.epochs}},
                "grid": {"resource": ["energy"], "budget": args.budgets,

@@ -12,14 +12,13 @@ conv/linear layers, the unpruned first layer included. It writes ``energy.md`` i
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from benchsweep import publish, run_grid
+from benchsweep import grid_arguments, publish, run_grid
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.loading import load_model
@@ -41,21 +40,9 @@ def measure(path: str, data: DataSplits) -> Dict[str, float]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL))
-    p.add_argument("--budgets", nargs="+", type=float, default=[0.2, 0.05, 0.01])
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--out", default=None, help="benchmark directory (default runs/benchmarks/energy-<model>)")
-    p.add_argument("--quick", action="store_true", help="budget 0.05, 2 epochs (a smoke run)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.budgets, args.epochs, args.seeds = [0.05], 2, 1
+    args = grid_arguments(argv, __doc__.splitlines()[0], "energy", DEFAULT_MODEL, [0.2, 0.05, 0.01], 1, 0.05)
+    out = args.out
     try:
-        out = Path(args.out or Path("runs") / "benchmarks"
-                   / (f"energy-{Path(args.model).stem}" + ("-quick" if args.quick else "")))
         doc = {"name": "energy", "base": {"model": str(Path(args.model).resolve()), "optim": {"epochs": args.epochs}},
                "grid": {"resource": list(RESOURCES), "budget": args.budgets, "seed": list(range(args.seeds))}}
         sweep, outcome = run_grid(doc, out, args.jobs, not args.no_progress)

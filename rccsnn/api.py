@@ -142,7 +142,7 @@ def evaluate(model: Model, *, data: Data = None, split: str = "test", device: Un
     ``evaluate(net, loader, *, T, encoding="direct", loss="ce", steps=None, device="auto")`` measures an
     ``nn.Module`` on a DataLoader instead (:func:`rccsnn.objects.evaluate_module`)."""
     loaded = _loaded(model)
-    return evaluate_loaded(loaded, _data(data, loaded, model), split, _device(device), batch_size=batch_size)
+    return evaluate_loaded(loaded, _data(data, loaded, model), split, resolve_device(device), batch_size=batch_size)
 
 
 @functools.singledispatch
@@ -156,7 +156,7 @@ def report(model: Model, *, data: Data = None, split: str = "val", device: Union
     ``nn.Module`` on a DataLoader instead (:func:`rccsnn.objects.report_module`).
     """
     loaded = _loaded(model)
-    return report_loaded(loaded, _data(data, loaded, model), split, _device(device), batch_size=batch_size,
+    return report_loaded(loaded, _data(data, loaded, model), split, resolve_device(device), batch_size=batch_size,
                          file=_file(model))
 
 
@@ -179,5 +179,4 @@ report.register(nn.Module, report_module)
 compress.__doc__ += "\n" + textwrap.indent(inspect.cleandoc(compress_module.__doc__ or ""), "    ")
 
 
-def _device(device: Union[str, torch.device]) -> torch.device:
-    return device if isinstance(device, torch.device) else resolve_device(device)
+

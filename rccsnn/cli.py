@@ -380,15 +380,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- report
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
-    from rccsnn.formats.compact import compact_tensor_bytes, is_compact_file
     from rccsnn.distributed import resolve_device
     from rccsnn.metrics import report, report_table
 
     single_process_only("report")
     loaded, data = model_and_data(args)
-    stored = compact_tensor_bytes(args.model_file) if is_compact_file(args.model_file) else None
     result = report(loaded, data, args.split, resolve_device(args.device), batch_size=args.batch_size,
-                         file=args.model_file, stored_bytes=stored)
+                    file=args.model_file)
     print(f"{args.model_file}: {result['split']} accuracy {result['accuracy']:.4f} on {result['samples']} samples "
           f"of {result['data']}, T = {result['T']}; energy per inference (45 nm, Horowitz 2014)")
     print(report_table(result))

@@ -31,7 +31,7 @@ from rccsnn.config import CompressConfig, typed_kwargs, write_yaml
 from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.masks import bake, find_targets
-from rccsnn.quant import bits_of, target_bits
+from rccsnn.quant import bits_of, set_bits, target_bits
 from rccsnn.methods import METHODS, CompressionMethod, Constraint, Problem
 from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
 from rccsnn.monitor import Monitor, format_table
@@ -176,8 +176,8 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     def stats_now() -> LayerStats:
         stats = measure_stats(net, targets, val_loader, spec.T, spec.encoding, device, across_ranks=True,
                               steps=spec.steps)
-        # each layer at its weight bit width: its quantizer's while compressing, the recorded one once baked
-        return stats.with_bits([spec.bits.get(t.name, b) for t, b in zip(targets, target_bits(targets))])
+        # each layer at its weight bit width: its quantizer's while compressing, the recorded one otherwise
+        return stats.with_bits(target_bits(targets, spec.bits))
 
     dense_stats = stats_now()
     dense = resource_table(targets, dense_stats, cfg.resources)
@@ -201,6 +201,9 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     out = distributed.on_main(make_run_dir)
     method.bind(Problem(net=net, targets=targets, constraints=constraints, stats=dense_stats,
                         measure_stats=stats_now, fixed=fixed))
+    # A model whose weights are already quantized stays on its grid while it finetunes (after the masks, which bind
+    # attached); a method that decides bits sets its own widths when it starts.
+    set_bits(net, spec.bits)
 
     main = distributed.is_main()
     monitor = Monitor(out if main else None, progress=progress and main)
@@ -209,7 +212,7 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
                       method=method, device=device)
     trainer.fit(resume=resume)
 
-    spec.bits = {**spec.bits, **bits_of(net)}  # the widths decided (the quantizers are baked into the weights next)
+    spec.bits = bits_of(net)  # the widths the weights are on (their quantizers are baked into them next)
     bake(net)
     final_stats = stats_now()
     compressed = resource_table(targets, final_stats, cfg.resources)

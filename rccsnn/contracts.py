@@ -20,7 +20,9 @@ snntorch's neurons return the membrane last: ``(spk, mem)``, ``(spk, syn, mem)``
 :func:`detect_steps` decides which contract a network keeps with one probe forward: a network whose snntorch neurons
 keep their own state (``init_hidden=True``) is tried single-step first, any other multi-step first (a single-step
 network without neuron state would forget everything between steps, so it cannot be one); the first contract whose
-output has the promised shape wins. ``--model-steps`` overrides it.
+output has the promised shape wins, and a single-step one must also treat every sample of the batch alone (a
+multi-step model with ``init_hidden`` neurons, handed one step, loops over the batch as if it were time).
+``--model-steps`` overrides it.
 """
 from __future__ import annotations
 
@@ -130,6 +132,45 @@ def run(net: nn.Module, x: Tensor, steps: str = "multi") -> Readout:
     return STEPS.get(steps)(net, x)
 
 
+def probe_input(net: nn.Module, input_shape: Sequence[int], T: int, batch: int = 2) -> Tensor:
+    """``[max(T, 2), batch, *input_shape]`` random inputs, the same every step, on ``net``'s device, drawn from a
+    private generator (probing changes no later result)."""
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    x = torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    return x.unsqueeze(0).expand(max(T, 2), *x.shape)
+
+
+@torch.no_grad()
+def output_units(net: nn.Module, probe: Tensor, steps: str) -> int:
+    """K, the output units of ``net`` (its class count), from one forward of ``probe`` under contract ``steps``."""
+    was_training = net.training
+    net.eval()
+    try:
+        return int(run(net, probe, steps).spikes.shape[-1])
+    except UserError:
+        raise
+    except Exception as exc:  # the user's forward failed on an input of the loaders' shape
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"the model cannot run on inputs {list(probe.shape[1:])} as a {steps}-step model: "
+                        f"{type(exc).__name__}: {first}") from None
+    finally:
+        net.train(was_training)
+        reset_state(net)
+
+
+def _batch_independent(net: nn.Module, probe: Tensor, first: Readout) -> bool:
+    """Whether ``net`` run single-step gives sample 1 the same output when sample 0 changes. A multi-step model whose
+    neurons keep their own state, handed one step, loops over the batch as if it were time; its later samples then
+    depend on the earlier ones. A single-step model treats every sample alone (in eval mode)."""
+    other = probe.clone()
+    other[:, 0] = torch.rand(other[:, 0].shape, generator=torch.Generator().manual_seed(1)).to(other)
+    again = run(net, other, "single")
+    same = torch.equal(first.spikes[:, 1:], again.spikes[:, 1:])
+    if first.mem is not None and again.mem is not None:
+        same = same and torch.allclose(first.mem[:, 1:], again.mem[:, 1:])
+    return same
+
+
 def keeps_state(net: nn.Module) -> bool:
     """Whether any snntorch neuron of ``net`` keeps its state itself (``init_hidden=True``)."""
     return any(isinstance(m, SpikingNeuron) and getattr(m, "init_hidden", False) for m in net.modules())
@@ -151,7 +192,11 @@ def detect_steps(net: nn.Module, probe: Tensor) -> str:
     try:
         for name in order:
             try:
-                run(net, probe, name)
+                readout = run(net, probe, name)
+                if name == "single" and probe.shape[1] > 1 and not _batch_independent(net, probe, readout):
+                    failures.append("as a single-step model its output for one sample depends on another (does "
+                                    "it loop over the batch as over time?)")
+                    continue
                 return name
             except UserError as exc:
                 failures.append(str(exc).split(";")[0].replace("the model's output fits neither contract: ", ""))
@@ -164,5 +209,5 @@ def detect_steps(net: nn.Module, probe: Tensor) -> str:
     raise UserError(f"the model fits neither contract ({'; '.join(failures)}); the contracts: {CONTRACTS}")
 
 
-__all__ = ["CONTRACTS", "Readout", "STEPS", "describe", "detect_steps", "keeps_state", "reset_state", "run",
-           "run_multi", "run_single"]
+__all__ = ["CONTRACTS", "Readout", "STEPS", "describe", "detect_steps", "keeps_state", "output_units",
+           "probe_input", "reset_state", "run", "run_multi", "run_single"]

@@ -370,8 +370,10 @@ def agreed(fn: Callable[[], T]) -> T:
 
 
 # ================================================================================================ launching commands
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
+def resolve_device(name: "str | torch.device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a ``torch.device`` is taken as it is."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -120,12 +120,20 @@ class Mask(nn.Module):
 
 
 def attach_masks(targets: Sequence[Target], straight_through: bool = True) -> None:
-    """Give every target a :class:`Mask` (all ones) unless it has one already."""
+    """Give every target a :class:`Mask` (all ones) unless it has one already, always as the weight's first
+    parametrization: a quantizer already there is put back after it, so that it quantizes the masked weight (a pruned
+    weight stays 0, and the scale comes from the weights that are kept)."""
     for t in targets:
         if t.mask is None:
+            after = []
+            if parametrize.is_parametrized(t.module, "weight"):  # e.g. a FakeQuant (rccsnn.quant)
+                after = list(t.module.parametrizations.weight)
+                parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
             parametrize.register_parametrization(
                 t.module, "weight", Mask(t.shape, straight_through, device=t.module.weight.device)
             )
+            for p in after:
+                parametrize.register_parametrization(t.module, "weight", p)
 
 
 def set_straight_through(targets: Sequence[Target], on: bool) -> None:

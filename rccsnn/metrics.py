@@ -118,12 +118,16 @@ def report(loaded: LoadedModel, data: DataSplits, split: str, device: torch.devi
     (``energy_pj_fp32``, ``energy_pj_int8``: what the layer would cost in each format) and at the layer's own weight
     width ``bits`` (``energy_pj``, :func:`rccsnn.resources.op_energy`; ``bits`` 32 is float32), ``bitops`` its
     operations x bits; ``bytes_dense`` = 4 x weights (fp32) and ``bytes_compact`` = the weight's bytes in the compact format (the
-    stored bytes given in ``stored_bytes`` for a compact file; otherwise what a float32 export would store).
+    stored bytes given in ``stored_bytes``, by default those of ``file`` when it is a compact file; otherwise what an
+    export would store: float32 values, or the layer's packed codes at its ``bits``).
 
     Returns a dict with keys :data:`REPORT_KEYS`; ``total`` has :data:`TOTAL_KEYS`; ``firing_rates`` maps each
     spiking layer (rccsnn's LIF or any snntorch neuron) to its spikes per neuron per step.
     """
-    from rccsnn.formats.compact import encode_weight, entry_nbytes
+    from rccsnn.formats.compact import compact_tensor_bytes, encode_weight, entry_nbytes, is_compact_file
+
+    if stored_bytes is None and file is not None and is_compact_file(file):
+        stored_bytes = compact_tensor_bytes(file)
 
     result = run_split(loaded, data, split, device, batch_size, spikes=True)
     mon = result.monitor
@@ -140,7 +144,7 @@ def report(loaded: LoadedModel, data: DataSplits, split: str, device: torch.devi
         if stored_bytes is not None and key in stored_bytes:
             compact = int(stored_bytes[key])
         else:
-            compact = entry_nbytes(encode_weight(w.cpu(), "float32"))
+            compact = entry_nbytes(encode_weight(w.cpu(), "float32", bits=bits))  # as export would store it
         layers.append({
             "name": name, "kind": type(module).__name__, "analog_input": bool(mon.analog_input[name]),
             "positions": mon.positions[name], "input_rate": float(rates.get(name, 0.0)), "bits": bits, "weights": n,

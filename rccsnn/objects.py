@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from rccsnn.compression import compress as compress_loaded
 from rccsnn.config import CompressConfig, from_dict
-from rccsnn.contracts import run
+from rccsnn.contracts import output_units, probe_input
 from rccsnn.data import DataSplits
 from rccsnn.distributed import resolve_device
 from rccsnn.errors import UserError
@@ -100,7 +100,13 @@ def loader_splits(train_loader: DataLoader, val_loader: DataLoader, test_loader:
     x = _first_batch(val_loader, "val_loader", T, encoding)
     _first_batch(train_loader, "train_loader", T, encoding)
     shape = tuple(x.shape[2:] if encoding == "none" else x.shape[1:])
-    collate = train_loader.collate_fn if train_loader.collate_fn is not default_collate else None
+    loaders = [("train_loader", train_loader), ("val_loader", val_loader), ("test_loader", test_loader)]
+    collate = train_loader.collate_fn
+    for role, loader in loaders[1:]:
+        if loader is not None and loader.collate_fn is not collate:
+            raise UserError(f"{role} batches with another collate_fn than train_loader; rccsnn batches every split "
+                            f"with one (give the loaders the same collate_fn)")
+    collate = collate if collate is not default_collate else None
     return LoaderSplits(name="loaders", train=datasets[0], val=datasets[1], test=datasets[2], input_shape=shape,
                         num_classes=0, steps=T if encoding == "none" else None, collate_fn=collate)
 
@@ -119,14 +125,7 @@ def loaded_module(net: nn.Module, splits: DataSplits, *, T: int, encoding: str, 
     spec = ModelSpec(arch=arch, input_shape=tuple(splits.input_shape), num_classes=0, data=splits.name, T=T,
                      encoding=encoding, loss=loss, steps=steps or "auto")
     resolve_steps(net, spec)
-    x = torch.rand(1, *spec.input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        was_training = net.training
-        net.eval()
-        try:
-            spec.num_classes = int(run(net, x.unsqueeze(0).expand(T, *x.shape), spec.steps).spikes.shape[-1])
-        finally:
-            net.train(was_training)
+    spec.num_classes = output_units(net, probe_input(net, spec.input_shape, T), spec.steps)
     splits.num_classes = spec.num_classes
     return LoadedModel(net=net, spec=spec)
 
@@ -210,7 +209,7 @@ def train_module(net: nn.Module, train_loader: DataLoader, val_loader: DataLoade
                              eval_batch_size=val_loader.batch_size, seed=seed, progress=progress, desc="train")
     torch.manual_seed(seed)
     trainer = Trainer(net=net, data=splits, spec=loaded.spec, options=options, monitor=Monitor(None, progress=progress),
-                      device=_device(device))
+                      device=resolve_device(device))
     fit = trainer.fit()
     summary = {"val_accuracy": fit["best_val"], "test_accuracy": trainer.evaluate("test").accuracy,
                "best_epoch": fit["best_epoch"] + 1, "epochs": epochs}
@@ -228,7 +227,7 @@ def evaluate_module(net: nn.Module, loader: DataLoader, *, T: int, encoding: str
     """Accuracy, weights, nonzero weights, MACs and firing rates of ``net`` on ``loader`` (``rccsnn evaluate
     --json``); arguments as :func:`compress_module`."""
     loaded, splits = _measured(net, loader, T, encoding, loss, steps)
-    return evaluate_loaded(loaded, splits, "test", _device(device), batch_size=loader.batch_size)
+    return evaluate_loaded(loaded, splits, "test", resolve_device(device), batch_size=loader.batch_size)
 
 
 def report_module(net: nn.Module, loader: DataLoader, *, T: int, encoding: str = "direct", loss: str = "ce",
@@ -236,11 +235,7 @@ def report_module(net: nn.Module, loader: DataLoader, *, T: int, encoding: str =
     """Per-layer and total costs of ``net`` on ``loader``: weights, MACs, SynOps, energy, bytes, firing rates
     (``rccsnn report --json``); arguments as :func:`compress_module`."""
     loaded, splits = _measured(net, loader, T, encoding, loss, steps)
-    return report_loaded(loaded, splits, "test", _device(device), batch_size=loader.batch_size)
-
-
-def _device(device: Union[str, torch.device]) -> torch.device:
-    return device if isinstance(device, torch.device) else resolve_device(device)
+    return report_loaded(loaded, splits, "test", resolve_device(device), batch_size=loader.batch_size)
 
 
 __all__ = ["LoaderSplits", "ModuleResult", "compress_module", "evaluate_module", "loader_splits", "loaded_module",

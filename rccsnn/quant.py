@@ -125,12 +125,14 @@ def set_bits(net: nn.Module, bits: Mapping[str, int]) -> None:
             fq.bits = b
 
 
-def target_bits(targets: Sequence) -> List[int]:
-    """``[L]`` the current weight bit width of each target (anything with a ``module``): its quantizer's, else 32."""
+def target_bits(targets: Sequence, recorded: Mapping[str, int] = {}) -> List[int]:
+    """``[L]`` the current weight bit width of each target (anything with ``name`` and ``module``): its quantizer's,
+    else the width ``recorded`` for it (a loaded model's ``ModelSpec.bits``, whose weights are already on that
+    grid), else 32."""
     out = []
     for t in targets:
         fq = quantizer(t.module)
-        out.append(fq.bits if fq is not None else FLOAT_BITS)
+        out.append(fq.bits if fq is not None else int(recorded.get(t.name, FLOAT_BITS)))
     return out
 
 

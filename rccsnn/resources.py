@@ -263,7 +263,8 @@ def op_energy(bits: int, e_mac_fp32: float = ENERGY_PJ["fp32"]["e_mac"],
               e_ac_fp32: float = ENERGY_PJ["fp32"]["e_ac"]) -> Tuple[float, float]:
     """``(E_MAC, E_AC)`` in pJ of one operation with ``bits``-bit integer weights (45 nm, Horowitz 2014).
 
-    float32 (32 bits) costs ``e_mac_fp32``/``e_ac_fp32`` (:data:`ENERGY_PJ`'s fp32 by default). Below that the
+    float32 (32 bits) costs ``e_mac_fp32``/``e_ac_fp32`` (:data:`ENERGY_PJ`'s fp32 by default; a user's
+    ``resources.energy`` constants set these only: the integer figures stay the 45 nm table's). Below that the
     integer operations scale from :data:`ENERGY_PJ`'s int8 figures as the circuits do: an adder's energy grows with
     its width, a multiplier's with the product of its input widths, so ``E_AC(b) = 0.03 x b / 8`` and ``E_MAC(b) =
     0.2 x (b / 8)^2`` (16 bits: 0.06 and 0.8 pJ; Horowitz's own 32-bit integer figures, 0.1 and 3.1 pJ, are within 20

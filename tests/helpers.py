@@ -21,6 +21,39 @@ def cli(*argv):
     return code, out.getvalue(), err.getvalue()
 
 
+def whole_and_resumed(run, method_class, stop_after_epoch: int, monkeypatch):
+    """``(whole, resumed)``: ``run(out, resume=False)`` into ``whole``, and into ``cut`` stopped by SIGINT at the end
+    of epoch ``stop_after_epoch`` (0-based; the Trainer saves that epoch, then raises Interrupted) and resumed.
+    ``run`` is called with the directory name (``"whole"``, ``"cut"``); one thread, so CPU kernels are
+    deterministic."""
+    import os
+    import signal
+
+    import pytest
+    import torch
+
+    from rccsnn.trainer import Interrupted
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = run("whole")
+        original = method_class.epoch_end
+
+        def stop(self, epoch, loop):
+            if epoch == stop_after_epoch:
+                os.kill(os.getpid(), signal.SIGINT)
+            return original(self, epoch, loop)
+
+        monkeypatch.setattr(method_class, "epoch_end", stop)
+        with pytest.raises(Interrupted):
+            run("cut")
+        monkeypatch.setattr(method_class, "epoch_end", original)
+        return whole, run("cut", resume=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def one_line(err: str) -> str:
     """The single line of ``err``; fails the test when there is not exactly one."""
     lines = err.splitlines()

@@ -149,3 +149,25 @@ class Dict(nn.Module):
 
 def returns_dict() -> nn.Module:
     return Dict()
+
+
+class StatefulLoop(nn.Module):
+    """Multi-step, but its neurons keep their own state (``init_hidden=True``): ``forward(x [T, B, ...])`` resets
+    them and loops over ``x[t]`` itself. Handed one step ``[B, ...]`` it would loop over the batch as over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, 48), snn.Leaky(beta=BETA, spike_grad=GRAD, init_hidden=True),
+            nn.Linear(48, 10), snn.Leaky(beta=BETA, spike_grad=GRAD, init_hidden=True, output=True))
+
+    def forward(self, x: torch.Tensor):
+        for m in self.net.modules():
+            if isinstance(m, snn.SpikingNeuron):
+                m.reset_mem()
+        spk, mem = zip(*[self.net(x[t]) for t in range(x.shape[0])])
+        return torch.stack(spk), torch.stack(mem)
+
+
+def stateful_loop() -> nn.Module:
+    return StatefulLoop()

@@ -7,14 +7,12 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import signal
 
 import pytest
 import torch
 from torch import nn
 
-from helpers import train_tiny
+from helpers import train_tiny, whole_and_resumed
 from rccsnn.compression import compress
 from rccsnn.config import CompressConfig, MethodConfig, OptimConfig
 from rccsnn.errors import UserError
@@ -26,7 +24,6 @@ from rccsnn.models import build_model
 from rccsnn.models.checkpoint import load_checkpoint
 from rccsnn.resources import LayerStats, Params, SynOps
 from rccsnn.snn import LIF, NeuronConfig, PerStep, simulate
-from rccsnn.trainer import Interrupted
 
 RECIPE = """\
 data: {name: digits, batch_size: 64}
@@ -240,30 +237,13 @@ def test_the_method_keeps_every_budget_on_a_tiny_net(tiny_ckpt, tmp_path):
 
 
 def test_an_interrupted_run_resumes_to_the_same_model(tiny_ckpt, tmp_path, monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # CPU kernels are then deterministic
-    try:
-        def run(out, resume=False):
-            cfg = CompressConfig(model=str(tiny_ckpt), budgets={"params": 0.2},
-                                 method=MethodConfig(name="criticality", options={"rho_min": 0.1, "window": 3}),
-                                 optim=OptimConfig(lr=1e-3, epochs=4), out=str(out), device="cpu")
-            return compress(cfg, load_checkpoint(tiny_ckpt), resume=resume, progress=False)
+    def run(out, resume=False):
+        cfg = CompressConfig(model=str(tiny_ckpt), budgets={"params": 0.2},
+                             method=MethodConfig(name="criticality", options={"rho_min": 0.1, "window": 3}),
+                             optim=OptimConfig(lr=1e-3, epochs=4), out=str(tmp_path / out), device="cpu")
+        return compress(cfg, load_checkpoint(tiny_ckpt), resume=resume, progress=False)
 
-        whole = run(tmp_path / "whole")
-        original = Criticality.epoch_end
-
-        def stop_after_first(self, epoch, loop):
-            if epoch == 0:
-                os.kill(os.getpid(), signal.SIGINT)  # the Trainer saves this epoch, then raises Interrupted
-            return original(self, epoch, loop)
-
-        monkeypatch.setattr(Criticality, "epoch_end", stop_after_first)
-        with pytest.raises(Interrupted):
-            run(tmp_path / "cut")
-        monkeypatch.setattr(Criticality, "epoch_end", original)
-        resumed = run(tmp_path / "cut", resume=True)
-    finally:
-        torch.set_num_threads(threads)
+    whole, resumed = whole_and_resumed(run, Criticality, 0, monkeypatch)
     a = torch.load(whole.checkpoint, weights_only=True)["state_dict"]
     b = torch.load(resumed.checkpoint, weights_only=True)["state_dict"]
     for key in a:

@@ -22,7 +22,7 @@ from torch import nn
 import rccsnn
 from exact_count import analog_inputs, exact_counts
 from conftest import REPO_ROOT
-from helpers import assert_user_error, cli
+from helpers import assert_user_error, cli, whole_and_resumed
 from rccsnn.models.checkpoint import LoadedModel, ModelSpec
 from rccsnn.quant import integers
 from test_guarantee_exact import CLASSES, SIDE, T, RandomCSNN, digits_npz, direct, networks  # noqa: F401
@@ -137,39 +137,18 @@ def test_bad_decisions_are_one_line(tmp_path, options, message):
 def test_an_interrupted_decide_bits_run_resumes_to_the_same_model(tmp_path, monkeypatch):
     """SIGINT after the second epoch (the widths decided once by then), resume: the same weights, widths and
     events as the uninterrupted run."""
-    import os
-    import signal
-
     from rccsnn.compression import compress
     from rccsnn.config import CompressConfig, MethodConfig, OptimConfig
     from rccsnn.methods.minimax import Minimax
     from rccsnn.models.checkpoint import load_checkpoint
-    from rccsnn.trainer import Interrupted
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # CPU kernels are then deterministic
-    try:
-        def run(out, resume=False):
-            cfg = CompressConfig(model=str(SHIPPED), budgets={"energy": 0.05},
-                                 method=MethodConfig(name="minimax", options={"decide": "sparsity,bits"}),
-                                 optim=OptimConfig(lr=1e-3, epochs=4), out=str(out), device="cpu")
-            return compress(cfg, load_checkpoint(SHIPPED), resume=resume, progress=False)
+    def run(out, resume=False):
+        cfg = CompressConfig(model=str(SHIPPED), budgets={"energy": 0.05},
+                             method=MethodConfig(name="minimax", options={"decide": "sparsity,bits"}),
+                             optim=OptimConfig(lr=1e-3, epochs=4), out=str(tmp_path / out), device="cpu")
+        return compress(cfg, load_checkpoint(SHIPPED), resume=resume, progress=False)
 
-        whole = run(tmp_path / "whole")
-        original = Minimax.epoch_end
-
-        def stop(self, epoch, loop):
-            if epoch == 1:
-                os.kill(os.getpid(), signal.SIGINT)  # the Trainer saves this epoch, then raises Interrupted
-            return original(self, epoch, loop)
-
-        monkeypatch.setattr(Minimax, "epoch_end", stop)
-        with pytest.raises(Interrupted):
-            run(tmp_path / "cut")
-        monkeypatch.setattr(Minimax, "epoch_end", original)
-        resumed = run(tmp_path / "cut", resume=True)
-    finally:
-        torch.set_num_threads(threads)
+    whole, resumed = whole_and_resumed(run, Minimax, 1, monkeypatch)
     assert any(e.startswith("bits ") for e in whole.events[:3])
     a = torch.load(whole.checkpoint, weights_only=True)
     b = torch.load(resumed.checkpoint, weights_only=True)
@@ -177,3 +156,30 @@ def test_an_interrupted_decide_bits_run_resumes_to_the_same_model(tmp_path, monk
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     assert resumed.events == whole.events and resumed.accuracy == whole.accuracy
+
+
+@pytest.mark.parametrize("again", [["--budget", "0.5"], ["--resource", "energy", "--budget", "0.5"],
+                                   ["--resource", "energy", "--budget", "0.5", "--decide", "sparsity,bits"]])
+def test_a_quantized_model_compressed_again_stays_on_its_grid_and_within_budget(tmp_path, again):
+    """Compressing a model whose weights are quantized: without --decide bits it keeps its widths (the weights stay on
+    their grid while finetuning, and every cost is priced at them); with it the widths are decided afresh. Either
+    way the record matches the weights and the budget holds on the report of the saved model."""
+    code, _, err = cli("compress", SHIPPED, "--resource", "energy", "--budget", "0.05", "--decide", "sparsity,bits",
+                       "--epochs", "2", "--no-progress", "--device", "cpu", "--out", tmp_path / "q")
+    assert code == 0, err
+    first = torch.load(tmp_path / "q" / "model.pt", weights_only=True)["bits"]
+    assert first
+    code, _, err = cli("compress", tmp_path / "q" / "model.pt", *again, "--epochs", "2", "--no-progress",
+                       "--device", "cpu", "--out", tmp_path / "again")
+    assert code == 0, err
+    raw = torch.load(tmp_path / "again" / "model.pt", weights_only=True)
+    if "--decide" not in again:
+        assert raw["bits"] == first
+    for name, b in raw["bits"].items():
+        w = raw["state_dict"][f"{name}.weight"]
+        codes, scale = integers(w, b)
+        assert torch.allclose(codes.float() * scale.view(-1, *[1] * (w.dim() - 1)), w, rtol=1e-5, atol=1e-7), name
+    summary = json.loads((tmp_path / "again" / "summary.json").read_text())
+    resource = "energy" if "energy" in again else "params"
+    assert summary["resources"][resource]["ratio"] <= 0.5
+    assert summary["accuracy"]["compressed"] > 0.5  # not wrecked

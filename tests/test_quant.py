@@ -177,3 +177,28 @@ def test_report_prices_each_layer_at_its_bits():
         assert layer["energy_pj"] == pytest.approx(expected, rel=1e-9)
         assert layer["bitops"] == pytest.approx(b * (layer["macs"] if layer["analog_input"] else layer["synops"]))
     assert r["total"]["energy_pj"] == pytest.approx(sum(layer["energy_pj"] for layer in r["layers"]))
+
+
+def test_a_mask_attached_after_a_quantizer_goes_first():
+    """The quantizer must see the masked weight (pruned weights 0, the scale from the kept ones) whatever the order
+    in which the two were attached."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 4))
+    set_bits(net, {"0": 3})
+    (target,) = find_targets(net, exclude_first=False)
+    attach_masks([target])
+    assert [type(p).__name__ for p in net[0].parametrizations.weight] == ["Mask", "FakeQuant"]
+    target.mask.mask[:, 0] = 0.0
+    assert torch.equal(net[0].weight, quantize(target.weight.detach() * target.mask.mask, 3))
+
+
+def test_report_prices_the_compact_bytes_of_a_quantized_layer_as_export_stores_them():
+    from rccsnn.data import load_data
+    from rccsnn.formats.compact import entry_nbytes, plan_compact
+    from rccsnn.metrics import report
+
+    loaded, named = _quantized_model({1: 4, 2: 6})
+    r = report(loaded, load_data("digits"), "val", torch.device("cpu"))
+    plan = plan_compact(loaded)
+    for layer in r["layers"]:
+        assert layer["bytes_compact"] == entry_nbytes(plan.contents["tensors"][f"{layer['name']}.weight"])

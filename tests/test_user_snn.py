@@ -99,6 +99,28 @@ def test_recurrent_weights_are_targets_and_their_synops_are_counted(models):
     assert mon.firing_rates()["2"] > 0 and spikes.shape == (4, 8, 10) and stats.T == 4
 
 
+def test_a_multi_step_loop_over_init_hidden_neurons_is_not_taken_for_single_step(models):
+    """Handed one step, such a model loops over the batch as over time (its later samples depend on the earlier
+    ones); the probe sees that and takes the multi-step contract, whose output then matches the model's own loop."""
+    torch.manual_seed(0)
+    net = models.stateful_loop().eval()
+    x = torch.rand(4, 3, 1, 8, 8) * 3
+    assert detect_steps(net, x) == "multi"
+    with torch.no_grad():
+        spk, mem = net(x)
+        out = run(net, x, "multi")
+    assert torch.equal(out.spikes, spk) and torch.equal(out.mem, mem)
+
+
+def test_a_module_on_another_device_is_probed_there(models, digits):
+    """The probes are built on the module's own device (here the meta device stands in for a GPU: the forward
+    reaches the module, which a CPU probe would not)."""
+    from rccsnn.contracts import probe_input
+
+    net = models.mlp().to("meta")
+    assert probe_input(net, (1, 8, 8), 4).device.type == "meta"
+
+
 def test_output_that_fits_neither_contract_is_one_line(models):
     net = models.returns_dict()
     with pytest.raises(UserError) as err:

@@ -82,9 +82,9 @@ class Problem:
         constraints: the budgets, one per constrained resource.
         stats: the dense network's layer statistics on the validation split (firing rates, positions, T).
         measure_stats: measures exact statistics on the validation split with the current weights.
-        fixed: names of targets whose weights may not be pruned (they are targets so that their costs count and
-            their other decisions, such as bit widths, can be made: a method that decides bits sees the whole
-            network, the first layer included, which stays dense).
+        fixed: names of targets the method should not prune (they are targets so that their costs count and their
+            other decisions, such as bit widths, can be made: a method that decides bits sees the whole network, the
+            first layer included); only a last-resort projection that cannot meet a budget otherwise prunes them.
     """
 
     net: nn.Module

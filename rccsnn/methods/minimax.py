@@ -143,7 +143,7 @@ class MinimaxEngine:
         self.lr_s, self.lr_y, self.lr_z = lr_s / P, lr_y / P, lr_z / P
         self.max_ds = s_rate / P
         self.s_max = s_max
-        # Fixed targets (never pruned): s stays 0 for them (layerwise); a global ranking floors them at all weights.
+        # Fixed targets (not pruned by the engine): s stays 0 for them (layerwise); a global ranking floors them at all weights.
         self.fixed = torch.tensor([bool(f) for f in (fixed or [False] * len(targets))])
         self.sample_size = int(sample_size)
         self.t = 0  # engine steps taken: seeds the sample

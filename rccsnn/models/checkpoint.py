@@ -42,7 +42,7 @@ from torch import nn
 from rccsnn.version import __version__
 from rccsnn.config import ModelConfig
 from rccsnn.errors import UserError
-from rccsnn.contracts import STEPS, detect_steps
+from rccsnn.contracts import STEPS, detect_steps, probe_input
 from rccsnn.quant import check_bits
 from rccsnn.models.registry import MODELS, build_model
 from rccsnn.rundir import fsync_directory, write_error
@@ -206,9 +206,7 @@ def resolve_steps(net: nn.Module, spec: ModelSpec) -> None:
     if not spec.input_shape:
         raise UserError("cannot detect whether the model is single-step or multi-step without its input shape; "
                         "give --model-steps single|multi")
-    x = torch.rand(2, *spec.input_shape, generator=torch.Generator().manual_seed(0))
-    probe = x.unsqueeze(0).expand(max(spec.T, 2), *x.shape)  # time-major, as every encoding hands it over
-    spec.steps = detect_steps(net, probe)
+    spec.steps = detect_steps(net, probe_input(net, spec.input_shape, spec.T))
 
 
 def save_checkpoint(
