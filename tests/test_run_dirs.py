@@ -48,6 +48,15 @@ def contents(directory: Path):
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def refused_untouched(model, out: Path, message: str, *flags) -> None:
+    """``compress MODEL --out OUT FLAGS`` stops with the one-line ``message`` (exit 2) and leaves every file of
+    ``out`` as it was."""
+    before = contents(out)
+    code, stdout, err = compress(model, "--out", out, *flags)
+    assert_user_error(code, stdout, err, message)
+    assert contents(out) == before
+
+
 def copy_run(run: Path, to: Path) -> Path:
     to.mkdir(parents=True)
     for name, data in contents(run).items():
@@ -112,10 +121,7 @@ def test_a_locked_directory_stops_a_second_run_at_once(tiny, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     with RunLock.acquire(RunDir(out).lock):
-        before = contents(out)
-        code, stdout, err = compress(model, "--out", out)
-        assert_user_error(code, stdout, err, f"{out} is in use by another run (process {os.getpid()} on")
-        assert contents(out) == before
+        refused_untouched(model, out, f"{out} is in use by another run (process {os.getpid()} on")
     # The same for a directory that holds a run, with either flag.
     finished = copy_run(run, tmp_path / "finished")
     with RunLock.acquire(RunDir(finished).lock):
@@ -129,33 +135,23 @@ def test_a_locked_directory_stops_a_second_run_at_once(tiny, tmp_path):
 def test_a_finished_run_is_kept_without_a_flag(tiny, tmp_path):
     model, run = tiny
     out = copy_run(run, tmp_path / "run")
-    before = contents(out)
-    code, stdout, err = compress(model, "--out", out)
-    assert_user_error(code, stdout, err, f"{out} already holds a finished run (summary.json): --overwrite replaces "
-                                         "it, or choose a fresh --out directory (--resume continues only an "
-                                         "unfinished run)")
-    assert contents(out) == before
+    refused_untouched(model, out, f"{out} already holds a finished run (summary.json): --overwrite replaces it, or "
+                                  "choose a fresh --out directory (--resume continues only an unfinished run)")
 
 
 def test_resume_of_a_finished_run_says_it_is_finished(tiny, tmp_path):
     model, run = tiny
     out = copy_run(run, tmp_path / "run")
-    before = contents(out)
-    code, stdout, err = compress(model, "--out", out, "--resume")
-    assert_user_error(code, stdout, err, f"{out} holds a finished run (all its 1 epochs; --epochs with more "
-                                         "continues it): there is nothing to resume; --overwrite")
-    assert contents(out) == before
+    refused_untouched(model, out, f"{out} holds a finished run (all its 1 epochs; --epochs with more continues it): "
+                                  "there is nothing to resume; --overwrite", "--resume")
 
 
 def test_an_unfinished_run_is_kept_without_a_flag(tiny, tmp_path):
     model, run = tiny
     out = copy_run(run, tmp_path / "run")
     RunDir(out).summary.unlink()  # what an interrupted run leaves: state.pt, no summary
-    before = contents(out)
-    code, stdout, err = compress(model, "--out", out)
-    assert_user_error(code, stdout, err, f"{out} holds an unfinished run (state.pt): --resume continues it, "
-                                         "--overwrite replaces it, or choose a fresh --out directory")
-    assert contents(out) == before
+    refused_untouched(model, out, f"{out} holds an unfinished run (state.pt): --resume continues it, --overwrite "
+                                  "replaces it, or choose a fresh --out directory")
 
 
 def test_overwrite_replaces_a_finished_run(tiny, tmp_path):
