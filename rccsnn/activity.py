@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from rccsnn import distributed
 from rccsnn.errors import UserError
 from rccsnn.masks import Target
-from rccsnn.snn import LIF, spiking_layers, spikes_of  # noqa: F401 (spiking_layers: part of this module's API)
+from rccsnn.snn import spiking_layers, spikes_of  # noqa: F401 (spiking_layers: part of this module's API)
 
 
 # ----------------------------------------------------------------------------------------------- discovery

@@ -45,7 +45,7 @@ from rccsnn.metrics import evaluate as evaluate_loaded
 from rccsnn.metrics import report as report_loaded
 from rccsnn.models.checkpoint import LoadedModel
 from rccsnn.distributed import resolve_device
-from rccsnn.objects import ModuleResult, compress_module, evaluate_module, report_module, train_module
+from rccsnn.objects import compress_module, evaluate_module, report_module, train_module
 from rccsnn.training import TrainResult
 from rccsnn.training import train as train_config
 

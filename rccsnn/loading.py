@@ -81,8 +81,6 @@ def load_model_file(path: Optional[str | Path], *, model: Optional[str] = None, 
                              num_classes=splits.num_classes, data=data.name or "digits", T=T or events or 4,
                              encoding=encoding or ("none" if events else "direct"), loss=loss or "ce",
                              steps=steps or "auto")
-        ENCODERS.get(fallback.encoding)
-        LOSSES.get(fallback.loss)
     if path is None:
         raise UserError("no model file: give MODEL (or 'model:' in the config)")
     loaded = load_model(path, model=model, trust=trust, fallback=fallback)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -100,9 +100,8 @@ def loader_splits(train_loader: DataLoader, val_loader: DataLoader, test_loader:
     x = _first_batch(val_loader, "val_loader", T, encoding)
     _first_batch(train_loader, "train_loader", T, encoding)
     shape = tuple(x.shape[2:] if encoding == "none" else x.shape[1:])
-    loaders = [("train_loader", train_loader), ("val_loader", val_loader), ("test_loader", test_loader)]
     collate = train_loader.collate_fn
-    for role, loader in loaders[1:]:
+    for role, loader in (("val_loader", val_loader), ("test_loader", test_loader)):
         if loader is not None and loader.collate_fn is not collate:
             raise UserError(f"{role} batches with another collate_fn than train_loader; rccsnn batches every split "
                             f"with one (give the loaders the same collate_fn)")

@@ -19,7 +19,7 @@ the cost models (:mod:`rccsnn.resources`), the report and the compact export rea
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -125,14 +125,14 @@ def set_bits(net: nn.Module, bits: Mapping[str, int]) -> None:
             fq.bits = b
 
 
-def target_bits(targets: Sequence, recorded: Mapping[str, int] = {}) -> List[int]:
+def target_bits(targets: Sequence, recorded: Optional[Mapping[str, int]] = None) -> List[int]:
     """``[L]`` the current weight bit width of each target (anything with ``name`` and ``module``): its quantizer's,
     else the width ``recorded`` for it (a loaded model's ``ModelSpec.bits``, whose weights are already on that
     grid), else 32."""
     out = []
     for t in targets:
         fq = quantizer(t.module)
-        out.append(fq.bits if fq is not None else int(recorded.get(t.name, FLOAT_BITS)))
+        out.append(fq.bits if fq is not None else int((recorded or {}).get(t.name, FLOAT_BITS)))
     return out
 
 

@@ -11,7 +11,7 @@ operation times ``b``. The dense reference is every layer, the first included, a
 from __future__ import annotations
 
 import json
-from typing import Dict, List
+from typing import Dict
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """DensityStepSize (minimax's ``finetune_step``): a pruned layer's Adam step is scaled by ``density ** -alpha``."""
 import pytest
 import torch
-from torch import nn
 
 from rccsnn.errors import UserError
 from rccsnn.masks import apply_masks, set_straight_through

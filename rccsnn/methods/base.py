@@ -321,11 +321,14 @@ class PruningMethod(CompressionMethod):
         self.dense = torch.tensor([c.dense for c in self.constraints], dtype=torch.float64)
         self.data_dependent = any(c.resource.data_dependent for c in self.constraints)
 
+    def current_stats(self) -> LayerStats:
+        """The last exact measurement's statistics at the current firing-rate estimates (the moving averages)."""
+        return self.stats.with_rates(self.tracker.rates()) if self.tracker else self.stats
+
     def weight_costs(self) -> List[List[Tensor]]:
         """Per constraint j and target l the cost of each weight per tap (:meth:`ResourceModel.weight_costs`), with
         the current firing-rate estimates: the last exact measurement's pattern scaled to the moving-average rates."""
-        stats = self.stats.with_rates(self.tracker.rates()) if self.tracker else self.stats
-        stats = stats.with_bits(target_bits(self.targets))  # each layer priced at its current weight bit width
+        stats = self.current_stats().with_bits(target_bits(self.targets))  # each layer at its current bit width
         return [c.resource.weight_costs(self.targets, stats) for c in self.constraints]
 
     def costs(self) -> Tensor:

@@ -942,12 +942,14 @@ class Minimax(PruningMethod):
                 set_straight_through(self.targets, True)
             return
         budgets = self.stage_budgets()
+        costs = self.costs()
         # Widths follow the prices only while the stage's budget is not met: once it holds, the masks hold or
         # freeze, and a lower width would give up accuracy for nothing (z falls slowly once R < B).
-        if "bits" in self.decide and step >= self._next_bits and not bool((self.values() <= budgets).all()):
+        if "bits" in self.decide and step >= self._next_bits and \
+                not bool((resource_values(costs, self.dense, self.engine.kept) <= budgets).all()):
             self._next_bits = step + self.hold_steps()
             self.decide_bits()
-        costs = self.costs()
+            costs = self.costs()  # at the widths just decided
         self.last = self.engine.step(costs, self.dense, budgets, self.loop.lr, final=self.budgets)
         for l in self.engine.fallback:
             if l not in self._said_fallback:
@@ -992,7 +994,7 @@ class Minimax(PruningMethod):
         e = self.engine
         if e.fisher is None or e.unit is None or not all(e.seen) or e.y <= 0:
             return dict(zip((t.name for t in self.targets), target_bits(self.targets)))
-        stats = self.stats.with_rates(self.tracker.rates()) if self.tracker else self.stats
+        stats = self.current_stats()
         current = self.costs()  # [J, L] at the current widths
         totals = (current * self.n).sum(1).clamp_min(1e-300)
         price = e.z * self.n.sum() / totals  # [J] per unit of each resource, in the engine's currency
