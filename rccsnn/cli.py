@@ -139,10 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="minimax (default), magnitude or gmp")
     p.add_argument("--schedule", help="joint (default) or sequential (the ablation)")
     p.add_argument("--decide", metavar="LIST",
-                   help="what minimax decides: sparsity (default), bits, or sparsity,bits (method.options.decide); "
-                        "with bits, costs are the whole network's, relative to dense float32")
+                   help="what minimax decides, any of sparsity (default), bits, timesteps, e.g. "
+                        "sparsity,bits,timesteps (method.options.decide); with bits or timesteps, costs are the "
+                        "whole network's, relative to the dense float32 model at its T")
     p.add_argument("--bits-ladder", metavar="LIST",
                    help="the bit widths --decide bits chooses from (default 2,3,4,6,8,16,32; 32 = float32)")
+    p.add_argument("--min-T", type=positive_int, metavar="T", dest="min_T",
+                   help="fewest time steps --decide timesteps may choose (default 1; method.options.min_T)")
     p.add_argument("--epochs", type=positive_int, help="total epochs, compression and finetuning (default 30)")
     p.add_argument("--lr", type=float, help="Adam learning rate of the weights (default 1e-3)")
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
@@ -296,7 +299,8 @@ def compress_overrides(args: argparse.Namespace) -> Dict[str, Any]:
                                         "method.schedule": args.schedule, "optim.epochs": args.epochs,
                                         "optim.lr": args.lr, "seed": args.seed, "out": args.out,
                                         "device": args.device, "method.options.decide": args.decide,
-                                        "method.options.bits_ladder": args.bits_ladder})
+                                        "method.options.bits_ladder": args.bits_ladder,
+                                        "method.options.min_T": args.min_T})
     budgets = dict(read_yaml(args.config).get("budgets") or {}) if args.config else {}
     if args.resource is not None and args.budget is None:
         raise UserError("--resource needs --budget")

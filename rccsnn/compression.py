@@ -32,14 +32,14 @@ from rccsnn.data import DataSplits, load_data
 from rccsnn.errors import UserError
 from rccsnn.masks import bake, find_targets
 from rccsnn.quant import bits_of, set_bits, target_bits
-from rccsnn.methods import METHODS, CompressionMethod, Constraint, Problem
+from rccsnn.methods import METHODS, CompressionMethod, Constraint, Problem, TimeSteps
 from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
 from rccsnn.monitor import Monitor, format_table
 from rccsnn.rundir import claimed_run_dir, find_versioned, prepare_run_dir, write_error, write_json
 from rccsnn.metrics import check_fit
 from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
 from rccsnn.distributed import resolve_device
-from rccsnn.trainer import Trainer, evaluate_net, trainer_options
+from rccsnn.trainer import Trainer, evaluate_net, probe_loss, trainer_options
 
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "model.pt"
@@ -198,9 +198,11 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
             raise write_error(out / "config.yaml", exc) from None
         return out
 
-    out = distributed.on_main(make_run_dir)
+    # Bound before the run directory is made: a method that cannot serve this problem says so with nothing written.
     method.bind(Problem(net=net, targets=targets, constraints=constraints, stats=dense_stats,
-                        measure_stats=stats_now, fixed=fixed))
+                        measure_stats=stats_now, fixed=fixed,
+                        time=TimeSteps(spec=spec, probe_loss=probe_loss(net, data, spec, device))))
+    out = distributed.on_main(make_run_dir)
     # A model whose weights are already quantized stays on its grid while it finetunes (after the masks, which bind
     # attached); a method that decides bits sets its own widths when it starts.
     set_bits(net, spec.bits)

@@ -69,6 +69,17 @@ class LayerStats:
         """The same layers with weights of ``bits`` (``[L]``, 32 = float32)."""
         return replace(self, bits=torch.tensor([float(b) for b in bits], dtype=torch.float64))
 
+    def at_steps(self, T: int) -> "LayerStats":
+        """The same layers run for ``T`` time steps per inference: every per-inference count (each tap's MACs and
+        reads) scales by ``T / self.T`` at the same rates per step (SNN costs are sums over the steps; a network
+        whose time steps are cut keeps its per-step firing pattern to first order, and the final measurement at the
+        chosen T is exact)."""
+        if int(T) == self.T:
+            return self
+        f = float(T) / float(self.T)
+        return replace(self, T=int(T), taps=None if self.taps is None else [t * f for t in self.taps],
+                       reads=None if self.reads is None else [r * f for r in self.reads])
+
     def with_rates(self, rates: Tensor) -> "LayerStats":
         """The same layers at other input rates (a moving average of training batches): each tap's reads are the
         measured ones scaled by the layer's rate against the measured rate, so the pattern of which inputs are

@@ -496,6 +496,45 @@ def read_state(path: Path, map_location) -> dict:
                         f"{first}); rerun without --resume to start afresh") from None
 
 
+#: A probe loss (:func:`probe_loss`) is measured on at most this many samples of the validation split, its first ones.
+PROBE_SAMPLES = 512
+#: The seed of the encoding's random draws in a probe (rate encoding): every probe of a run sees the same draw.
+PROBE_SEED = 20170
+
+
+def probe_loss(net: nn.Module, data: DataSplits, spec: ModelSpec, device: torch.device,
+               samples: int = PROBE_SAMPLES, batch_size: int = 512) -> Callable[[int], float]:
+    """``loss_at(T)``: the task loss of ``net`` as it is when called (mean per sample), run for ``T`` steps on the
+    first ``samples`` of the validation split, in evaluation mode.
+
+    The encoding's random draws are seeded (:data:`PROBE_SEED`) inside a forked random state, so two probes differ
+    only by what changed in between and the run's own random stream is untouched (a resumed run draws as an
+    uninterrupted one). Every process of a distributed run probes the same samples, so they agree on what they
+    decide. The samples are loaded onto the device at the first call.
+    """
+    loss_fn = LOSSES.get(spec.loss)
+    held: List[tuple] = []
+
+    def loss_at(T: int) -> float:
+        if not held:
+            subset = torch.utils.data.Subset(data.val, range(min(samples, len(data.val))))
+            held.extend((x.to(device), y.to(device)) for x, y in
+                        DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=data.collate))
+        was_training = net.training
+        net.eval()
+        forked = [device] if device.type == "cuda" else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=forked):
+                torch.manual_seed(PROBE_SEED)
+                total = sum(float(loss_fn(forward(net, x, T, spec.encoding, spec.steps), y)) * len(y)
+                            for x, y in held)
+        finally:
+            net.train(was_training)
+        return total / max(sum(len(y) for _, y in held), 1)
+
+    return loss_at
+
+
 @torch.no_grad()
 def evaluate_net(net: nn.Module, loader: DataLoader, spec: ModelSpec, device: torch.device,
              spikes: bool = False, across_ranks: bool = False) -> EvalResult:

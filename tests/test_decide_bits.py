@@ -1,12 +1,13 @@
 """``--decide bits``: minimax chooses every weight layer's bit width beside the masks, under whole-network budgets
 relative to the dense float32 model (issue 17).
 
-THE GUARANTEE with bits, counted exactly: for random snntorch-style conv nets (``tests/test_guarantee_exact.py``'s),
-random ``energy``/``bitops`` budgets and random ladders, the saved model - loaded ``weights_only`` into a network the
-test builds, each layer at the width its checkpoint records - costs at most its budget when the independent judge
+THE GUARANTEE with bits and time steps, counted exactly: for random snntorch-style conv nets
+(``tests/test_guarantee_exact.py``'s), random ``energy``/``bitops`` budgets, random ladders and decisions (timesteps
+among them), the saved model - loaded ``weights_only`` into a network the test builds, each layer at the width its
+checkpoint records, run for the T it records - costs at most its budget when the independent judge
 (``tests/exact_count.py``) counts its operations and the test prices them: an accumulate at ``b`` bits costs
 ``0.03 x b / 8`` pJ and a MAC ``0.2 x (b / 8)^2`` pJ (the documented 45 nm table; float32 0.9 and 4.6), a bit-op is an
-operation times ``b``. The dense reference is every layer, the first included, at float32.
+operation times ``b``. The dense reference is every layer, the first included, at float32 and the model's own T.
 """
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ def op_pj(bits: int) -> Dict[str, float]:
     return {"mac": 0.2 * (bits / 8) ** 2, "ac": 0.03 * bits / 8}
 
 
-def judged(net: nn.Module, x: torch.Tensor, bits: Dict[str, int]) -> Dict[str, float]:
-    """Whole-network ``energy`` (pJ) and ``bitops`` per inference of ``net`` on ``x``, each layer at its bits."""
+def judged(net: nn.Module, x: torch.Tensor, bits: Dict[str, int], steps: int = T) -> Dict[str, float]:
+    """Whole-network ``energy`` (pJ) and ``bitops`` per inference of ``net`` on ``x`` run for ``steps`` time steps,
+    each layer at its bits."""
     net.eval()
 
     def run():
-        net(direct(x, T))
+        net(direct(x, steps))
 
     counts, analog = exact_counts(net, run, x.shape[0]), analog_inputs(net, run)
     energy = bitops = 0.0
@@ -65,10 +67,11 @@ RUNS = iter(range(10 ** 6))
     resource=st.sampled_from(["energy", "bitops"]),
     budget=st.floats(0.005, 0.3),
     ladder=st.lists(st.sampled_from([2, 3, 4, 6, 8, 16]), min_size=1, max_size=4, unique=True),
-    decide=st.sampled_from(["sparsity,bits", "sparsity,bits", "bits"]),
+    decide=st.sampled_from(["sparsity,bits", "sparsity,bits", "bits", "sparsity,bits,timesteps", "timesteps",
+                            "bits,timesteps"]),
     seed=st.integers(0, 3),
 )
-def test_energy_and_bitops_budgets_hold_on_the_exact_count_at_the_decided_bits(
+def test_energy_and_bitops_budgets_hold_on_the_exact_count_at_the_decided_bits_and_steps(
         digits_npz, tmp_path_factory, drawn, resource, budget, ladder, decide, seed):
     path, x_val = digits_npz
     blocks, features = drawn
@@ -85,17 +88,17 @@ def test_energy_and_bitops_budgets_hold_on_the_exact_count_at_the_decided_bits(
     raw = torch.load(out / "model.pt", weights_only=True)
     saved = RandomCSNN(blocks, features, threshold=0.5)
     saved.load_state_dict(raw["state_dict"], strict=True)
-    bits = raw["bits"]
-    assert result.decisions == {"T": T, "bits": bits}
+    bits, steps = raw["bits"], raw["T"]
+    assert result.decisions == {"T": steps, "bits": bits} and 1 <= steps <= T
     assert set(bits.values()) <= set(ladder)
     for name, b in bits.items():  # the saved weights are on their layer's grid
         w = dict(saved.named_modules())[name].weight.detach()
         codes, scale = integers(w, b)
         assert torch.allclose(codes.float() * scale.view(-1, *[1] * (w.dim() - 1)), w, rtol=1e-5, atol=1e-7)
-    measured = judged(saved, x_val, bits)
+    measured = judged(saved, x_val, bits, steps)
     assert result.resources[resource]["dense"] == pytest.approx(dense[resource], rel=5e-3)
     ratio = measured[resource] / dense[resource]
-    assert ratio <= budget * (1.0 + ROUNDING), (ratio, budget, bits)  # THE GUARANTEE, counted exactly
+    assert ratio <= budget * (1.0 + ROUNDING), (ratio, budget, bits, steps)  # THE GUARANTEE, counted exactly
 
 
 def test_decide_bits_from_the_cli_records_and_reports_the_widths(tmp_path):
@@ -123,7 +126,7 @@ def test_decide_bits_from_the_cli_records_and_reports_the_widths(tmp_path):
     assert "change +0.00 points" in stdout
 
 
-@pytest.mark.parametrize("options,message", [(["--decide", "sparsity,timesteps"], "method option decide"),
+@pytest.mark.parametrize("options,message", [(["--decide", "sparsity,width"], "method option decide"),
                                              (["--bits-ladder", "1,8"], "from 2 to 16"),
                                              (["--decide", "bits", "--set", "method.options.importance=w2"],
                                               "needs importance: fisher")])

@@ -85,6 +85,7 @@ class Problem:
         fixed: names of targets the method should not prune (they are targets so that their costs count and their
             other decisions, such as bit widths, can be made: a method that decides bits sees the whole network, the
             first layer included); only a last-resort projection that cannot meet a budget otherwise prunes them.
+        time: the run's time steps, for a method that decides them (None: T stays ``stats.T``).
     """
 
     net: nn.Module
@@ -93,6 +94,23 @@ class Problem:
     stats: LayerStats
     measure_stats: Callable[[], LayerStats]
     fixed: Tuple[str, ...] = ()
+    time: Optional[TimeSteps] = None
+
+
+@dataclass
+class TimeSteps:
+    """The number of time steps the network runs per inference, which a method may lower (``decide: timesteps``).
+
+    Attributes:
+        spec: what the run runs the network at: every forward pass of the run (training, validation, the
+            measurements) reads its ``T``, so a method lowers T there.
+        probe_loss: ``probe_loss(T)``, the task loss (mean per sample) of the network as it is now, run for ``T``
+            steps on a fixed probe set of the validation split, in evaluation mode, with the encoding's random draws
+            seeded: two calls differ only by what changed in between (the weights, masks or T), not by the draw.
+    """
+
+    spec: Any
+    probe_loss: Callable[[int], float]
 
 
 class CompressionMethod:
@@ -325,16 +343,23 @@ class PruningMethod(CompressionMethod):
         """The last exact measurement's statistics at the current firing-rate estimates (the moving averages)."""
         return self.stats.with_rates(self.tracker.rates()) if self.tracker else self.stats
 
-    def weight_costs(self) -> List[List[Tensor]]:
+    def steps(self) -> int:
+        """The time steps the network runs now (the problem's :class:`TimeSteps`, else those of the statistics)."""
+        time = getattr(self.problem, "time", None)
+        return int(time.spec.T) if time is not None else int(self.stats.T)
+
+    def weight_costs(self, T: Optional[int] = None) -> List[List[Tensor]]:
         """Per constraint j and target l the cost of each weight per tap (:meth:`ResourceModel.weight_costs`), with
-        the current firing-rate estimates: the last exact measurement's pattern scaled to the moving-average rates."""
-        stats = self.current_stats().with_bits(target_bits(self.targets))  # each layer at its current bit width
+        the current firing-rate estimates: the last exact measurement's pattern scaled to the moving-average rates,
+        each layer at its current bit width, at ``T`` time steps (default: the current ones)."""
+        stats = self.current_stats().with_bits(target_bits(self.targets))
+        stats = stats.at_steps(self.steps() if T is None else T)
         return [c.resource.weight_costs(self.targets, stats) for c in self.constraints]
 
-    def costs(self) -> Tensor:
+    def costs(self, T: Optional[int] = None) -> Tensor:
         """``[J, L]`` the mean cost of the weights each target keeps (:func:`kept_mean_costs`): ``costs x kept`` is
-        the exact cost of the current masks, each weight priced by its own cost."""
-        return kept_mean_costs(self.targets, self.weight_costs())
+        the exact cost of the current masks, each weight priced by its own cost (at ``T`` steps; default: now)."""
+        return kept_mean_costs(self.targets, self.weight_costs(T))
 
     def values(self) -> Tensor:
         """``[J]`` current resources on the hard masks, as fractions of dense."""

@@ -66,8 +66,9 @@ from rccsnn.resources import cost_sum, per_weight
 ALLOCATIONS = ("auto", "global", "layerwise")
 IMPORTANCES = ("fisher", "w2")
 PACINGS = ("auto", "legacy")
-#: What ``decide`` may list: the masks (``sparsity``) and the weights' bit widths (``bits``).
-DECISIONS = ("sparsity", "bits")
+#: What ``decide`` may list: the masks (``sparsity``), the weights' bit widths (``bits``) and the number of time
+#: steps (``timesteps``).
+DECISIONS = ("sparsity", "bits", "timesteps")
 REGROWS = ("none", "criticality")
 ACTIVITY_LAYERS = ("output", "all")
 
@@ -747,7 +748,7 @@ class Minimax(PruningMethod):
                  sample_size: int = 2 ** 14, importance: str = "fisher", pacing: str = "auto",
                  output_floor: int = 1, activity: float = 0.1, activity_layers: str = "output", regrow: str = "none",
                  finetune_step: str = "sqrt_density", decide: Union[str, Sequence[str]] = "sparsity",
-                 bits_ladder: Union[str, Sequence[int]] = LADDER, guarantee_rounds: int = 3) -> None:
+                 bits_ladder: Union[str, Sequence[int]] = LADDER, min_T: int = 1, guarantee_rounds: int = 3) -> None:
         super().__init__(schedule=schedule, compress_fraction=compress_fraction, guarantee_rounds=guarantee_rounds)
         if allocation not in ALLOCATIONS:
             raise UserError(f"unknown allocation '{allocation}'; choices: {', '.join(ALLOCATIONS)}")
@@ -791,8 +792,12 @@ class Minimax(PruningMethod):
             raise UserError(f"method option decide lists what to decide, from {', '.join(DECISIONS)}; got {decide!r}")
         self.decide = tuple(d for d in DECISIONS if d in chosen)
         self.ladder = parse_ladder(bits_ladder)
-        self.whole_network = "bits" in self.decide
-        self._next_bits = 0  # the step of the next bit-width decision
+        # Bits and time steps change what every layer costs, the first included: the whole network is the problem.
+        self.whole_network = "bits" in self.decide or "timesteps" in self.decide
+        if isinstance(min_T, bool) or not isinstance(min_T, int) or min_T < 1:
+            raise UserError(f"method option min_T must be an integer >= 1, got {min_T!r}")
+        self.min_T = int(min_T)
+        self._next_decision = 0  # the step of the next bit-width and time-step decision
         self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, normalize=normalize, s_rate=s_rate)
         if sample_size < 0:
             raise UserError(f"method option sample_size must be >= 0 (0: rank every weight), got {sample_size}")
@@ -818,6 +823,11 @@ class Minimax(PruningMethod):
                             "constraints; use allocation layerwise for weighted resources")
 
     # --------------------------------------------------------------------------------------------- setup
+    def bind(self, problem) -> None:
+        super().bind(problem)
+        if "timesteps" in self.decide:
+            self.check_steps()
+
     def output_layer(self) -> Optional[int]:
         """Index of the target that feeds the network's outputs: the last weight layer of the network (in module
         registration order), when it is a target; None otherwise."""
@@ -853,10 +863,10 @@ class Minimax(PruningMethod):
         s_max = self.s_max if self.s_max is not None else 1.0 - self.min_density * float(self.budgets.min())
         plan = self.plan()
         self.nodes, self._hold_steps = plan["nodes"], plan["hold"]
-        self._next_bits = self._hold_steps
+        self._next_decision = self._hold_steps
         floor_layer = self.output_layer() if self.output_floor > 0 else None
         fixed = [t.name in self.problem.fixed or "sparsity" not in self.decide for t in self.targets]
-        if all(fixed) and "bits" not in self.decide:
+        if all(fixed) and "bits" not in self.decide and "timesteps" not in self.decide:
             raise UserError("every layer is fixed (targets.exclude_first and the patterns leave nothing to prune)")
         if "bits" in self.decide:
             set_bits(self.problem.net, {t.name: FLOAT_BITS for t in self.targets})
@@ -943,13 +953,20 @@ class Minimax(PruningMethod):
             return
         budgets = self.stage_budgets()
         costs = self.costs()
-        # Widths follow the prices only while the stage's budget is not met: once it holds, the masks hold or
-        # freeze, and a lower width would give up accuracy for nothing (z falls slowly once R < B).
-        if "bits" in self.decide and step >= self._next_bits and \
-                not bool((resource_values(costs, self.dense, self.engine.kept) <= budgets).all()):
-            self._next_bits = step + self.hold_steps()
-            self.decide_bits()
-            costs = self.costs()  # at the widths just decided
+
+        def over() -> bool:
+            return not bool((resource_values(costs, self.dense, self.engine.kept) <= budgets).all())
+
+        # Widths and T follow the prices only while the stage's budget is not met: once it holds, the masks hold
+        # or freeze, and a lower width or T would give up accuracy for nothing (z falls slowly once R < B).
+        if ("bits" in self.decide or "timesteps" in self.decide) and step >= self._next_decision and over():
+            self._next_decision = step + self.hold_steps()
+            if "bits" in self.decide:
+                self.decide_bits()
+                costs = self.costs()  # at the widths just decided
+            if "timesteps" in self.decide and over():
+                self.decide_steps()
+                costs = self.costs()  # at the T just decided
         self.last = self.engine.step(costs, self.dense, budgets, self.loop.lr, final=self.budgets)
         for l in self.engine.fallback:
             if l not in self._said_fallback:
@@ -994,7 +1011,7 @@ class Minimax(PruningMethod):
         e = self.engine
         if e.fisher is None or e.unit is None or not all(e.seen) or e.y <= 0:
             return dict(zip((t.name for t in self.targets), target_bits(self.targets)))
-        stats = self.current_stats()
+        stats = self.current_stats().at_steps(self.steps())
         current = self.costs()  # [J, L] at the current widths
         totals = (current * self.n).sum(1).clamp_min(1e-300)
         price = e.z * self.n.sum() / totals  # [J] per unit of each resource, in the engine's currency
@@ -1019,6 +1036,100 @@ class Minimax(PruningMethod):
             set_bits(self.problem.net, chosen)
             self.say("bits " + ", ".join(f"{name}:{b}" for name, b in chosen.items()))
         return chosen
+
+    def check_steps(self) -> None:
+        """``decide: timesteps`` needs the run's time steps, an encoding that makes them, and ``min_T <= T``."""
+        time = getattr(self.problem, "time", None)
+        if time is None:
+            raise UserError("decide: timesteps needs the run's time steps (Problem.time); compress() passes them")
+        if time.spec.encoding == "none":
+            raise UserError("decide: timesteps shortens the encoding of static inputs, but this model reads event "
+                            "data (encoding none) binned at its own T; rebin the events (data.frames) instead")
+        if self.min_T > int(time.spec.T):
+            raise UserError(f"method option min_T ({self.min_T}) exceeds the model's T ({time.spec.T})")
+
+    @torch.no_grad()
+    def decide_steps(self) -> int:
+        """Lower the network's time steps by one when that costs the task loss less than saving as much of the
+        budgets by pruning; returns T (the new one, or the old).
+
+        Every data-dependent cost is a sum over the steps, so ``T -> T - 1`` saves ``R_j / T`` of each such budget
+        (``saved_j``, closed form at the current rates). What it costs the loss is measured, not estimated:
+        ``dL_T = L(T - 1) - L(T)`` on the probe set (:class:`rccsnn.methods.base.TimeSteps`). The engine's saliency
+        cannot price it: on the shipped digits convsnn the Fisher estimate ``F w^2 / 2`` of a perturbation was
+        600 to 300 000 times below its measured loss change (docs/method.md), a ranking good across weights and
+        widths but no exchange rate into loss. So T is priced against the marginal price of the budget where the
+        engine sets it, at the sparsity margin: the kept weights of least importance per priced cost
+        (``sum_j z_j c_ij / C_j``, the duals as prices), as many as save the same priced amount
+        ``sum_j z_j saved_j``, are masked for one probe, ``dL_prune = L(T, without them) - L(T)``. Fewer steps
+        win when ``dL_T <= dL_prune``: equal marginal loss per unit of budget, the condition at which the
+        primal-dual equilibrium stops trading one axis for another. Without sparsity among the decisions there is
+        nothing to trade against: T falls one step per decision while the budget is exceeded, down to ``min_T``.
+        Decisions are made as the bit widths' are: one per hold, only while the stage's budget is exceeded, and T
+        freezes with the masks.
+        """
+        time = self.problem.time
+        T = int(time.spec.T)
+        if T <= self.min_T:
+            return T
+        kept = self.engine.kept
+        saved = resource_values(self.costs(T), self.dense, kept) - resource_values(self.costs(T - 1), self.dense, kept)
+        if not bool((saved > 0).any()):
+            return T  # no budget depends on the time steps
+        note = ""
+        if "sparsity" in self.decide:
+            z = self.engine.z.clamp_min(0.0)
+            price = z if float(z.sum()) > 0 else torch.ones_like(z)
+            base = time.probe_loss(T)
+            cost_T = time.probe_loss(T - 1) - base
+            cost_prune = self._probe_pruned(float((price * saved).sum()), price) - base
+            if cost_T > cost_prune:
+                return T
+            note = f" (probe loss +{cost_T:.4g} against +{cost_prune:.4g} for pruning as much of the budget)"
+        time.spec.T = T - 1
+        self.say(f"time steps {T} -> {T - 1}{note}")
+        return T - 1
+
+    @torch.no_grad()
+    def _probe_pruned(self, value: float, price: Tensor) -> float:
+        """The probe loss at the current T with the kept weights of least importance per priced cost masked, as many
+        as cost ``value`` (in ``sum_j price_j c_ij / C_j``, the budgets' fractions); the masks are restored after.
+        Fixed targets and the output floor's protected weights are not candidates."""
+        e = self.engine
+        e._prepare(force=True)
+        protect = e._prot if e.floor_layer is not None else None
+        weight_costs = self.weight_costs()
+        scores, costs, where = [], [], []
+        for l, t in enumerate(self.targets):
+            if bool(e.fixed[l]):
+                continue
+            mask = t.mask.mask.flatten().clone()
+            if l == e.floor_layer and protect is not None:
+                mask[protect] = 0.0
+            idx = torch.nonzero(mask, as_tuple=False).flatten()
+            cost = sum(float(p) / float(d) * per_weight(t, wc[l])[idx.cpu()]
+                       for p, d, wc in zip(price.tolist(), self.dense.tolist(), weight_costs))
+            idx, cost = idx[(cost > 0).to(idx.device)], cost[cost > 0]
+            scores.append(e._scores(l, idx).double().cpu() / cost)
+            costs.append(cost)
+            where.append((l, idx))
+        if not where or sum(len(c) for c in costs) == 0:
+            return float("inf")  # nothing left to prune: fewer steps are the only saving
+        order = torch.argsort(torch.cat(scores))
+        spent = torch.cumsum(torch.cat(costs)[order], 0)
+        take = order[:int(torch.searchsorted(spent, torch.tensor(value, dtype=spent.dtype))) + 1]
+        held = [t.mask.mask.clone() for t in self.targets]
+        start = 0
+        for (l, idx), c in zip(where, costs):
+            mine = take[(take >= start) & (take < start + len(c))] - start
+            start += len(c)
+            flat = self.targets[l].mask.mask.view(-1)
+            flat[idx[mine.to(idx.device)]] = 0.0
+        try:
+            return self.problem.time.probe_loss(int(self.problem.time.spec.T))
+        finally:
+            for t, m in zip(self.targets, held):
+                t.mask.mask.copy_(m)
 
     def _regenerate(self) -> None:
         """``regrow: criticality``: a budget-neutral swap when the masks are about to be held (at a node, and when
@@ -1119,7 +1230,7 @@ class Minimax(PruningMethod):
 
     def state_dict(self) -> Dict[str, Any]:
         out = {**super().state_dict(), "engine": self.engine.state_dict(), "stage": self.stage, "hold": self.hold,
-               "bits": target_bits(self.targets), "next_bits": self._next_bits}
+               "bits": target_bits(self.targets), "next_decision": self._next_decision, "T": self.steps()}
         if self.activity is not None:
             out["activity"] = self.activity.state_dict()
         if self.regrowth is not None:
@@ -1132,7 +1243,10 @@ class Minimax(PruningMethod):
         self.stage, self.hold = state["stage"], state["hold"]
         if "bits" in self.decide and state.get("bits") is not None:
             set_bits(self.problem.net, {t.name: int(b) for t, b in zip(self.targets, state["bits"])})
-            self._next_bits = int(state["next_bits"])
+        if "bits" in self.decide or "timesteps" in self.decide:
+            self._next_decision = int(state["next_decision"])
+        if "timesteps" in self.decide:
+            self.problem.time.spec.T = int(state["T"])
         if self.activity is not None and state.get("activity") is not None:
             self.activity.load_state_dict(state["activity"])
         if self.regrowth is not None and state.get("regrowth") is not None:

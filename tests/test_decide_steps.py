@@ -1,0 +1,181 @@
+"""``--decide timesteps``: minimax lowers the number of time steps T beside the masks and the bit widths, under
+whole-network budgets relative to the dense float32 model at its own T (issue 17).
+
+The exact-count guarantee at the decided T and widths is tests/test_decide_bits.py's Hypothesis test (its decisions
+include timesteps); here: the cost model's scaling in T, the decision rule against a probe whose answers the test
+sets, the records (summary, checkpoint, report), ``--min-T``, the one-line errors and resume.
+"""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import REPO_ROOT
+from helpers import assert_user_error, cli, whole_and_resumed
+from rccsnn.errors import UserError
+from rccsnn.masks import find_targets
+from rccsnn.methods.base import Constraint, Problem, TimeSteps
+from rccsnn.methods.minimax import Minimax
+from rccsnn.resources import create_resource, measure_stats
+from rccsnn.snn import LIF, NeuronConfig, PerStep
+
+SHIPPED = REPO_ROOT / "checkpoints" / "digits_convsnn.pt"
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    lif = NeuronConfig(threshold=0.3)
+    return nn.Sequential(PerStep(nn.Linear(12, 16)), LIF(lif), PerStep(nn.Linear(16, 16)), LIF(lif),
+                         PerStep(nn.Linear(16, 4)), LIF(lif))
+
+
+def stats_of(net, T: int):
+    x = torch.rand(32, 12)
+    targets = find_targets(net, exclude_first=False)
+    return targets, measure_stats(net, targets, [(x, torch.zeros(32, dtype=torch.long))], T, "direct",
+                                  torch.device("cpu"))
+
+
+@pytest.mark.parametrize("resource", ["energy", "synops", "macs", "bitops", "params"])
+def test_every_data_dependent_cost_is_linear_in_the_time_steps(resource):
+    """The costs minimax prices T with, at T - 1, are those measured at T times (T - 1) / T for every resource
+    counted per inference (operations, energy), and unchanged for params."""
+    net = small_net()
+    targets, stats = stats_of(net, 4)
+    model = create_resource(resource, {})
+    at_4, at_3 = model.absolute(targets, stats), model.absolute(targets, stats.at_steps(3))
+    factor = 1.0 if resource == "params" else 0.75
+    assert at_3 == pytest.approx(at_4 * factor, rel=1e-12)
+    assert stats.at_steps(4) is stats
+
+
+def bound_minimax(net, budget: float, probe, decide: str = "sparsity,timesteps", T: int = 4) -> Minimax:
+    """A Minimax bound to ``net`` under an energy budget, its time steps held by a spec whose loss ``probe`` answers,
+    started (its engine built), as compress() would leave it after setup."""
+    targets, stats = stats_of(net, T)
+    model = create_resource("energy", {})
+    spec = SimpleNamespace(T=T, encoding="direct")
+    method = Minimax(decide=decide)
+    problem = Problem(net=net, targets=targets, constraints=[Constraint(model, budget, model.dense(targets, stats))],
+                      stats=stats, measure_stats=lambda: stats, time=TimeSteps(spec=spec, probe_loss=probe))
+    method.bind(problem)
+    method.loop = SimpleNamespace(steps_per_epoch=10, total_steps=100, step=0, lr=1e-3)
+    method.compress_steps = 70
+    method.tracker = None
+    method.start()
+    return method
+
+
+@pytest.mark.parametrize("per_masked,expect", [(1.0, 3), (1e-6, 4)])
+def test_fewer_steps_win_only_when_they_cost_less_than_pruning_as_much_of_the_budget(per_masked, expect):
+    """The probe's loss is 0.1 at T = 4 and 0.3 at T = 3, plus ``per_masked`` per masked weight: at 1.0, masking
+    the weights worth a quarter of the budget costs far more than 0.2, so T falls; at 1e-6 pruning is nearly free and
+    T stays. Either way the masks are restored after the probe, bit for bit."""
+    net = small_net()
+    holder = {}
+
+    def probe(T: int) -> float:
+        m = holder["method"]
+        masked = sum(float((t.mask.mask == 0).sum()) for t in m.targets)
+        return {4: 0.1, 3: 0.3}[T] + per_masked * masked
+
+    method = bound_minimax(net, 0.01, probe)
+    holder["method"] = method
+    for t in method.targets:  # a Fisher history, so every weight has a saliency
+        t.weight.grad = torch.randn_like(t.weight)
+    method.engine.accumulate()
+    before = [t.mask.mask.clone() for t in method.targets]
+    assert method.decide_steps() == expect
+    assert method.problem.time.spec.T == expect
+    assert all(torch.equal(a, t.mask.mask) for a, t in zip(before, method.targets))
+    if expect == 3:
+        assert "time steps 4 -> 3" in method.events[-1] and "+0.2" in method.events[-1]
+
+
+def test_without_sparsity_the_steps_fall_to_min_T_and_no_lower():
+    net = small_net()
+    method = bound_minimax(net, 0.01, lambda T: 0.0, decide="timesteps")
+    method.min_T = 2
+    assert [method.decide_steps() for _ in range(4)] == [3, 2, 2, 2]
+
+
+def test_event_data_and_a_min_T_above_T_are_one_line_errors():
+    net = small_net()
+    with pytest.raises(UserError, match="min_T \\(5\\) exceeds the model's T \\(4\\)"):
+        method = Minimax(decide="timesteps", min_T=5)
+        targets, stats = stats_of(net, 4)
+        method.problem = Problem(net=net, targets=targets, constraints=[], stats=stats, measure_stats=lambda: stats,
+                                 time=TimeSteps(spec=SimpleNamespace(T=4, encoding="direct"), probe_loss=None))
+        method.check_steps()
+    method.problem.time.spec = SimpleNamespace(T=4, encoding="none")
+    method.min_T = 1
+    with pytest.raises(UserError, match="event data"):
+        method.check_steps()
+    with pytest.raises(UserError, match="min_T must be an integer >= 1"):
+        Minimax(decide="timesteps", min_T=0)
+
+
+def test_decide_timesteps_alone_from_the_cli_records_and_reports_T(tmp_path):
+    """T reduction alone on the shipped convsnn (T = 4) at 0.6 of the whole-network energy, 3 epochs: T falls to 2
+    (3 steps cost 0.75); the summary, the checkpoint and ``report --json`` say T = 2, and the report's energy at T = 2
+    over the dense model's at T = 4 is within the budget."""
+    code, _, err = cli("compress", SHIPPED, "--resource", "energy", "--budget", "0.6", "--decide", "timesteps",
+                       "--epochs", "3", "--no-progress", "--device", "cpu", "--out", tmp_path / "run")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    raw = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert summary["decisions"]["T"] == raw["T"] == 2
+    assert [e for e in summary["events"] if e.startswith("time steps")] == ["time steps 4 -> 3", "time steps 3 -> 2"]
+    for model, name in ((SHIPPED, "dense.json"), (tmp_path / "run" / "model.pt", "small.json")):
+        code, _, err = cli("report", model, "--json", tmp_path / name, "--device", "cpu")
+        assert code == 0, err
+    dense = json.loads((tmp_path / "dense.json").read_text())
+    small = json.loads((tmp_path / "small.json").read_text())
+    assert (dense["T"], small["T"]) == (4, 2)
+    assert small["total"]["energy_pj"] / dense["total"]["energy_pj_fp32"] <= 0.6
+    assert small["accuracy"] > 0.8
+
+
+def test_min_T_holds_and_the_budget_is_still_met(tmp_path):
+    code, _, err = cli("compress", SHIPPED, "--resource", "energy", "--budget", "0.6", "--decide", "sparsity,timesteps",
+                       "--min-T", "3", "--epochs", "3", "--no-progress", "--device", "cpu", "--out", tmp_path / "run")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["decisions"]["T"] >= 3
+    assert summary["resources"]["energy"]["ratio"] <= 0.6
+
+
+@pytest.mark.parametrize("options,message", [(["--min-T", "9"], "exceeds the model's T (4)"),
+                                             (["--min-T", "0"], "--min-T")])
+def test_bad_time_step_options_are_one_line(tmp_path, options, message):
+    code, out, err = cli("compress", SHIPPED, "--resource", "energy", "--budget", "0.5", "--decide", "timesteps",
+                         *options, "--epochs", "1", "--no-progress", "--out", tmp_path / "run")
+    assert_user_error(code, out, err, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_decide_timesteps_run_resumes_to_the_same_model(tmp_path, monkeypatch):
+    """SIGINT after the second epoch (T lowered in the first), resume: the same weights, T, widths and events as the
+    uninterrupted run."""
+    from rccsnn.compression import compress
+    from rccsnn.config import CompressConfig, MethodConfig, OptimConfig
+    from rccsnn.models.checkpoint import load_checkpoint
+
+    def run(out, resume=False):
+        cfg = CompressConfig(model=str(SHIPPED), budgets={"energy": 0.01},
+                             method=MethodConfig(name="minimax", options={"decide": "sparsity,bits,timesteps"}),
+                             optim=OptimConfig(lr=1e-3, epochs=4), out=str(tmp_path / out), device="cpu")
+        return compress(cfg, load_checkpoint(SHIPPED), resume=resume, progress=False)
+
+    whole, resumed = whole_and_resumed(run, Minimax, 1, monkeypatch)
+    assert whole.decisions["T"] < 4 and any(e.startswith("time steps 4 -> 3") for e in whole.events[:3])
+    a = torch.load(whole.checkpoint, weights_only=True)
+    b = torch.load(resumed.checkpoint, weights_only=True)
+    assert a["T"] == b["T"] and whole.decisions == resumed.decisions
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert resumed.events == whole.events and resumed.accuracy == whole.accuracy
