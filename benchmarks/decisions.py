@@ -1,11 +1,13 @@
-"""What each axis of the joint space buys under a whole-network energy budget: sparsity, bit widths, both (issue 17).
+"""What each axis of the joint space buys under a whole-network energy budget: sparsity, bit widths, time steps (issue 17).
 
 For each energy budget (a fraction of the dense float32 model's energy per inference, every conv/linear layer
 counted, the dense first layer included) and seed it compresses the model three ways with minimax, through the code
 of ``rccsnn sweep`` (resumable, one ``rccsnn compress`` per run):
 
-* ``joint``: ``--decide sparsity,bits``: masks and every layer's bit width, one optimiser, whole-network costs;
+* ``all``: ``--decide sparsity,bits,timesteps``: masks, every layer's bit width and T, one optimiser;
+* ``joint``: ``--decide sparsity,bits``: masks and every layer's bit width, whole-network costs;
 * ``bits``: ``--decide bits``: bit widths alone (nothing pruned unless the widths cannot meet the budget);
+* ``timesteps``: ``--decide timesteps``: T alone, float32 (nothing pruned unless T cannot meet the budget);
 * ``sparsity``: the default minimax, float32, its energy budget on the pruned layers (the only costs it sees);
 
 and adds ``sparsity+int8``: the sparsity model with every layer quantized to 8 bits after training (uniform
@@ -43,11 +45,13 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "checkpoints" / "digits_convsnn.pt"
 #: (label, sweep settings) of the runs, in table order; ``sparsity+int8`` is derived from ``sparsity``'s models.
 VARIANTS: List[Tuple[str, Dict[str, object]]] = [
+    ("all", {"method.options": {"decide": "sparsity,bits,timesteps"}}),
     ("joint", {"method.options": {"decide": "sparsity,bits"}}),
     ("bits", {"method.options": {"decide": "bits"}}),
     ("sparsity", {"method.options": {"decide": "sparsity"}}),
+    ("timesteps", {"method.options": {"decide": "timesteps"}}),
 ]
-LABELS = ["joint", "bits", "sparsity", "sparsity+int8"]
+LABELS = ["all", "joint", "bits", "timesteps", "sparsity", "sparsity+int8"]
 
 
 def measure(loaded: LoadedModel, data: DataSplits) -> Tuple[float, float]:
@@ -69,7 +73,8 @@ def label_of(row: Dict[str, object]) -> str:
     options = row.get("method.options") or {}
     if isinstance(options, str):
         options = json.loads(options) if options else {}
-    return {"sparsity,bits": "joint", "bits": "bits"}.get(str(options.get("decide", "sparsity")), "sparsity")
+    decide = str(options.get("decide", "sparsity"))
+    return {"sparsity,bits,timesteps": "all", "sparsity,bits": "joint"}.get(decide, decide)
 
 
 def mean_std(values: Sequence[float]) -> str:
@@ -92,13 +97,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data = load_data(load_model(args.model).spec.data)
         dense_acc, dense_energy = measure(load_model(args.model), data)
         cells: Dict[Tuple[float, str], List[Tuple[float, float]]] = {}
+        steps: Dict[Tuple[float, str], List[int]] = {}  # the T each run decided
         for r in collect_results(sweep):
             if r["status"] != "ok":
                 continue
             budget, label = float(r["budget_energy"]), label_of(r)
             path = str(RunDir(r["run_dir"]).model)
-            acc, energy = measure(load_model(path), data)
+            model = load_model(path)
+            acc, energy = measure(model, data)
             cells.setdefault((budget, label), []).append((100 * acc, energy / dense_energy))
+            steps.setdefault((budget, label), []).append(int(model.spec.T))
             if label == "sparsity":
                 acc, energy = measure(int8(load_model(path)), data)
                 cells.setdefault((budget, "sparsity+int8"), []).append((100 * acc, energy / dense_energy))
@@ -114,11 +122,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parts.append(f"{mean_std([a for a, _ in runs])} | {mean_std([100 * e for _, e in runs])} | "
                          f"{within}/{len(runs)}")
         rows.append(f"| {b:g} | " + " | ".join(parts) + " |")
-        joint = [a for a, e in cells.get((b, "joint"), [])]
-        for other in ("sparsity", "sparsity+int8", "bits"):
+        joint = [a for a, e in cells.get((b, "all"), [])]
+        for other in ("joint", "sparsity", "sparsity+int8", "bits", "timesteps"):
             reach = [a for a, e in cells.get((b, other), []) if e <= b]
             if reach and joint:
-                verdicts.append(f"* {b:g}: joint {statistics.mean(joint):.2f} % against {other} "
+                verdicts.append(f"* {b:g}: all {statistics.mean(joint):.2f} % against {other} "
                                 f"{statistics.mean(reach):.2f} % (its runs within the budget): "
                                 f"{'ahead' if statistics.mean(joint) > statistics.mean(reach) else 'NOT ahead'}")
             elif not reach:
@@ -133,6 +141,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"| budget | {header} |",
         "|---:|" + "---:|" * (3 * len(LABELS)),
         *rows,
+        "",
+        "T chosen (per seed, the model's own T = " + f"{load_model(args.model).spec.T}): " + "; ".join(
+            f"{b:g}: " + ", ".join(f"{label} {sorted(steps.get((b, label), []))}" for label in ("all", "timesteps"))
+            for b in args.budgets),
         "",
         *verdicts,
     ]

@@ -33,6 +33,7 @@ from rccsnn.errors import UserError
 from rccsnn.masks import Target
 from rccsnn.registry import Registry
 from rccsnn.snn import SpikeMonitor, simulate
+from rccsnn.storage import weight_nbytes
 
 
 @dataclass
@@ -254,6 +255,11 @@ class ResourceModel:
             return float(sum(cost_sum(t, c, t.module.weight)
                              for t, c in zip(targets, self.weight_costs(targets, stats))))
 
+    def unpriced(self, targets: Sequence[Target], stats: LayerStats) -> float:
+        """What :meth:`absolute` counts beyond the per-weight costs of the nonzero weights, which a projection takes
+        off its limit: 0 here, where :meth:`absolute` is exactly their sum."""
+        return 0.0
+
     def measure(self, targets: Sequence[Target], stats: LayerStats) -> float:
         """Cost of the nonzero weights as a fraction of dense (dense = 1.0)."""
         dense = self.dense(targets, stats)
@@ -401,6 +407,53 @@ class BitOps(ResourceModel):
     def tap_costs(self, stats, l):
         ops = stats.taps_of(l) if bool(stats.analog[l] > 0) else stats.reads_of(l)
         return ops * float(stats.bits_of(l))
+
+
+#: ``memory``: bits a kept weight's index costs in the linear model (one uint8 gap code of the compact format).
+INDEX_BITS = 8.0
+
+
+@RESOURCES.register("memory")
+class Memory(ResourceModel):
+    """Bits of storage of the weights as the compact export writes them (``rccsnn export``): every stored value at
+    its layer's bit width (float32 unless quantized), the index of the nonzeros (a bitmask or gap codes, whichever is
+    smaller; none for a layer stored dense) and a quantized layer's float32 scale per output channel.
+
+    The dense reference is every weight stored dense at the width the model came with (float32: 32 bits each, no
+    index). A layer of ``n`` weights at ``b`` bits keeping ``k`` costs about ``min(n b, k b + n, k (b + 8))`` bits
+    (stored dense; a bitmask; one gap byte per kept weight), which is not linear in ``k``: the methods price each
+    kept weight at the layer's current average, ``b + min(n / k, 8, (n - k) b / k)`` (:meth:`weight_costs`, read
+    again at every step, as the firing rates are), so that price x kept is the layer's cost now. :meth:`absolute`
+    is the export's exact count (:func:`rccsnn.storage.weight_nbytes`); what it holds beyond the prices (the
+    scales, byte rounding, escape codes of a layer sparser than 1 in 255) comes off the limit of the guarantee's
+    projections (:meth:`ResourceModel.unpriced`).
+    """
+
+    name, unit = "memory", "bits"
+
+    def tap_costs(self, stats, l):
+        """The most a kept weight costs: its value and one gap byte (:meth:`weight_costs` prices the current one)."""
+        return torch.tensor(float(stats.bits_of(l)) + INDEX_BITS, dtype=torch.float64)
+
+    def weight_costs(self, targets: Sequence[Target], stats: LayerStats) -> List[Tensor]:
+        out = []
+        with torch.no_grad():
+            for l, t in enumerate(targets):
+                b, n = float(stats.bits_of(l)), float(t.n)
+                held = t.mask.mask if t.mask is not None else t.module.weight
+                k = max(float(held.count_nonzero()), 1.0)
+                out.append(torch.tensor(b + min(n / k, INDEX_BITS, (n - k) * b / k), dtype=torch.float64))
+        return out
+
+    def dense(self, targets: Sequence[Target], stats: LayerStats) -> float:
+        return float(sum(t.n * stats.bits_of(l) for l, t in enumerate(targets)))
+
+    def absolute(self, targets: Sequence[Target], stats: LayerStats) -> float:
+        return float(sum(8 * weight_nbytes(t.module.weight, stats.bits_of(l)) for l, t in enumerate(targets)))
+
+    def unpriced(self, targets: Sequence[Target], stats: LayerStats) -> float:
+        priced = ResourceModel.absolute(self, targets, stats)  # the linear price of the nonzero weights
+        return max(self.absolute(targets, stats) - priced, 0.0)
 
 
 def create_resource(name: str, options: Dict[str, Dict[str, float]] | None = None) -> ResourceModel:

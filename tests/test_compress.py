@@ -107,7 +107,7 @@ def dense_costs(ckpt, data, exclude_first, names):
 
 def check_guarantee(summary, budgets, absolute, by_hand):
     res = summary["resources"]
-    assert set(res) == {"params", "macs", "synops", "energy", "bitops"}
+    assert set(res) == {"params", "macs", "synops", "energy", "bitops", "memory"}
     for name, r in res.items():
         assert set(r) == {"dense", "compressed", "ratio"}
         ratio = absolute[name] / r["dense"] if r["dense"] > 0 else 0.0
@@ -145,7 +145,7 @@ def test_summary_json_has_exactly_the_documented_keys(joint_run, tiny):
     assert isinstance(summary["events"], list) and all(isinstance(e, str) for e in summary["events"])
     assert any(e.startswith("masks frozen") for e in summary["events"])
     res = summary["resources"]
-    assert set(res) == {"params", "macs", "synops", "energy", "bitops"}
+    assert set(res) == {"params", "macs", "synops", "energy", "bitops", "memory"}
     for r in res.values():
         assert set(r) == {"dense", "compressed", "ratio"}
         assert r["ratio"] == pytest.approx(r["compressed"] / r["dense"], rel=1e-12)

@@ -25,7 +25,9 @@ from exact_count import analog_inputs, exact_counts
 from conftest import REPO_ROOT
 from helpers import assert_user_error, cli, whole_and_resumed
 from rccsnn.models.checkpoint import LoadedModel, ModelSpec
+from rccsnn.formats.compact import plan_compact, read_compact, save_compact
 from rccsnn.quant import integers
+from rccsnn.snn import weight_layers
 from test_guarantee_exact import CLASSES, SIDE, T, RandomCSNN, digits_npz, direct, networks  # noqa: F401
 
 ROUNDING = 1e-9
@@ -64,20 +66,20 @@ RUNS = iter(range(10 ** 6))
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(
     drawn=networks(),
-    resource=st.sampled_from(["energy", "bitops"]),
+    resource=st.sampled_from(["energy", "bitops", "memory"]),
     budget=st.floats(0.005, 0.3),
     ladder=st.lists(st.sampled_from([2, 3, 4, 6, 8, 16]), min_size=1, max_size=4, unique=True),
     decide=st.sampled_from(["sparsity,bits", "sparsity,bits", "bits", "sparsity,bits,timesteps", "timesteps",
                             "bits,timesteps"]),
     seed=st.integers(0, 3),
 )
-def test_energy_and_bitops_budgets_hold_on_the_exact_count_at_the_decided_bits_and_steps(
+def test_energy_bitops_and_memory_budgets_hold_on_the_exact_count_at_the_decided_bits_and_steps(
         digits_npz, tmp_path_factory, drawn, resource, budget, ladder, decide, seed):
     path, x_val = digits_npz
     blocks, features = drawn
     torch.manual_seed(seed)
     net = RandomCSNN(blocks, features, threshold=0.5)
-    dense = judged(net, x_val, {})
+    dense = {**judged(net, x_val, {}), "memory": 32.0 * sum(m.weight.numel() for _, m in weight_layers(net))}
     assume(dense[resource] >= 10)
     out = tmp_path_factory.mktemp("bits") / f"run-{next(RUNS)}"
     spec = ModelSpec(arch="random_csnn", input_shape=(1, SIDE, SIDE), num_classes=CLASSES, data="npz", T=T)
@@ -96,6 +98,13 @@ def test_energy_and_bitops_budgets_hold_on_the_exact_count_at_the_decided_bits_a
         codes, scale = integers(w, b)
         assert torch.allclose(codes.float() * scale.view(-1, *[1] * (w.dim() - 1)), w, rtol=1e-5, atol=1e-7)
     measured = judged(saved, x_val, bits, steps)
+    if resource == "memory":  # the bits of every weight entry of the compact file the export writes
+        exported = ModelSpec(arch="random_csnn", input_shape=(1, SIDE, SIDE), num_classes=CLASSES, data="npz",
+                             T=steps, bits=bits)
+        save_compact(plan_compact(LoadedModel(net=saved, spec=exported)), out / "m.compact.pt")
+        tensors = read_compact(out / "m.compact.pt")["tensors"]
+        measured["memory"] = 8.0 * sum(v.numel() * v.element_size() for name, _ in weight_layers(saved)
+                                       for v in tensors[f"{name}.weight"].values() if isinstance(v, torch.Tensor))
     assert result.resources[resource]["dense"] == pytest.approx(dense[resource], rel=5e-3)
     ratio = measured[resource] / dense[resource]
     assert ratio <= budget * (1.0 + ROUNDING), (ratio, budget, bits, steps)  # THE GUARANTEE, counted exactly
@@ -124,6 +133,16 @@ def test_decide_bits_from_the_cli_records_and_reports_the_widths(tmp_path):
     code, stdout, err = cli("export", tmp_path / "run" / "model.pt", "--out", tmp_path / "m.compact.pt")
     assert code == 0, err
     assert "change +0.00 points" in stdout
+    # The whole file within 10 % of the decision: sum(nonzero x b) / 8 + indices + scales over the quantized layers
+    tensors = read_compact(tmp_path / "m.compact.pt")["tensors"]
+    decision = 0
+    for name, b in raw["bits"].items():
+        entry, w = tensors[f"{name}.weight"], raw["state_dict"][f"{name}.weight"]
+        stored = int(torch.count_nonzero(w)) if entry["encoding"] != "dense" else w.numel()
+        index = sum(entry[k].numel() * entry[k].element_size() for k in ("bitmask", "deltas") if k in entry)
+        assert entry["values"].numel() == (stored * b + 7) // 8 and entry["scale"].numel() == w.shape[0]
+        decision += (stored * b + 7) // 8 + index + 4 * w.shape[0]
+    assert (tmp_path / "m.compact.pt").stat().st_size <= 1.10 * decision, decision
 
 
 @pytest.mark.parametrize("options,message", [(["--decide", "sparsity,width"], "method option decide"),

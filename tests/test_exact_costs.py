@@ -218,7 +218,14 @@ def test_resources_measure_what_the_judge_counts():
         sum(b * judged[t.name]["effective"] for t, b in zip(targets, bits)), rel=1e-9)
     assert create_resource("energy").absolute(targets, at_bits) == pytest.approx(
         sum(op_energy(b)[1] * judged[t.name]["effective"] for t, b in zip(targets, bits)), rel=1e-9)
-    assert set(RESOURCES.names()) == {"params", "macs", "synops", "energy", "bitops"}
+    # memory: the bits of the entries the compact export writes for the targets (values, index, scales)
+    from rccsnn.formats.compact import encode_weight, entry_nbytes
+
+    for at, widths in ((stats, [None] * len(targets)), (at_bits, bits)):
+        written = sum(8 * entry_nbytes(encode_weight(t.module.weight, bits=b)) for t, b in zip(targets, widths))
+        assert create_resource("memory").absolute(targets, at) == written
+    assert create_resource("memory").dense(targets, stats) == 32 * sum(t.n for t in targets)
+    assert set(RESOURCES.names()) == {"params", "macs", "synops", "energy", "bitops", "memory"}
 
 
 def test_energy_skip_zero_inputs_prices_effective_macs():

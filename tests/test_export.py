@@ -24,7 +24,8 @@ from helpers import assert_user_error, cli, tiny_recipe, train_tiny
 from rccsnn.data import load_data
 from rccsnn.errors import UserError
 from rccsnn.formats.compact import (COMPACT_FORMAT, IndexCode, decode_entry, decode_mask, delta_decode, delta_encode,
-                                   encode_mask, encode_weight, entry_nbytes, is_compact_file, load_compact)
+                                   encode_mask, encode_weight, entry_nbytes, is_compact_file, load_compact,
+                                   read_compact)
 from rccsnn.formats.nir import nir_graph
 from rccsnn.models.checkpoint import load_checkpoint
 from rccsnn.metrics import LAYER_KEYS, REPORT_KEYS, TOTAL_KEYS
@@ -179,7 +180,8 @@ def test_float32_round_trip_is_exact(tiny, test_batch):
     acc = raw["export"]["accuracy"]
     assert acc["split"] == "test" and acc["before"] == acc["after"]
     assert f"test accuracy: before {acc['before']:.4f}, after {acc['after']:.4f} (change +0.00 points)" in stdout
-    payload = sum(entry_nbytes(e) for e in raw["tensors"].values())
+    payload = sum(entry_nbytes(e) for e in read_compact(compact)["tensors"].values())
+    assert payload == raw["blob"].numel()  # every tensor's bytes, in one blob
     dense = sum(v.numel() * v.element_size() for v in so.values())
     assert payload < 0.6 * dense and f"tensor payload: {payload} bytes" in stdout
 
@@ -190,7 +192,7 @@ def test_float16_and_int8_load_run_and_state_the_accuracy_change(tiny, test_batc
     out = root / f"compact-{'-'.join(o.strip('-') for o in options)}.pt"
     code, stdout, err = cli("export", ckpt, "--out", out, "--device", "cpu", *options)
     assert code == 0, err
-    raw = torch.load(out, weights_only=True)
+    raw = read_compact(out)
     acc = raw["export"]["accuracy"]
     change = 100 * (acc["after"] - acc["before"])
     assert f"test accuracy: before {acc['before']:.4f}, after {acc['after']:.4f} (change {change:+.2f} points)" in stdout
@@ -210,7 +212,7 @@ def test_float16_and_int8_load_run_and_state_the_accuracy_change(tiny, test_batc
             assert ((r - w).abs() <= bound).all()
         assert ((r != 0) <= (w != 0)).all()  # never a weight where the mask has none
     assert entry_nbytes(raw["tensors"]["classifier.0.1.weight"]) < entry_nbytes(
-        torch.load(compact, weights_only=True)["tensors"]["classifier.0.1.weight"])
+        read_compact(compact)["tensors"]["classifier.0.1.weight"])
     with torch.no_grad():
         counts = simulate(restored.net, test_batch, T)
     assert counts.shape == (len(test_batch), 10) and torch.isfinite(counts).all()
@@ -236,7 +238,7 @@ def test_evaluate_accepts_compact_files(tiny):
 def test_report_json_keys_and_numbers_by_hand(tiny):
     root, ckpt, compact, _ = tiny
     state = torch.load(ckpt, weights_only=True)["state_dict"]
-    stored = {k: entry_nbytes(e) for k, e in torch.load(compact, weights_only=True)["tensors"].items()}
+    stored = {k: entry_nbytes(e) for k, e in read_compact(compact)["tensors"].items()}
     reports = {}
     net = load_checkpoint(ckpt).net.eval()
     val = load_data("digits").val
@@ -297,7 +299,7 @@ def test_truncated_compact_file_is_one_line(tiny):
 
 def test_corrupt_compact_file_is_one_line(tiny):
     root, _, compact, _ = tiny
-    raw = torch.load(compact, weights_only=True)
+    raw = read_compact(compact)  # the entries with their tensors (the file holds them in one blob)
     values = raw["tensors"]["classifier.0.1.weight"]["values"]
     data = bytearray(compact.read_bytes())
     needle = values[:4].numpy().tobytes()
@@ -445,3 +447,47 @@ def test_nir_round_trip(tiny, test_batch):
     for name in lifs:
         assert torch.equal(torch.stack(theirs[name]), ours[name]), name
     assert torch.equal(torch.stack(steps), expected)
+
+
+# ------------------------------------------------------------------------------------------------ the blob (v2)
+def test_the_blob_holds_every_dtype_and_shape_and_gives_them_back():
+    from rccsnn.formats.compact import pack_blob, unpack_blob
+
+    tensors = {"b": {"encoding": "raw", "value": torch.tensor(7, dtype=torch.int64)},
+               "a": {"encoding": "delta", "shape": [3, 5], "dtype": "float32", "values": torch.randn(4),
+                     "deltas": torch.tensor([1, 2, 300, 4], dtype=torch.int32).to(torch.uint16)},
+               "c": {"encoding": "raw", "value": torch.zeros(0, 3, dtype=torch.float16)},
+               "d": {"encoding": "raw", "value": torch.tensor([True, False, True])},
+               "e": {"encoding": "bitmask", "values": torch.arange(5, dtype=torch.uint8), "scale": torch.rand(2),
+                     "bits": 3, "bitmask": torch.tensor([255, 1], dtype=torch.uint8),
+                     "big": torch.tensor([2 ** 31 + 5], dtype=torch.int64).to(torch.uint32)}}
+    packed, blob = pack_blob(tensors)
+    assert blob.dtype == torch.uint8 and blob.dim() == 1
+    assert not any(isinstance(v, torch.Tensor) for entry in packed.values() for v in entry.values())
+    back = unpack_blob(packed, blob)
+    assert back.keys() == tensors.keys()
+    for name, entry in tensors.items():
+        assert back[name].keys() == entry.keys()
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                got = back[name][key]
+                assert got.dtype == value.dtype and got.shape == value.shape
+                assert torch.equal(got.reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8)), key
+            else:
+                assert back[name][key] == value
+    packed["a"]["values"]["blob"] = [blob.numel() - 2, 16]
+    with pytest.raises(ValueError, match="does not fit the blob"):
+        unpack_blob(packed, blob)
+
+
+def test_a_version_1_file_still_loads_to_the_same_network(tiny, tmp_path):
+    """Version 1 held each entry's tensors inline: a file written that way loads to the same state as version 2."""
+    from rccsnn.formats.compact import same_state
+
+    _, _, compact, _ = tiny
+    raw = read_compact(compact)
+    assert raw["format_version"] == 2 and "blob" not in raw
+    raw["format_version"] = 1
+    torch.save(raw, tmp_path / "v1.pt")
+    assert same_state(load_compact(tmp_path / "v1.pt").net, load_compact(compact).net)
+    assert torch.load(compact, weights_only=True)["blob"].dtype == torch.uint8  # what v2 writes

@@ -202,3 +202,19 @@ def test_report_prices_the_compact_bytes_of_a_quantized_layer_as_export_stores_t
     plan = plan_compact(loaded)
     for layer in r["layers"]:
         assert layer["bytes_compact"] == entry_nbytes(plan.contents["tensors"][f"{layer['name']}.weight"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.sampled_from([(6, 3, 3, 3), (40, 17), (300, 1), (2, 700)]), density=st.floats(0.0, 1.0),
+       bits=st.sampled_from([None, 2, 3, 4, 6, 8, 16, 32]), seed=st.integers(0, 10 ** 6))
+def test_the_memory_count_is_the_bytes_the_export_writes(shape, density, bits, seed):
+    """``memory``'s exact count (weight_nbytes) equals the bytes of the entry the export writes, at any density (dense,
+    bitmask and delta layouts, gaps past 255) and width."""
+    from rccsnn.formats.compact import encode_weight, entry_nbytes
+    from rccsnn.storage import weight_nbytes
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) < density)
+    if bits is not None and bits < 32:
+        w = quantize(w, bits)
+    assert weight_nbytes(w, bits) == entry_nbytes(encode_weight(w, bits=bits))

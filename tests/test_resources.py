@@ -118,8 +118,8 @@ def test_measure_stats_runs_in_eval_mode_and_restores_the_mode():
 
 
 # ------------------------------------------------------------------------------------------------ coefficients
-def test_registry_holds_the_five_resources():
-    assert RESOURCES.names() == ["bitops", "energy", "macs", "params", "synops"]
+def test_registry_holds_the_six_resources():
+    assert RESOURCES.names() == ["bitops", "energy", "macs", "memory", "params", "synops"]
     assert [RESOURCES.get(n).data_dependent for n in ("params", "macs", "synops", "energy")] == [False, False, True,
                                                                                                   True]
 

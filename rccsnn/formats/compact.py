@@ -5,7 +5,7 @@
 ``state_dict`` replaced by ``tensors``::
 
     {
-      "format": "rccsnn-compact", "format_version": 1,        # always the first key (see is_compact_file)
+      "format": "rccsnn-compact", "format_version": 2,        # always the first key (see is_compact_file)
       "rccsnn_version": "0.1.0", "checkpoint_format_version": 1,
       "arch", "arch_args", "data", "T", "encoding", "loss", "neuron", "metrics", "recipe", ["compression"],
                                                              # as in the checkpoint (metrics: the source's)
@@ -13,7 +13,13 @@
                  "accuracy": {"split": "test", "before": 0.99, "after": 0.99} | None},
       "tensors": {state_dict key: entry},
       "checksum": "<sha256 hex of every entry, see tensor_digest>",
+      "blob": uint8 tensor,                                   # version 2: every entry's tensors, one after another
     }
+
+In version 2 each tensor of an entry is written as a reference ``{"blob": [offset, bytes], "dtype", "shape"}`` into
+``blob`` (:func:`pack_blob`): one zip member instead of one per tensor, whose headers (about 300 bytes each) cost a
+small model more than its index codes. :func:`read_compact` puts the tensors back, so everything after it (and the
+checksum, taken over the entries with their tensors) is as in version 1, which it still reads.
 
 Every conv/linear weight is an entry with ``shape`` and ``dtype`` (of the decoded tensor), ``values`` (1-D,
 float32, float16 or int8) and one of three ``encoding`` s, whichever stores fewer bytes:
@@ -55,12 +61,11 @@ from rccsnn.rundir import publish
 from rccsnn.models.checkpoint import FORMAT, LoadedModel, atomic_save, checkpoint_dict, from_checkpoint, read_raw
 from rccsnn.quant import FLOAT_BITS, integers
 from rccsnn.snn import weight_layers
+from rccsnn.storage import DELTA_DTYPES, delta_nbytes, stored_sparse
 
 COMPACT_FORMAT = "rccsnn-compact"
-COMPACT_VERSION = 1
+COMPACT_VERSION = 2
 VALUE_DTYPES: Dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
-#: Widths a delta-coded index list may use, tried in this order; the cheapest wins.
-DELTA_DTYPES = (np.uint8, np.uint16, np.uint32)
 _DELTA_TORCH = {torch.uint8: np.uint8, torch.uint16: np.uint16, torch.uint32: np.uint32}
 INDEX_ENCODINGS = ("bitmask", "delta")
 #: Keys of the checkpoint dict that a compact file has under other names (its own header) or replaced (tensors).
@@ -91,13 +96,6 @@ def delta_decode(codes: np.ndarray, n: int) -> np.ndarray:
     if indices.size and int(indices[-1]) >= n:
         raise ValueError(f"index {int(indices[-1])} beyond the tensor's {n} elements")
     return indices
-
-
-def delta_nbytes(indices: np.ndarray, dtype) -> int:
-    """Bytes :func:`delta_encode` would write, without writing them."""
-    top = int(np.iinfo(dtype).max)
-    gaps = np.diff(np.asarray(indices, dtype=np.int64), prepend=-1) - 1
-    return int(indices.size + (gaps // top).sum()) * np.dtype(dtype).itemsize
 
 
 @dataclass
@@ -207,8 +205,7 @@ def encode_weight(weight: Tensor, dtype: str = "float32", per_channel: bool = Fa
     mask = (flat != 0).numpy()
     itemsize = bits / 8.0 if packed else torch.empty((), dtype=VALUE_DTYPES[dtype]).element_size()
     code = encode_mask(mask)
-    nonzero = int(mask.sum())
-    if code.nbytes + nonzero * itemsize < n * itemsize:
+    if stored_sparse(code.nbytes, int(mask.sum()), n, itemsize):
         positions = np.flatnonzero(mask).astype(np.int64)
         encoding = code.kind
     else:
@@ -319,6 +316,54 @@ def tensor_digest(tensors: Dict[str, Any]) -> str:
             else:
                 h.update(f"{name}\0{key}\0{value!r}\0".encode())
     return h.hexdigest()
+
+
+# ============================================================================================ the blob (version 2)
+def pack_blob(tensors: Dict[str, Any]) -> Tuple[Dict[str, Any], Tensor]:
+    """Every tensor of every entry moved into one uint8 ``blob``, each replaced by a reference
+    ``{"blob": [offset, bytes], "dtype": name, "shape": [...]}``, in sorted entry and field order.
+
+    One tensor in the file instead of two or three per state_dict entry: torch.save writes each tensor as a zip
+    member with its own headers (about 300 bytes), which on a small model cost more than its index codes.
+    """
+    chunks: List[np.ndarray] = []
+    at = 0
+    packed: Dict[str, Any] = {}
+    for name in sorted(tensors):
+        fields = {}
+        for key, value in tensors[name].items():
+            if isinstance(value, Tensor):
+                raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                fields[key] = {"blob": [at, int(raw.size)], "dtype": str(value.dtype).replace("torch.", ""),
+                               "shape": list(value.shape)}
+                chunks.append(raw)
+                at += int(raw.size)
+            else:
+                fields[key] = value
+        packed[name] = fields
+    blob = torch.from_numpy(np.concatenate(chunks) if chunks else np.zeros(0, np.uint8))
+    return packed, blob
+
+
+def unpack_blob(packed: Dict[str, Any], blob: Any) -> Dict[str, Any]:
+    """The entries :func:`pack_blob` packed, with their tensors again; ``ValueError`` on a reference outside the blob
+    or of an unknown dtype."""
+    if not isinstance(blob, Tensor) or blob.dtype != torch.uint8 or blob.dim() != 1:
+        raise ValueError("no uint8 blob")
+    out: Dict[str, Any] = {}
+    for name, fields in packed.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"entry '{name}' is not a dict")
+        entry = {}
+        for key, value in fields.items():
+            if isinstance(value, dict) and "blob" in value:
+                (at, size), dtype = value["blob"], getattr(torch, str(value["dtype"]), None)
+                if not isinstance(dtype, torch.dtype) or not 0 <= at <= at + size <= blob.numel():
+                    raise ValueError(f"tensor '{name}.{key}' does not fit the blob")
+                value = blob[at:at + size].clone().view(dtype).reshape(value["shape"])
+            entry[key] = value
+        out[name] = entry
+    return out
 
 
 # ============================================================================================ files
@@ -450,6 +495,11 @@ def read_compact(path: str | Path) -> Dict[str, Any]:
     raw = read_raw(path, trust=False)
     if not isinstance(raw, dict) or raw.get("format") != COMPACT_FORMAT:
         raise UserError(f"{path} is not an rccsnn compact file")
+    if "blob" in raw:  # version 2: every tensor in one buffer
+        try:
+            raw["tensors"] = unpack_blob(raw.get("tensors") or {}, raw.pop("blob"))
+        except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+            raise UserError(f"{path}: corrupt compact file: {exc}") from None
     return raw
 
 
@@ -469,8 +519,10 @@ def save_compact(plan: CompactPlan, path: str | Path, *, overwrite: bool = False
     an existing one unless ``overwrite`` (:func:`rccsnn.rundir.publish`)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.export.tmp")  # one per process: two exports never share it
+    contents = dict(plan.contents)
+    contents["tensors"], contents["blob"] = pack_blob(plan.contents["tensors"])
     try:
-        atomic_save(plan.contents, tmp)
+        atomic_save(contents, tmp)
         publish(tmp, path, overwrite=overwrite)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from rccsnn.errors import UserError
 from rccsnn.masks import Target, apply_masks, attach_masks, set_straight_through
-from rccsnn.quant import target_bits
+from rccsnn.quant import FLOAT_BITS, set_bits, target_bits
 from rccsnn.registry import Registry
 from rccsnn.resources import LayerStats, RateTracker, ResourceModel, cost_sum, grouped, per_weight
 
@@ -293,6 +293,8 @@ def project(targets: Sequence[Target], costs: Sequence[Sequence[Tensor]], limits
         if floors is not None and sum(len(x) for x in scores) == 0:
             floors = None  # every layer is at its floor: the limits come first
             continue
+        if sum(len(x) for x in scores) == 0:
+            return pruned  # nothing kept costs anything: what is left over the limit is no weight's (memory's scales)
         pruned += prune_cheapest(targets, where, scores, cost, excess[j].item())
     raise RuntimeError("projection did not converge")  # unreachable: each round prunes at least one weight
 
@@ -368,6 +370,13 @@ class PruningMethod(CompressionMethod):
     def limits(self, margin: float = 0.0) -> Tensor:
         """``[J]`` allowed cost per inference in each resource's unit: ``budget x dense x (1 - margin)``."""
         return self.budgets * self.dense * (1.0 - margin)
+
+    def limits_at(self, stats: LayerStats, margin: float = 0.0) -> Tensor:
+        """:meth:`limits` less what each resource counts beyond the per-weight prices (:meth:`ResourceModel.unpriced`,
+        e.g. the scales of a quantized layer in ``memory``) on the current weights: pruning to these limits by the
+        per-weight prices meets the budgets as :meth:`ResourceModel.absolute` counts them."""
+        gaps = torch.tensor([c.resource.unpriced(self.targets, stats) for c in self.constraints], dtype=torch.float64)
+        return self.limits(margin) - gaps
 
     def feasible(self) -> bool:
         return bool((self.values() <= self.budgets).all())
@@ -472,7 +481,7 @@ class PruningMethod(CompressionMethod):
             if round_ == self.guarantee_rounds:
                 break
             # Finetuning moves firing rates, so aim a little below the budget on each retry.
-            pruned = self.project(self.limits(margin=0.02 * (round_ + 1)).tolist(), self.floors())
+            pruned = self.project(self.limits_at(stats, margin=0.02 * (round_ + 1)).tolist(), self.floors())
             self.projected += pruned
             self.say(f"measured on validation: {over}; pruned {pruned} more weights and finetuning one epoch")
             apply_masks(self.targets)
@@ -487,12 +496,25 @@ class PruningMethod(CompressionMethod):
             if all(c.resource.absolute(self.targets, stats) / c.dense <= c.budget for c in self.constraints):
                 return
             # Masks count kept weights that may be zero, measurement counts nonzeros: this always prunes.
-            pruned = self.project(self.limits().tolist(), self.floors())
+            pruned = self.project(self.limits_at(stats).tolist(), self.floors())
+            if pruned == 0 and self.release_empty():
+                continue
             if pruned == 0:
                 raise RuntimeError("budget exceeded on measurement but the projection found nothing to prune")
             self.projected += pruned
             apply_masks(self.targets)
             self.say(f"pruned {pruned} more weights without finetuning to meet the budget")
+
+    def release_empty(self) -> bool:
+        """Put every quantized target with no nonzero weight back to float32, where it stores nothing (a quantized
+        layer stores a scale per output channel, which ``memory`` counts whatever is pruned); its values, all zero,
+        do not change. Returns whether any was. The last resort of :meth:`finalize` once nothing is left to prune."""
+        empty = {t.name: FLOAT_BITS for t, b in zip(self.targets, target_bits(self.targets))
+                 if b < FLOAT_BITS and not bool(t.module.weight.detach().any())}
+        if empty:
+            set_bits(self.problem.net, empty)
+            self.say(f"float32 again for {', '.join(empty)}: emptied, they store no scales")
+        return bool(empty)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"phase": self.phase, "projected": self.projected, "events": list(self.events),

@@ -1196,6 +1196,7 @@ class Minimax(PruningMethod):
                 if protect is not None:
                     protect = None  # then the output floor
                     continue
+                return pruned  # nothing kept costs anything: what is over the limit is no weight's (memory's scales)
             pruned += prune_cheapest(self.targets, where, scores, cost, excess[j].item())
         raise RuntimeError("projection did not converge")  # unreachable: each round prunes at least one weight
 
