@@ -23,7 +23,7 @@ from torch import nn
 import rccsnn
 from exact_count import analog_inputs, exact_counts
 from conftest import REPO_ROOT
-from helpers import assert_user_error, cli, whole_and_resumed
+from helpers import assert_user_error, cli
 from rccsnn.models.checkpoint import LoadedModel, ModelSpec
 from rccsnn.formats.compact import plan_compact, read_compact, save_compact
 from rccsnn.quant import integers
@@ -154,30 +154,6 @@ def test_bad_decisions_are_one_line(tmp_path, options, message):
                          *options, "--epochs", "1", "--no-progress", "--out", tmp_path / "run")
     assert_user_error(code, out, err, message)
     assert not (tmp_path / "run").exists()
-
-
-def test_an_interrupted_decide_bits_run_resumes_to_the_same_model(tmp_path, monkeypatch):
-    """SIGINT after the second epoch (the widths decided once by then), resume: the same weights, widths and
-    events as the uninterrupted run."""
-    from rccsnn.compression import compress
-    from rccsnn.config import CompressConfig, MethodConfig, OptimConfig
-    from rccsnn.methods.minimax import Minimax
-    from rccsnn.models.checkpoint import load_checkpoint
-
-    def run(out, resume=False):
-        cfg = CompressConfig(model=str(SHIPPED), budgets={"energy": 0.05},
-                             method=MethodConfig(name="minimax", options={"decide": "sparsity,bits"}),
-                             optim=OptimConfig(lr=1e-3, epochs=4), out=str(tmp_path / out), device="cpu")
-        return compress(cfg, load_checkpoint(SHIPPED), resume=resume, progress=False)
-
-    whole, resumed = whole_and_resumed(run, Minimax, 1, monkeypatch)
-    assert any(e.startswith("bits ") for e in whole.events[:3])
-    a = torch.load(whole.checkpoint, weights_only=True)
-    b = torch.load(resumed.checkpoint, weights_only=True)
-    assert a["bits"] == b["bits"] and whole.decisions == resumed.decisions
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    assert resumed.events == whole.events and resumed.accuracy == whole.accuracy
 
 
 @pytest.mark.parametrize("again", [["--budget", "0.5"], ["--resource", "energy", "--budget", "0.5"],

@@ -158,24 +158,74 @@ def test_bad_time_step_options_are_one_line(tmp_path, options, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_an_interrupted_decide_timesteps_run_resumes_to_the_same_model(tmp_path, monkeypatch):
-    """SIGINT after the second epoch (T lowered in the first), resume: the same weights, T, widths and events as the
-    uninterrupted run."""
+@pytest.mark.parametrize("decide,budget,first", [("sparsity,bits", 0.05, "bits "),
+                                                  ("sparsity,timesteps", 0.01, "time steps 4 -> 3")])
+def test_an_interrupted_decision_run_resumes_to_the_same_model(tmp_path, monkeypatch, decide, budget, first):
+    """SIGINT after the second epoch (the widths or T decided once by then), resume: the same weights, widths, T and
+    events as the uninterrupted run."""
     from rccsnn.compression import compress
     from rccsnn.config import CompressConfig, MethodConfig, OptimConfig
     from rccsnn.models.checkpoint import load_checkpoint
 
     def run(out, resume=False):
-        cfg = CompressConfig(model=str(SHIPPED), budgets={"energy": 0.01},
-                             method=MethodConfig(name="minimax", options={"decide": "sparsity,bits,timesteps"}),
+        cfg = CompressConfig(model=str(SHIPPED), budgets={"energy": budget},
+                             method=MethodConfig(name="minimax", options={"decide": decide}),
                              optim=OptimConfig(lr=1e-3, epochs=4), out=str(tmp_path / out), device="cpu")
         return compress(cfg, load_checkpoint(SHIPPED), resume=resume, progress=False)
 
     whole, resumed = whole_and_resumed(run, Minimax, 1, monkeypatch)
-    assert whole.decisions["T"] < 4 and any(e.startswith("time steps 4 -> 3") for e in whole.events[:3])
+    assert any(e.startswith(first) for e in whole.events[:3])
     a = torch.load(whole.checkpoint, weights_only=True)
     b = torch.load(resumed.checkpoint, weights_only=True)
-    assert a["T"] == b["T"] and whole.decisions == resumed.decisions
+    assert (a["T"], a["bits"]) == (b["T"], b["bits"]) and whole.decisions == resumed.decisions
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     assert resumed.events == whole.events and resumed.accuracy == whole.accuracy
+
+
+def test_the_nir_graph_of_a_decided_model_has_its_T_and_its_dequantized_weights(tmp_path):
+    """``--decide sparsity,bits,timesteps`` at 1 % of the energy, then ``export --format nir``: the graph's metadata
+    has the decided T, and each linear layer's weight is the saved (dequantized: codes x scale) weight, zeros kept."""
+    nir = pytest.importorskip("nir")  # the nir extra; the test extra installs it where Python >= 3.10
+    import numpy as np
+
+    # A ladder of 8 and 32 bits: once at 8 bits no width can go lower, and T is then weighed against pruning alone
+    code, _, err = cli("compress", SHIPPED, "--resource", "energy", "--budget", "0.01", "--decide",
+                       "sparsity,bits,timesteps", "--bits-ladder", "8,32", "--epochs", "3", "--no-progress",
+                       "--device", "cpu", "--out", tmp_path / "run")
+    assert code == 0, err
+    raw = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert raw["T"] < 4 and raw["bits"]
+    code, _, err = cli("export", tmp_path / "run" / "model.pt", "--format", "nir", "--out", tmp_path / "m.nir",
+                       "--device", "cpu")
+    assert code == 0, err
+    graph = nir.read(tmp_path / "m.nir")
+    assert int(graph.metadata["T"]) == raw["T"]
+    for fc in ("classifier.0.1", "classifier.2.0"):
+        assert np.array_equal(graph.nodes[fc].weight, raw["state_dict"][f"{fc}.weight"].numpy())
+        assert len(np.unique(graph.nodes[fc].weight[0])) <= 2 ** raw["bits"][fc]  # on the layer's grid
+
+
+@pytest.mark.parametrize("per_lower_layer,expect", [(0.0, 4), (10.0, 3)])
+def test_with_bits_decided_fewer_steps_must_also_beat_a_rung_less_of_every_width(per_lower_layer, expect):
+    """Pruning is dear here (1.0 per masked weight); a rung less of every width (float32 -> 16 bits) costs
+    ``per_lower_layer`` per layer below float32: free, it saves the budget more cheaply than T, and T stays; dear,
+    T falls. The widths are restored after the probe."""
+    from rccsnn.quant import target_bits
+
+    net = small_net()
+    holder = {}
+
+    def probe(T: int) -> float:
+        m = holder["method"]
+        masked = sum(float((t.mask.mask == 0).sum()) for t in m.targets)
+        lowered = sum(b < 32 for b in target_bits(m.targets))
+        return {4: 0.1, 3: 0.3}[T] + masked + per_lower_layer * lowered
+
+    method = bound_minimax(net, 0.01, probe, decide="sparsity,bits,timesteps")
+    holder["method"] = method
+    for t in method.targets:
+        t.weight.grad = torch.randn_like(t.weight)
+    method.engine.accumulate()
+    assert method.decide_steps() == expect
+    assert target_bits(method.targets) == [32, 32, 32]

@@ -347,7 +347,7 @@ def test_nir_refuses_branching_networks():
 
 
 def test_nir_round_trip(tiny, test_batch):
-    """Needs the extra (pip install 'rccsnn[nir]': nir, nirtorch); CI installs only .[test], so there it skips.
+    """Needs nir and nirtorch (the nir extra; the test extra installs them where Python >= 3.10, as in CI).
 
     Writes the tiny model's graph, reads it back with nir.read, checks every node and parameter exactly, then runs
     it with snntorch's NIR importer (plus maps for SumPool2d and Threshold, which it lacks) against rccsnn's own

@@ -1051,7 +1051,7 @@ class Minimax(PruningMethod):
     @torch.no_grad()
     def decide_steps(self) -> int:
         """Lower the network's time steps by one when that costs the task loss less than saving as much of the
-        budgets by pruning; returns T (the new one, or the old).
+        budgets another way (pruning, a rung less of every width); returns T (the new one, or the old).
 
         Every data-dependent cost is a sum over the steps, so ``T -> T - 1`` saves ``R_j / T`` of each such budget
         (``saved_j``, closed form at the current rates). What it costs the loss is measured, not estimated:
@@ -1061,10 +1061,12 @@ class Minimax(PruningMethod):
         widths but no exchange rate into loss. So T is priced against the marginal price of the budget where the
         engine sets it, at the sparsity margin: the kept weights of least importance per priced cost
         (``sum_j z_j c_ij / C_j``, the duals as prices), as many as save the same priced amount
-        ``sum_j z_j saved_j``, are masked for one probe, ``dL_prune = L(T, without them) - L(T)``. Fewer steps
-        win when ``dL_T <= dL_prune``: equal marginal loss per unit of budget, the condition at which the
-        primal-dual equilibrium stops trading one axis for another. Without sparsity among the decisions there is
-        nothing to trade against: T falls one step per decision while the budget is exceeded, down to ``min_T``.
+        ``sum_j z_j saved_j``, are masked for one probe, ``dL_prune = L(T, without them) - L(T)``; with bits decided,
+        every width one rung lower is probed too, its loss scaled to the same saving (``dL_bits x saved_T /
+        saved_bits``). Fewer steps win when ``dL_T`` is at most the cheapest of these (a loss that falls counts as
+        0): equal marginal loss per unit of budget, the condition at which the primal-dual equilibrium stops trading
+        one axis for another. Without sparsity or bits among the decisions there is nothing to trade against: T
+        falls one step per decision while the budget is exceeded, down to ``min_T``.
         Decisions are made as the bit widths' are: one per hold, only while the stage's budget is exceeded, and T
         freezes with the masks.
         """
@@ -1077,18 +1079,45 @@ class Minimax(PruningMethod):
         if not bool((saved > 0).any()):
             return T  # no budget depends on the time steps
         note = ""
-        if "sparsity" in self.decide:
+        if "sparsity" in self.decide or "bits" in self.decide:
             z = self.engine.z.clamp_min(0.0)
             price = z if float(z.sum()) > 0 else torch.ones_like(z)
+            value = float((price * saved).sum())
             base = time.probe_loss(T)
             cost_T = time.probe_loss(T - 1) - base
-            cost_prune = self._probe_pruned(float((price * saved).sum()), price) - base
-            if cost_T > cost_prune:
+            # Loss per priced unit of budget saved, of each way to save it (a loss that falls costs nothing).
+            others = {}
+            if "sparsity" in self.decide:
+                others["pruning as much"] = self._probe_pruned(value, price) - base
+            lower = self._probe_lower_bits(T, price) if "bits" in self.decide else None
+            if lower is not None:
+                others["every width a rung lower"] = (lower[0] - base) * value / lower[1]  # scaled to T's saving
+            if others and max(cost_T, 0.0) > min(max(c, 0.0) for c in others.values()):
                 return T
-            note = f" (probe loss +{cost_T:.4g} against +{cost_prune:.4g} for pruning as much of the budget)"
+            note = f" (probe loss +{cost_T:.4g}; for as much of the budget: " + ", ".join(
+                f"{name} +{c:.4g}" for name, c in others.items()) + ")"
         time.spec.T = T - 1
         self.say(f"time steps {T} -> {T - 1}{note}")
         return T - 1
+
+    @torch.no_grad()
+    def _probe_lower_bits(self, T: int, price: Tensor) -> Optional[tuple]:
+        """``(probe loss, priced saving)`` with every target one rung lower on the ladder than now (None when none
+        can go lower or it saves nothing); the widths are restored after."""
+        now = target_bits(self.targets)
+        lower = [self.ladder[self.ladder.index(b) - 1] if b in self.ladder and self.ladder.index(b) > 0 else b
+                 for b in now]
+        if lower == now:
+            return None
+        kept = self.engine.kept
+        before = resource_values(self.costs(T), self.dense, kept)
+        set_bits(self.problem.net, {t.name: b for t, b in zip(self.targets, lower)})
+        try:
+            saved = float((price * (before - resource_values(self.costs(T), self.dense, kept))).sum())
+            loss = self.problem.time.probe_loss(T)
+        finally:
+            set_bits(self.problem.net, {t.name: b for t, b in zip(self.targets, now)})
+        return (loss, saved) if saved > 0 else None
 
     @torch.no_grad()
     def _probe_pruned(self, value: float, price: Tensor) -> float:
