@@ -1,7 +1,7 @@
 """What each axis of the joint space buys under a whole-network energy budget: sparsity, bit widths, time steps (issue 17).
 
 For each energy budget (a fraction of the dense float32 model's energy per inference, every conv/linear layer
-counted, the dense first layer included) and seed it compresses the model three ways with minimax, through the code
+counted, the dense first layer included) and seed it compresses the model five ways with minimax, through the code
 of ``rccsnn sweep`` (resumable, one ``rccsnn compress`` per run):
 
 * ``all``: ``--decide sparsity,bits,timesteps``: masks, every layer's bit width and T, one optimiser;

@@ -201,7 +201,8 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     # Bound before the run directory is made: a method that cannot serve this problem says so with nothing written.
     method.bind(Problem(net=net, targets=targets, constraints=constraints, stats=dense_stats,
                         measure_stats=stats_now, fixed=fixed,
-                        time=TimeSteps(spec=spec, probe_loss=probe_loss(net, data, spec, device))))
+                        time=TimeSteps(spec=spec, probe_loss=probe_loss(net, data, spec, device,
+                                                                        batch_size=cfg.data.eval_batch_size))))
     out = distributed.on_main(make_run_dir)
     # A model whose weights are already quantized stays on its grid while it finetunes (after the masks, which bind
     # attached); a method that decides bits sets its own widths when it starts.

@@ -509,23 +509,28 @@ def probe_loss(net: nn.Module, data: DataSplits, spec: ModelSpec, device: torch.
 
     The encoding's random draws are seeded (:data:`PROBE_SEED`) inside a forked random state, so two probes differ
     only by what changed in between and the run's own random stream is untouched (a resumed run draws as an
-    uninterrupted one). Every process of a distributed run probes the same samples, so they agree on what they
-    decide. The samples are loaded onto the device at the first call.
+    uninterrupted one). Every process of a distributed run probes the same samples (and process 0's decision is the
+    run's: :meth:`rccsnn.methods.minimax.Minimax.decide_steps`). The samples are loaded onto the device at the first
+    call, in batches of ``batch_size`` (the run's evaluation batch size).
     """
     loss_fn = LOSSES.get(spec.loss)
     held: List[tuple] = []
 
     def loss_at(T: int) -> float:
-        if not held:
-            subset = torch.utils.data.Subset(data.val, range(min(samples, len(data.val))))
-            held.extend((x.to(device), y.to(device)) for x, y in
-                        DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=data.collate))
         was_training = net.training
         net.eval()
         forked = [device] if device.type == "cuda" else []
         try:
+            # Everything that could draw from the run's random stream happens inside the fork (a DataLoader's
+            # iterator draws a base seed when it is made).
             with torch.no_grad(), torch.random.fork_rng(devices=forked):
-                torch.manual_seed(PROBE_SEED)
+                if not held:
+                    subset = torch.utils.data.Subset(data.val, range(min(samples, len(data.val))))
+                    held.extend((x.to(device), y.to(device)) for x, y in
+                                DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=data.collate))
+                torch.default_generator.manual_seed(PROBE_SEED)
+                if device.type == "cuda":
+                    torch.cuda.manual_seed(PROBE_SEED)  # the forked device's generator only
                 total = sum(float(loss_fn(forward(net, x, T, spec.encoding, spec.steps), y)) * len(y)
                             for x, y in held)
         finally:

@@ -181,3 +181,34 @@ def test_a_quantized_model_compressed_again_stays_on_its_grid_and_within_budget(
     resource = "energy" if "energy" in again else "params"
     assert summary["resources"][resource]["ratio"] <= 0.5
     assert summary["accuracy"]["compressed"] > 0.5  # not wrecked
+
+
+def test_an_emptied_quantized_layer_goes_back_to_float32_before_anything_else_is_pruned():
+    """memory at 0.3: a quantized layer whose every weight is pruned still stores its scales; the guarantee puts it
+    back to float32 (where it stores nothing) before it prunes a live weight elsewhere to pay for them."""
+    from rccsnn.masks import find_targets
+    from rccsnn.methods.base import Constraint, Problem
+    from rccsnn.methods.magnitude import Magnitude
+    from rccsnn.quant import set_bits, target_bits
+    from rccsnn.resources import LayerStats, create_resource
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 64), nn.Linear(64, 4))
+    targets = find_targets(net, exclude_first=False)
+
+    def stats():
+        ones = torch.ones(len(targets), dtype=torch.float64)
+        return LayerStats(positions=ones, input_rate=ones, analog=ones, T=4).with_bits(target_bits(targets))
+
+    memory = create_resource("memory")
+    dense = memory.dense(targets, stats())
+    method = Magnitude(guarantee_rounds=0)
+    method.bind(Problem(net=net, targets=targets, constraints=[Constraint(memory, 0.3, dense)], stats=stats(),
+                        measure_stats=stats))
+    set_bits(net, {targets[0].name: 8})
+    targets[0].mask.mask.zero_()
+    assert memory.absolute(targets, stats()) / dense > 0.3  # the empty layer's scales tip it over
+    method.tracker = None
+    method.finalize(None)
+    assert int(targets[1].mask.mask.sum()) == 256 and target_bits(targets) == [32, 32]
+    assert memory.absolute(targets, stats()) / dense == 0.25

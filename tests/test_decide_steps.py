@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from types import SimpleNamespace
+from typing import Dict, Optional
 
 import pytest
 import torch
@@ -53,15 +54,19 @@ def test_every_data_dependent_cost_is_linear_in_the_time_steps(resource):
     assert stats.at_steps(4) is stats
 
 
-def bound_minimax(net, budget: float, probe, decide: str = "sparsity,timesteps", T: int = 4) -> Minimax:
-    """A Minimax bound to ``net`` under an energy budget, its time steps held by a spec whose loss ``probe`` answers,
-    started (its engine built), as compress() would leave it after setup."""
+def bound_minimax(net, budget: float, probe, decide: str = "sparsity,timesteps", T: int = 4,
+                  budgets: Optional[Dict[str, float]] = None) -> Minimax:
+    """A Minimax bound to ``net`` under an energy budget (or ``budgets``), its time steps held by a spec whose loss
+    ``probe`` answers, started (its engine built), as compress() would leave it after setup."""
     targets, stats = stats_of(net, T)
-    model = create_resource("energy", {})
+    constraints = []
+    for name, b in (budgets or {"energy": budget}).items():
+        model = create_resource(name, {})
+        constraints.append(Constraint(model, b, model.dense(targets, stats)))
     spec = SimpleNamespace(T=T, encoding="direct")
     method = Minimax(decide=decide)
-    problem = Problem(net=net, targets=targets, constraints=[Constraint(model, budget, model.dense(targets, stats))],
-                      stats=stats, measure_stats=lambda: stats, time=TimeSteps(spec=spec, probe_loss=probe))
+    problem = Problem(net=net, targets=targets, constraints=constraints, stats=stats, measure_stats=lambda: stats,
+                      time=TimeSteps(spec=spec, probe_loss=probe))
     method.bind(problem)
     method.loop = SimpleNamespace(steps_per_epoch=10, total_steps=100, step=0, lr=1e-3)
     method.compress_steps = 70
@@ -229,3 +234,48 @@ def test_with_bits_decided_fewer_steps_must_also_beat_a_rung_less_of_every_width
     method.engine.accumulate()
     assert method.decide_steps() == expect
     assert target_bits(method.targets) == [32, 32, 32]
+
+
+@pytest.mark.parametrize("per_step,expect", [(lambda T: 0.001 * (16 - T), 12), (lambda T: 0.0 if T >= 15 else 99, 15)])
+def test_a_step_of_a_quarter_of_T_is_weighed_first_then_one(per_step, expect):
+    """T0 = 16, pruning dear: when dropping 4 steps costs the loss little, T falls to 12 in one decision; when only a
+    single step is cheap, to 15."""
+    net = small_net()
+    holder = {}
+
+    def probe(T: int) -> float:
+        m = holder["method"]
+        return per_step(T) + sum(float((t.mask.mask == 0).sum()) for t in m.targets)
+
+    method = bound_minimax(net, 0.01, probe, T=16)
+    holder["method"] = method
+    for t in method.targets:
+        t.weight.grad = torch.randn_like(t.weight)
+    method.engine.accumulate()
+    assert method.decide_steps() == expect
+
+
+def test_T_falls_only_for_an_exceeded_budget_it_lowers():
+    """T alone, energy within its budget and params over it: fewer steps would lower the energy, which needs nothing,
+    and not the params, which do: T stays."""
+    net = small_net()
+    method = bound_minimax(net, 0.0, lambda T: 0.0, decide="timesteps", budgets={"energy": 1.0, "params": 0.5})
+    assert method.decide_steps() == 4 and not method.events
+
+
+def test_the_probe_leaves_the_runs_random_stream_alone(tmp_path):
+    """The first probe (which loads its samples) and every later one leave the global random state as it was, and
+    two probes of the same network agree (rate encoding: the draws are the probe's own)."""
+    from rccsnn.data import load_data
+    from rccsnn.models.checkpoint import load_checkpoint
+    from rccsnn.trainer import probe_loss
+
+    loaded = load_checkpoint(SHIPPED)
+    loaded.spec.encoding = "rate"
+    probe = probe_loss(loaded.net, load_data("digits"), loaded.spec, torch.device("cpu"), samples=64, batch_size=32)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = probe(4)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert probe(4) == first and torch.equal(torch.get_rng_state(), state)
+    assert probe(3) != first

@@ -469,6 +469,7 @@ class PruningMethod(CompressionMethod):
     def finalize(self, loop: TrainingLoop) -> None:
         """Guarantee every budget on the validation split with the final weights."""
         for round_ in range(self.guarantee_rounds + 1):
+            self.release_empty()  # an emptied quantized layer's scales are paid for by no live weight
             stats = self.measure_stats()
             measured = [c.resource.absolute(self.targets, stats) / c.dense for c in self.constraints]
             if all(m <= c.budget for m, c in zip(measured, self.constraints)):
@@ -489,6 +490,7 @@ class PruningMethod(CompressionMethod):
             loop.train_epoch(loop.epoch, desc="guarantee finetune")
         # Last resort, without finetuning: prune, re-measure with the new weights, until everything holds.
         while True:
+            self.release_empty()
             stats = self.measure_stats()
             self.stats = stats
             if self.tracker:

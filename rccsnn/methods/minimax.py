@@ -55,6 +55,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from rccsnn import distributed
 from rccsnn.errors import UserError
 from rccsnn.masks import Target, apply_masks, set_straight_through
 from rccsnn.methods.base import (METHODS, PruningMethod, kept_counts, kept_mean_costs, prune_cheapest,
@@ -1065,48 +1066,92 @@ class Minimax(PruningMethod):
         every width one rung lower is probed too, its loss scaled to the same saving (``dL_bits x saved_T /
         saved_bits``). Fewer steps win when ``dL_T`` is at most the cheapest of these (a loss that falls counts as
         0): equal marginal loss per unit of budget, the condition at which the primal-dual equilibrium stops trading
-        one axis for another. Without sparsity or bits among the decisions there is nothing to trade against: T
-        falls one step per decision while the budget is exceeded, down to ``min_T``.
+        one axis for another. A step of up to a quarter of T is weighed first, then a single one (the trust region of
+        T, as one rung is that of the widths). Without sparsity or bits among the decisions there is nothing to trade
+        against: T falls by the smallest such step that meets the stage's budget, else the largest, down to
+        ``min_T``.
         Decisions are made as the bit widths' are: one per hold, only while the stage's budget is exceeded, and T
         freezes with the masks.
         """
+        T = int(self.problem.time.spec.T)
+        # Every process probes the same samples, but float sums may differ between devices: process 0's choice is
+        # the run's (every process calls this at the same step, so every process takes part).
+        new, note = distributed.broadcast_object(self._choose_steps(T))
+        if new != T:
+            self.problem.time.spec.T = new
+            self.say(f"time steps {T} -> {new}{note}")
+        return new
+
+    @torch.no_grad()
+    def _choose_steps(self, T: int) -> tuple:
+        """``(T to run at, why)`` by the rule of :meth:`decide_steps`."""
         time = self.problem.time
-        T = int(time.spec.T)
         if T <= self.min_T:
-            return T
+            return T, ""
         kept = self.engine.kept
-        saved = resource_values(self.costs(T), self.dense, kept) - resource_values(self.costs(T - 1), self.dense, kept)
-        if not bool((saved > 0).any()):
-            return T  # no budget depends on the time steps
-        note = ""
-        if "sparsity" in self.decide or "bits" in self.decide:
-            z = self.engine.z.clamp_min(0.0)
-            price = z if float(z.sum()) > 0 else torch.ones_like(z)
-            value = float((price * saved).sum())
-            base = time.probe_loss(T)
-            cost_T = time.probe_loss(T - 1) - base
-            # Loss per priced unit of budget saved, of each way to save it (a loss that falls costs nothing).
+        now = resource_values(self.costs(T), self.dense, kept)
+        # The trust region of T: a step of up to a quarter of it (16 -> 12, as a rung of the widths is 16 -> 8 bits),
+        # else one step; one step alone would take T0 = 16 a decision per step, about an epoch each.
+        sizes = sorted({min(math.ceil(T / 4), T - self.min_T), 1}, reverse=True)
+        saved = {d: now - resource_values(self.costs(T - d), self.dense, kept) for d in sizes}
+        budgets = self.stage_budgets()
+        if not bool((saved[1][now > budgets] > 0).any()):
+            return T, ""  # no exceeded budget depends on the time steps
+        if "sparsity" not in self.decide and "bits" not in self.decide:
+            # Nothing to trade against: the smallest step that meets the stage's budget, else the largest.
+            step = next((d for d in reversed(sizes) if bool((now - saved[d] <= budgets).all())), sizes[0])
+            return T - step, ""
+        z = self.engine.z.clamp_min(0.0)
+        price = z if float(z.sum()) > 0 else torch.ones_like(z)
+        base = time.probe_loss(T)
+        lower = self._probe_lower_bits(T, price) if "bits" in self.decide else None
+        for d in sizes:
+            value = float((price * saved[d]).sum())
+            cost_T = time.probe_loss(T - d) - base
+            # What saving as much of the budget another way costs the loss (a loss that falls costs nothing).
             others = {}
             if "sparsity" in self.decide:
                 others["pruning as much"] = self._probe_pruned(value, price) - base
-            lower = self._probe_lower_bits(T, price) if "bits" in self.decide else None
             if lower is not None:
-                others["every width a rung lower"] = (lower[0] - base) * value / lower[1]  # scaled to T's saving
-            if others and max(cost_T, 0.0) > min(max(c, 0.0) for c in others.values()):
-                return T
-            note = f" (probe loss +{cost_T:.4g}; for as much of the budget: " + ", ".join(
-                f"{name} +{c:.4g}" for name, c in others.items()) + ")"
-        time.spec.T = T - 1
-        self.say(f"time steps {T} -> {T - 1}{note}")
-        return T - 1
+                others["every width a rung lower"] = (lower[0] - base) * value / lower[1]  # scaled to this saving
+            if not others or max(cost_T, 0.0) <= min(max(c, 0.0) for c in others.values()):
+                return T - d, f" (probe loss +{cost_T:.4g}; for as much of the budget: " + ", ".join(
+                    f"{name} +{c:.4g}" for name, c in others.items()) + ")"
+        return T, ""
+
+    @torch.no_grad()
+    def _candidates(self, prices: Sequence[Tensor], protect: Optional[Tensor], skip_fixed: bool = False) -> tuple:
+        """``(scores, costs, where)`` of the kept weights that cost something: per target (fixed ones left out with
+        ``skip_fixed``) the flat indices of its kept weights but the output floor's ``protect`` ed ones, their
+        importance per cost (the engine's score over ``prices[l]``, each weight's flat cost) and that cost; pruning
+        what costs nothing helps nothing."""
+        e = self.engine
+        scores, costs, where = [], [], []
+        for l, t in enumerate(self.targets):
+            if skip_fixed and bool(e.fixed[l]):
+                continue
+            mask = t.mask.mask.flatten()
+            if l == e.floor_layer and protect is not None:
+                mask = mask.clone()
+                mask[protect] = 0.0  # protected: not a candidate
+            idx = torch.nonzero(mask, as_tuple=False).flatten()
+            price = prices[l][idx.cpu()]
+            idx, price = idx[(price > 0).to(idx.device)], price[price > 0]
+            if not len(idx):
+                continue
+            scores.append(e._scores(l, idx).double().cpu() / price)
+            costs.append(price)
+            where.append((l, idx))
+        return scores, costs, where
 
     @torch.no_grad()
     def _probe_lower_bits(self, T: int, price: Tensor) -> Optional[tuple]:
         """``(probe loss, priced saving)`` with every target one rung lower on the ladder than now (None when none
         can go lower or it saves nothing); the widths are restored after."""
         now = target_bits(self.targets)
-        lower = [self.ladder[self.ladder.index(b) - 1] if b in self.ladder and self.ladder.index(b) > 0 else b
-                 for b in now]
+        # A width off the ladder counts as its top rung, as in decide_bits; never a rung up
+        rungs = [self.ladder.index(b) if b in self.ladder else len(self.ladder) - 1 for b in now]
+        lower = [min(b, self.ladder[r - 1]) if r > 0 else b for b, r in zip(now, rungs)]
         if lower == now:
             return None
         kept = self.engine.kept
@@ -1126,23 +1171,13 @@ class Minimax(PruningMethod):
         Fixed targets and the output floor's protected weights are not candidates."""
         e = self.engine
         e._prepare(force=True)
-        protect = e._prot if e.floor_layer is not None else None
         weight_costs = self.weight_costs()
-        scores, costs, where = [], [], []
-        for l, t in enumerate(self.targets):
-            if bool(e.fixed[l]):
-                continue
-            mask = t.mask.mask.flatten().clone()
-            if l == e.floor_layer and protect is not None:
-                mask[protect] = 0.0
-            idx = torch.nonzero(mask, as_tuple=False).flatten()
-            cost = sum(float(p) / float(d) * per_weight(t, wc[l])[idx.cpu()]
-                       for p, d, wc in zip(price.tolist(), self.dense.tolist(), weight_costs))
-            idx, cost = idx[(cost > 0).to(idx.device)], cost[cost > 0]
-            scores.append(e._scores(l, idx).double().cpu() / cost)
-            costs.append(cost)
-            where.append((l, idx))
-        if not where or sum(len(c) for c in costs) == 0:
+        priced = [sum(float(p) / float(d) * per_weight(t, wc[l])
+                      for p, d, wc in zip(price.tolist(), self.dense.tolist(), weight_costs))
+                  for l, t in enumerate(self.targets)]
+        scores, costs, where = self._candidates(priced, e._prot if e.floor_layer is not None else None,
+                                                skip_fixed=True)
+        if not where:
             return float("inf")  # nothing left to prune: fewer steps are the only saving
         order = torch.argsort(torch.cat(scores))
         spent = torch.cumsum(torch.cat(costs)[order], 0)
@@ -1199,25 +1234,12 @@ class Minimax(PruningMethod):
             if bool((excess <= 0).all()):
                 return pruned
             j = int(torch.argmax(excess / limit.abs().clamp_min(1e-300)))
-            scores, cost, where = [], [], []
-            for l, t in enumerate(self.targets):
-                mask = t.mask.mask.flatten()
-                if l == e.floor_layer and protect is not None:
-                    mask = mask.clone()
-                    mask[protect] = 0.0  # protected: not a candidate
-                idx = torch.nonzero(mask, as_tuple=False).flatten()
-                price = per_weight(t, weight_costs[j][l])[idx.cpu()]
-                idx, price = idx[(price > 0).to(idx.device)], price[price > 0]
-                if not len(idx):
-                    continue  # pruning what costs nothing under this resource helps nothing
-                x = e._scores(l, idx).double().cpu() / price
-                if floors is not None:  # only the weights below the layer's floor are candidates
-                    spare = max(int(kept[l]) - int(floors[l]), 0)
-                    small = torch.argsort(x)[:spare]
-                    idx, x, price = idx[small.to(idx.device)], x[small], price[small]
-                scores.append(x)
-                cost.append(price)
-                where.append((l, idx))
+            scores, cost, where = self._candidates(
+                [per_weight(t, weight_costs[j][l]) for l, t in enumerate(self.targets)], protect)
+            if floors is not None:  # only the weights below the layer's floor are candidates
+                for i, (l, idx) in enumerate(where):
+                    small = torch.argsort(scores[i])[:max(int(kept[l]) - int(floors[l]), 0)]
+                    where[i], scores[i], cost[i] = (l, idx[small.to(idx.device)]), scores[i][small], cost[i][small]
             if sum(len(x) for x in scores) == 0:
                 if floors is not None:
                     floors = None  # every layer is at its floor: the limits come first
@@ -1274,7 +1296,7 @@ class Minimax(PruningMethod):
         if "bits" in self.decide and state.get("bits") is not None:
             set_bits(self.problem.net, {t.name: int(b) for t, b in zip(self.targets, state["bits"])})
         if "bits" in self.decide or "timesteps" in self.decide:
-            self._next_decision = int(state["next_decision"])
+            self._next_decision = int(state.get("next_decision", state.get("next_bits", 0)))  # next_bits: before T
         if "timesteps" in self.decide:
             self.problem.time.spec.T = int(state["T"])
         if self.activity is not None and state.get("activity") is not None:
