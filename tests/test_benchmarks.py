@@ -131,10 +131,13 @@ def test_energy_quick_compares_a_params_and_a_synops_budget(tmp_path):
 def test_decisions_quick_tables_each_axis_under_a_whole_network_energy_budget(tmp_path):
     text = run_quick("decisions", tmp_path / "decisions")
     (row,) = table_rows(text, r"0\.03")
-    cells = dict(zip(["joint", "bits", "sparsity", "sparsity+int8"], [row[1 + 3 * i: 4 + 3 * i] for i in range(4)]))
+    labels = ["all", "joint", "bits", "timesteps", "sparsity", "sparsity+int8"]
+    cells = dict(zip(labels, [row[1 + 3 * i: 4 + 3 * i] for i in range(len(labels))]))
     for label, (acc, energy, within) in cells.items():
         assert 0 <= float(acc.split(" ± ")[0]) <= 100 and within in ("0/1", "1/1"), label
-    assert cells["joint"][2] == "1/1" and cells["bits"][2] == "1/1"  # the decided widths meet the budget
+    # the decided widths (and time steps) meet the budget, and so does T alone, with the projection's pruning
+    assert cells["all"][2] == cells["joint"][2] == cells["bits"][2] == cells["timesteps"][2] == "1/1"
+    assert re.search(r"T chosen \(per seed, the model's own T = 4\): 0\.03: all \[[1-4]\], timesteps \[[1-4]\]", text)
     # float32 sparsity alone cannot: the dense first layer alone spends about a quarter of the energy
     assert cells["sparsity"][2] == "0/1" and float(cells["sparsity"][1].split(" ± ")[0]) > 3.0
 
