@@ -181,7 +181,7 @@ def test_float32_round_trip_is_exact(tiny, test_batch):
     assert acc["split"] == "test" and acc["before"] == acc["after"]
     assert f"test accuracy: before {acc['before']:.4f}, after {acc['after']:.4f} (change +0.00 points)" in stdout
     payload = sum(entry_nbytes(e) for e in read_compact(compact)["tensors"].values())
-    assert payload == raw["blob"].numel()  # every tensor's bytes, in one blob
+    assert payload == raw["blob_bytes"] >= raw["blob"].numel()  # every tensor's bytes, in one blob, deflated
     dense = sum(v.numel() * v.element_size() for v in so.values())
     assert payload < 0.6 * dense and f"tensor payload: {payload} bytes" in stdout
 
@@ -299,16 +299,31 @@ def test_truncated_compact_file_is_one_line(tiny):
 
 def test_corrupt_compact_file_is_one_line(tiny):
     root, _, compact, _ = tiny
-    raw = read_compact(compact)  # the entries with their tensors (the file holds them in one blob)
+    import struct
+    import zipfile
+
+    raw = read_compact(compact)  # the entries with their tensors (the file holds them in one deflated blob)
     values = raw["tensors"]["classifier.0.1.weight"]["values"]
+    with zipfile.ZipFile(compact) as archive:  # the blob is the file's one tensor: its storage member is data/0
+        (info,) = [i for i in archive.infolist() if i.filename.endswith("/data/0")]
     data = bytearray(compact.read_bytes())
-    needle = values[:4].numpy().tobytes()
-    at = data.find(needle)
-    assert at > 0 and data.find(needle, at + 1) < 0
-    data[at] ^= 0xFF  # a flipped byte inside a tensor: torch's reader does not notice, the checksum does
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    at = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[at] ^= 0xFF  # a flipped byte inside the blob: torch's reader does not notice, zlib's check does
     bad = root / "corrupt.pt"
     bad.write_bytes(bytes(data))
     assert is_compact_file(bad)
+    for command in ("evaluate", "report"):
+        assert_user_error(*cli(command, bad, "--device", "cpu"), "corrupt compact file", "blob")
+    # a consistent blob whose tensors were altered: the checksum notices
+    from rccsnn.formats.compact import deflate, pack_blob
+
+    altered = {name: dict(entry) for name, entry in raw["tensors"].items()}
+    altered["classifier.0.1.weight"]["values"] = values.flip(0)
+    refs, blob = pack_blob(altered)
+    on_disk = torch.load(compact, weights_only=True)
+    on_disk.update(tensors=refs, blob=deflate(blob), blob_bytes=blob.numel())
+    torch.save(on_disk, bad)
     for command in ("evaluate", "report"):
         assert_user_error(*cli(command, bad, "--device", "cpu"), "corrupt compact file", "checksum")
     raw["tensors"]["classifier.0.1.weight"]["values"] = values[:-1]  # consistent checksum, inconsistent layout
@@ -478,6 +493,13 @@ def test_the_blob_holds_every_dtype_and_shape_and_gives_them_back():
     packed["a"]["values"]["blob"] = [blob.numel() - 2, 16]
     with pytest.raises(ValueError, match="does not fit the blob"):
         unpack_blob(packed, blob)
+    from rccsnn.formats.compact import deflate, inflate
+
+    squeezed = deflate(blob)
+    assert torch.equal(inflate(squeezed, blob.numel()), blob)
+    for size in (blob.numel() - 1, blob.numel() + 1):  # never more than announced, nor less
+        with pytest.raises(ValueError, match="does not decompress to its"):
+            inflate(squeezed, size)
 
 
 def test_a_version_1_file_still_loads_to_the_same_network(tiny, tmp_path):
