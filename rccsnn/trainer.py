@@ -509,8 +509,8 @@ def probe_loss(net: nn.Module, data: DataSplits, spec: ModelSpec, device: torch.
 
     The encoding's random draws are seeded (:data:`PROBE_SEED`) inside a forked random state, so two probes differ
     only by what changed in between and the run's own random stream is untouched (a resumed run draws as an
-    uninterrupted one). Every process of a distributed run probes the same samples (and process 0's decision is the
-    run's: :meth:`rccsnn.methods.minimax.Minimax.decide_steps`). The samples are loaded onto the device at the first
+    uninterrupted one). Every process of a distributed run probes the same samples; a method that branches on the
+    result takes the mean over the processes (:meth:`rccsnn.methods.minimax.Minimax.probe`), so all branch alike. The samples are loaded onto the device at the first
     call, in batches of ``batch_size`` (the run's evaluation batch size).
     """
     loss_fn = LOSSES.get(spec.loss)
@@ -530,7 +530,8 @@ def probe_loss(net: nn.Module, data: DataSplits, spec: ModelSpec, device: torch.
                                 DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=data.collate))
                 torch.default_generator.manual_seed(PROBE_SEED)
                 if device.type == "cuda":
-                    torch.cuda.manual_seed(PROBE_SEED)  # the forked device's generator only
+                    with torch.cuda.device(device):  # the run's device, which need not be the current one
+                        torch.cuda.manual_seed(PROBE_SEED)
                 total = sum(float(loss_fn(forward(net, x, T, spec.encoding, spec.steps), y)) * len(y)
                             for x, y in held)
         finally:

@@ -8,6 +8,7 @@ sets, the records (summary, checkpoint, report), ``--min-T``, the one-line error
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, Optional
 
@@ -279,3 +280,50 @@ def test_the_probe_leaves_the_runs_random_stream_alone(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)
     assert probe(4) == first and torch.equal(torch.get_rng_state(), state)
     assert probe(3) != first
+
+
+def _decide_in_process(rank: int, port: int, out: str) -> None:
+    """One of two gloo processes: the same network and firing-rate tracker, a probe whose loss for T 8 -> 6 differs
+    between the processes (cheap on process 0, dear on process 1); writes the T it decided."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from rccsnn.resources import RateTracker
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
+    torch.set_num_threads(1)
+    holder = {}
+
+    def probe(T: int) -> float:
+        masked = sum(float((t.mask.mask == 0).sum()) for t in holder["m"].targets)
+        return {8: 0.1, 7: 0.11, 6: 0.12 if rank == 0 else 5.0}[T] + 1e-3 * masked
+
+    method = bound_minimax(small_net(), 0.01, probe, T=8)
+    holder["m"] = method
+    method.tracker = RateTracker(method.targets, method.stats.input_rate)  # its rates are averaged: a collective
+    for t in method.targets:
+        t.weight.grad = torch.randn_like(t.weight)
+    method.engine.accumulate()
+    T = method.decide_steps()
+    Path(out, f"rank{rank}").write_text(str(T))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_processes_whose_probes_differ_still_decide_the_same_T(tmp_path):
+    """The probe losses are averaged over the processes before the decision branches on them: with T 8 -> 6 cheap on
+    one process and dear on the other, both decide alike (before, one went on probing and the other to the
+    broadcast, and the run hung)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_decide_in_process, args=(port, str(tmp_path)), nprocs=2, join=True)
+    decided = {(tmp_path / f"rank{r}").read_text() for r in (0, 1)}
+    assert len(decided) == 1 and int(decided.pop()) in (6, 7)

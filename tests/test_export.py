@@ -497,9 +497,14 @@ def test_the_blob_holds_every_dtype_and_shape_and_gives_them_back():
 
     squeezed = deflate(blob)
     assert torch.equal(inflate(squeezed, blob.numel()), blob)
-    for size in (blob.numel() - 1, blob.numel() + 1):  # never more than announced, nor less
+    for size in (blob.numel() - 1, blob.numel() + 1, 0):  # never more than announced, nor less
         with pytest.raises(ValueError, match="does not decompress to its"):
             inflate(squeezed, size)
+    with pytest.raises(ValueError, match="does not decompress to its"):  # trailing bytes after the stream
+        inflate(torch.cat([squeezed, torch.tensor([1, 2, 3], dtype=torch.uint8)]), blob.numel())
+    with pytest.raises(ValueError, match="bad blob size"):
+        inflate(squeezed, 2 ** 63)
+    assert inflate(deflate(torch.zeros(0, dtype=torch.uint8)), 0).numel() == 0
 
 
 def test_a_version_1_file_still_loads_to_the_same_network(tiny, tmp_path):
@@ -512,4 +517,15 @@ def test_a_version_1_file_still_loads_to_the_same_network(tiny, tmp_path):
     raw["format_version"] = 1
     torch.save(raw, tmp_path / "v1.pt")
     assert same_state(load_compact(tmp_path / "v1.pt").net, load_compact(compact).net)
+    # a version 2 blob stored as it is (no blob_bytes: one development commit wrote them) loads too
+    from rccsnn.formats.compact import pack_blob
+
+    on_disk = torch.load(compact, weights_only=True)
+    on_disk["tensors"], on_disk["blob"] = pack_blob(raw["tensors"])
+    del on_disk["blob_bytes"]
+    torch.save(on_disk, tmp_path / "raw-blob.pt")
+    assert same_state(load_compact(tmp_path / "raw-blob.pt").net, load_compact(compact).net)
+    on_disk["blob_bytes"] = 2 ** 63  # an absurd size is a one-line error, not a traceback
+    torch.save(on_disk, tmp_path / "huge.pt")
+    assert_user_error(*cli("evaluate", tmp_path / "huge.pt", "--device", "cpu"), "corrupt compact file")
     assert torch.load(compact, weights_only=True)["blob"].dtype == torch.uint8  # what v2 writes

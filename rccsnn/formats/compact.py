@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickletools
+import sys
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -360,14 +361,15 @@ def inflate(data: Any, size: Any) -> Tensor:
     that many (never more are decompressed)."""
     if not isinstance(data, Tensor) or data.dtype != torch.uint8 or data.dim() != 1:
         raise ValueError("no uint8 blob")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < sys.maxsize:
         raise ValueError(f"bad blob size {size!r}")
     try:
         d = zlib.decompressobj()
-        out = d.decompress(data.numpy().tobytes(), size)
+        # max_length 0 would mean no limit: an empty blob may decompress to one byte at most, which fails below
+        out = d.decompress(data.numpy().tobytes(), max(size, 1))
     except zlib.error as exc:
         raise ValueError(f"the blob does not decompress ({exc})") from None
-    if len(out) != size or d.unconsumed_tail or not d.eof:
+    if len(out) != size or d.unconsumed_tail or d.unused_data or not d.eof:
         raise ValueError(f"the blob does not decompress to its {size} bytes")
     return torch.frombuffer(bytearray(out), dtype=torch.uint8) if size else torch.zeros(0, dtype=torch.uint8)
 
@@ -524,8 +526,11 @@ def read_compact(path: str | Path) -> Dict[str, Any]:
         raise UserError(f"{path} is not an rccsnn compact file")
     if "blob" in raw:  # version 2: every tensor in one buffer, deflated
         try:
-            raw["tensors"] = unpack_blob(raw.get("tensors") or {}, inflate(raw.pop("blob"), raw.pop("blob_bytes", None)))
-        except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+            blob = raw.pop("blob")
+            if "blob_bytes" in raw:  # deflated (the first version 2 files, from one development commit, were not)
+                blob = inflate(blob, raw.pop("blob_bytes"))
+            raw["tensors"] = unpack_blob(raw.get("tensors") or {}, blob)
+        except (ValueError, TypeError, RuntimeError, KeyError, OverflowError) as exc:
             raise UserError(f"{path}: corrupt compact file: {exc}") from None
     return raw
 

@@ -469,9 +469,12 @@ class PruningMethod(CompressionMethod):
     def finalize(self, loop: TrainingLoop) -> None:
         """Guarantee every budget on the validation split with the final weights."""
         for round_ in range(self.guarantee_rounds + 1):
-            self.release_empty()  # an emptied quantized layer's scales are paid for by no live weight
             stats = self.measure_stats()
             measured = [c.resource.absolute(self.targets, stats) / c.dense for c in self.constraints]
+            if any(m > c.budget for m, c in zip(measured, self.constraints)) and self.release_empty():
+                # an emptied quantized layer's scales are paid for by no live weight: free them before pruning one
+                stats = self.measure_stats()
+                measured = [c.resource.absolute(self.targets, stats) / c.dense for c in self.constraints]
             if all(m <= c.budget for m, c in zip(measured, self.constraints)):
                 return
             self.stats = stats  # price every weight by this exact measurement from now on
@@ -490,7 +493,6 @@ class PruningMethod(CompressionMethod):
             loop.train_epoch(loop.epoch, desc="guarantee finetune")
         # Last resort, without finetuning: prune, re-measure with the new weights, until everything holds.
         while True:
-            self.release_empty()
             stats = self.measure_stats()
             self.stats = stats
             if self.tracker:
@@ -508,11 +510,11 @@ class PruningMethod(CompressionMethod):
             self.say(f"pruned {pruned} more weights without finetuning to meet the budget")
 
     def release_empty(self) -> bool:
-        """Put every quantized target with no nonzero weight back to float32, where it stores nothing (a quantized
+        """Put every quantized target whose mask keeps nothing back to float32, where it stores nothing (a quantized
         layer stores a scale per output channel, which ``memory`` counts whatever is pruned); its values, all zero,
-        do not change. Returns whether any was. The last resort of :meth:`finalize` once nothing is left to prune."""
+        do not change. Returns whether any was. :meth:`finalize` calls it only while a budget is exceeded."""
         empty = {t.name: FLOAT_BITS for t, b in zip(self.targets, target_bits(self.targets))
-                 if b < FLOAT_BITS and not bool(t.module.weight.detach().any())}
+                 if b < FLOAT_BITS and not bool(t.mask.mask.any())}  # the mask: a kept weight may be 0 for now
         if empty:
             set_bits(self.problem.net, empty)
             self.say(f"float32 again for {', '.join(empty)}: emptied, they store no scales")

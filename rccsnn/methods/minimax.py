@@ -1074,8 +1074,8 @@ class Minimax(PruningMethod):
         freezes with the masks.
         """
         T = int(self.problem.time.spec.T)
-        # Every process probes the same samples, but float sums may differ between devices: process 0's choice is
-        # the run's (every process calls this at the same step, so every process takes part).
+        # The probes are averaged over the processes (probe), so every process takes the same branch; process 0's
+        # choice is the run's all the same (every process calls this at the same step, so every process takes part).
         new, note = distributed.broadcast_object(self._choose_steps(T))
         if new != T:
             self.problem.time.spec.T = new
@@ -1085,7 +1085,6 @@ class Minimax(PruningMethod):
     @torch.no_grad()
     def _choose_steps(self, T: int) -> tuple:
         """``(T to run at, why)`` by the rule of :meth:`decide_steps`."""
-        time = self.problem.time
         if T <= self.min_T:
             return T, ""
         kept = self.engine.kept
@@ -1103,11 +1102,11 @@ class Minimax(PruningMethod):
             return T - step, ""
         z = self.engine.z.clamp_min(0.0)
         price = z if float(z.sum()) > 0 else torch.ones_like(z)
-        base = time.probe_loss(T)
+        base = self.probe(T)
         lower = self._probe_lower_bits(T, price) if "bits" in self.decide else None
         for d in sizes:
             value = float((price * saved[d]).sum())
-            cost_T = time.probe_loss(T - d) - base
+            cost_T = self.probe(T - d) - base
             # What saving as much of the budget another way costs the loss (a loss that falls costs nothing).
             others = {}
             if "sparsity" in self.decide:
@@ -1118,6 +1117,13 @@ class Minimax(PruningMethod):
                 return T - d, f" (probe loss +{cost_T:.4g}; for as much of the budget: " + ", ".join(
                     f"{name} +{c:.4g}" for name, c in others.items()) + ")"
         return T, ""
+
+    def probe(self, T: int) -> float:
+        """The probe loss at ``T`` steps (:class:`rccsnn.methods.base.TimeSteps`), the mean over the processes of a
+        distributed run: float sums may differ between devices, and every process must take the same branch of a
+        decision, each branch having its own collectives (the firing rates' average)."""
+        loss = torch.tensor(float(self.problem.time.probe_loss(T)), dtype=torch.float64)
+        return float(distributed.all_reduce_mean(loss))
 
     @torch.no_grad()
     def _candidates(self, prices: Sequence[Tensor], protect: Optional[Tensor], skip_fixed: bool = False) -> tuple:
@@ -1159,7 +1165,7 @@ class Minimax(PruningMethod):
         set_bits(self.problem.net, {t.name: b for t, b in zip(self.targets, lower)})
         try:
             saved = float((price * (before - resource_values(self.costs(T), self.dense, kept))).sum())
-            loss = self.problem.time.probe_loss(T)
+            loss = self.probe(T)
         finally:
             set_bits(self.problem.net, {t.name: b for t, b in zip(self.targets, now)})
         return (loss, saved) if saved > 0 else None
@@ -1190,7 +1196,7 @@ class Minimax(PruningMethod):
             flat = self.targets[l].mask.mask.view(-1)
             flat[idx[mine.to(idx.device)]] = 0.0
         try:
-            return self.problem.time.probe_loss(int(self.problem.time.spec.T))
+            return self.probe(int(self.problem.time.spec.T))
         finally:
             for t, m in zip(self.targets, held):
                 t.mask.mask.copy_(m)
