@@ -309,6 +309,13 @@ def test_event_data_nmnist_format_through_tonic_compressed_with_no_encoding(mode
     assert raw["encoding"] == "none" and raw["T"] == 16 and raw["steps"] == "single"
     assert raw["data"]["input_shape"] == [2, 34, 34]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["resources"]["params"]["ratio"] <= 0.2
+    # time steps are not decided for event data, binned at its own T: one line, nothing written
+    code, out, err = cli("compress", state, "--model", "snntorch_models:nmnist_csnn", "--data", "nmnist",
+                         "--data-root", tmp_path / "data", "--resource", "synops", "--budget", "0.2",
+                         "--decide", "sparsity,timesteps", "--epochs", "1", "--no-progress", "--device", "cpu",
+                         "--out", tmp_path / "refused")
+    assert_user_error(code, out, err, "event data (encoding none)")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_api_takes_time_major_event_loaders_with_no_encoding(models, digits):
