@@ -331,3 +331,13 @@ def test_results_aggregate_over_seeds(tmp_path, tiny_model):
     moved = load_sweep(path, out=tmp_path / "elsewhere")
     shutil.copytree(sweep.out, moved.out)
     assert [point_status(p) for p in moved.points][1:] == ["done"] * 4 + ["failed"]
+
+
+def test_shipped_joint_energy_sweep_decides_every_axis():
+    sweep = load_sweep(REPO_ROOT / "experiments" / "digits_joint_energy.yaml", check_files=False)
+    assert len(sweep.points) == 4 * 5 * 3 and len({p.name for p in sweep.points}) == 60
+    decided = {p.config.method.options["decide"] for p in sweep.points}
+    assert decided == {"sparsity,bits,timesteps", "sparsity,bits", "bits", "timesteps", "sparsity"}
+    assert all(p.resource == "energy" for p in sweep.points)
+    assert sorted({p.config.budgets["energy"] for p in sweep.points}) == [0.005, 0.01, 0.03, 0.1]
+    assert {p.config.method.options.get("min_T") for p in sweep.points} == {None, 1}
