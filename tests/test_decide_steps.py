@@ -87,7 +87,7 @@ def test_fewer_steps_win_only_when_they_cost_less_than_pruning_as_much_of_the_bu
     def probe(T: int) -> float:
         m = holder["method"]
         masked = sum(float((t.mask.mask == 0).sum()) for t in m.targets)
-        return {4: 0.1, 3: 0.3}[T] + per_masked * masked
+        return {4: 0.1, 3: 0.3, 2: 1e6}[T] + per_masked * masked
 
     method = bound_minimax(net, 0.01, probe)
     holder["method"] = method
@@ -106,7 +106,7 @@ def test_without_sparsity_the_steps_fall_to_min_T_and_no_lower():
     net = small_net()
     method = bound_minimax(net, 0.01, lambda T: 0.0, decide="timesteps")
     method.min_T = 2
-    assert [method.decide_steps() for _ in range(4)] == [3, 2, 2, 2]
+    assert [method.decide_steps() for _ in range(4)] == [2, 2, 2, 2]  # half of T at once, none below min_T
 
 
 def test_event_data_and_a_min_T_above_T_are_one_line_errors():
@@ -135,7 +135,7 @@ def test_decide_timesteps_alone_from_the_cli_records_and_reports_T(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     raw = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert summary["decisions"]["T"] == raw["T"] == 2
-    assert [e for e in summary["events"] if e.startswith("time steps")] == ["time steps 4 -> 3", "time steps 3 -> 2"]
+    assert [e for e in summary["events"] if e.startswith("time steps")] == ["time steps 4 -> 2"]  # meets it at once
     for model, name in ((SHIPPED, "dense.json"), (tmp_path / "run" / "model.pt", "small.json")):
         code, _, err = cli("report", model, "--json", tmp_path / name, "--device", "cpu")
         assert code == 0, err
@@ -165,7 +165,7 @@ def test_bad_time_step_options_are_one_line(tmp_path, options, message):
 
 
 @pytest.mark.parametrize("decide,budget,first", [("sparsity,bits", 0.05, "bits "),
-                                                  ("sparsity,timesteps", 0.01, "time steps 4 -> 3")])
+                                                  ("sparsity,timesteps", 0.01, "time steps 4 -> ")])
 def test_an_interrupted_decision_run_resumes_to_the_same_model(tmp_path, monkeypatch, decide, budget, first):
     """SIGINT after the second epoch (the widths or T decided once by then), resume: the same weights, widths, T and
     events as the uninterrupted run."""
@@ -212,7 +212,7 @@ def test_the_nir_graph_of_a_decided_model_has_its_T_and_its_dequantized_weights(
         assert len(np.unique(graph.nodes[fc].weight[0])) <= 2 ** raw["bits"][fc]  # on the layer's grid
 
 
-@pytest.mark.parametrize("per_lower_layer,expect", [(0.0, 4), (10.0, 3)])
+@pytest.mark.parametrize("per_lower_layer,expect", [(0.0, 4), (10.0, 2)])
 def test_with_bits_decided_fewer_steps_must_also_beat_a_rung_less_of_every_width(per_lower_layer, expect):
     """Pruning is dear here (1.0 per masked weight); a rung less of every width (float32 -> 16 bits) costs
     ``per_lower_layer`` per layer below float32: free, it saves the budget more cheaply than T, and T stays; dear,
@@ -226,7 +226,7 @@ def test_with_bits_decided_fewer_steps_must_also_beat_a_rung_less_of_every_width
         m = holder["method"]
         masked = sum(float((t.mask.mask == 0).sum()) for t in m.targets)
         lowered = sum(b < 32 for b in target_bits(m.targets))
-        return {4: 0.1, 3: 0.3}[T] + masked + per_lower_layer * lowered
+        return 0.1 + 0.2 * (4 - T) + masked + per_lower_layer * lowered
 
     method = bound_minimax(net, 0.01, probe, decide="sparsity,bits,timesteps")
     holder["method"] = method
@@ -237,10 +237,11 @@ def test_with_bits_decided_fewer_steps_must_also_beat_a_rung_less_of_every_width
     assert target_bits(method.targets) == [32, 32, 32]
 
 
-@pytest.mark.parametrize("per_step,expect", [(lambda T: 0.001 * (16 - T), 12), (lambda T: 0.0 if T >= 15 else 99, 15)])
-def test_a_step_of_a_quarter_of_T_is_weighed_first_then_one(per_step, expect):
-    """T0 = 16, pruning dear: when dropping 4 steps costs the loss little, T falls to 12 in one decision; when only a
-    single step is cheap, to 15."""
+@pytest.mark.parametrize("per_step,expect", [(lambda T: 0.001 * (16 - T), 8), (lambda T: 0.0 if T >= 12 else 1e6, 12),
+                                            (lambda T: 0.0 if T >= 15 else 1e6, 15)])
+def test_half_of_T_is_weighed_first_then_a_quarter_then_one(per_step, expect):
+    """T0 = 16, pruning dear: when dropping 8 steps costs the loss little, T falls to 8 in one decision; when only 4
+    are cheap, to 12; when only a single step is, to 15."""
     net = small_net()
     holder = {}
 
@@ -299,7 +300,7 @@ def _decide_in_process(rank: int, port: int, out: str) -> None:
 
     def probe(T: int) -> float:
         masked = sum(float((t.mask.mask == 0).sum()) for t in holder["m"].targets)
-        return {8: 0.1, 7: 0.11, 6: 0.12 if rank == 0 else 5.0}[T] + 1e-3 * masked
+        return {8: 0.1, 7: 0.11, 6: 0.12 if rank == 0 else 5.0, 4: 1e6}[T] + 1e-3 * masked
 
     method = bound_minimax(small_net(), 0.01, probe, T=8)
     holder["m"] = method
@@ -326,4 +327,4 @@ def test_processes_whose_probes_differ_still_decide_the_same_T(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_decide_in_process, args=(port, str(tmp_path)), nprocs=2, join=True)
     decided = {(tmp_path / f"rank{r}").read_text() for r in (0, 1)}
-    assert len(decided) == 1 and int(decided.pop()) in (6, 7)
+    assert len(decided) == 1 and int(decided.pop()) in (6, 7, 8)  # the same, whichever it is

@@ -1066,8 +1066,8 @@ class Minimax(PruningMethod):
         every width one rung lower is probed too, its loss scaled to the same saving (``dL_bits x saved_T /
         saved_bits``). Fewer steps win when ``dL_T`` is at most the cheapest of these (a loss that falls counts as
         0): equal marginal loss per unit of budget, the condition at which the primal-dual equilibrium stops trading
-        one axis for another. A step of up to a quarter of T is weighed first, then a single one (the trust region of
-        T, as one rung is that of the widths). Without sparsity or bits among the decisions there is nothing to trade
+        one axis for another. A step of half of T is weighed first, then a quarter, then a single one (the trust
+        region of T, as one rung is that of the widths). Without sparsity or bits among the decisions there is nothing to trade
         against: T falls by the smallest such step that meets the stage's budget, else the largest, down to
         ``min_T``.
         Decisions are made as the bit widths' are: one per hold, only while the stage's budget is exceeded, and T
@@ -1089,9 +1089,10 @@ class Minimax(PruningMethod):
             return T, ""
         kept = self.engine.kept
         now = resource_values(self.costs(T), self.dense, kept)
-        # The trust region of T: a step of up to a quarter of it (16 -> 12, as a rung of the widths is 16 -> 8 bits),
-        # else one step; one step alone would take T0 = 16 a decision per step, about an epoch each.
-        sizes = sorted({min(math.ceil(T / 4), T - self.min_T), 1}, reverse=True)
+        # The trust region of T: half of it first (16 -> 8 halves every data-dependent cost, as a rung of the widths,
+        # 16 -> 8 bits, halves an add's), then a quarter, then one step; one step alone would take T0 = 16 a decision
+        # per step, about an epoch each.
+        sizes = sorted({min(d, T - self.min_T) for d in (T // 2, math.ceil(T / 4), 1) if d >= 1}, reverse=True)
         saved = {d: now - resource_values(self.costs(T - d), self.dense, kept) for d in sizes}
         budgets = self.stage_budgets()
         if not bool((saved[1][now > budgets] > 0).any()):
