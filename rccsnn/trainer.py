@@ -510,8 +510,9 @@ def probe_loss(net: nn.Module, data: DataSplits, spec: ModelSpec, device: torch.
     The encoding's random draws are seeded (:data:`PROBE_SEED`) inside a forked random state, so two probes differ
     only by what changed in between and the run's own random stream is untouched (a resumed run draws as an
     uninterrupted one). Every process of a distributed run probes the same samples; a method that branches on the
-    result takes the mean over the processes (:meth:`rccsnn.methods.minimax.Minimax.probe`), so all branch alike. The samples are loaded onto the device at the first
-    call, in batches of ``batch_size`` (the run's evaluation batch size).
+    result takes the mean over the processes (:meth:`rccsnn.methods.minimax.Minimax.probe`), so all branch alike.
+    The samples are loaded onto the device at the first call, in batches of ``batch_size`` (the run's evaluation
+    batch size).
     """
     loss_fn = LOSSES.get(spec.loss)
     held: List[tuple] = []

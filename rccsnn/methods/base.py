@@ -470,11 +470,11 @@ class PruningMethod(CompressionMethod):
         """Guarantee every budget on the validation split with the final weights."""
         for round_ in range(self.guarantee_rounds + 1):
             stats = self.measure_stats()
-            measured = [c.resource.absolute(self.targets, stats) / c.dense for c in self.constraints]
+            measured = self.measured(stats)
             if any(m > c.budget for m, c in zip(measured, self.constraints)) and self.release_empty():
                 # an emptied quantized layer's scales are paid for by no live weight: free them before pruning one
                 stats = self.measure_stats()
-                measured = [c.resource.absolute(self.targets, stats) / c.dense for c in self.constraints]
+                measured = self.measured(stats)
             if all(m <= c.budget for m, c in zip(measured, self.constraints)):
                 return
             self.stats = stats  # price every weight by this exact measurement from now on
@@ -497,7 +497,7 @@ class PruningMethod(CompressionMethod):
             self.stats = stats
             if self.tracker:
                 self.tracker.set(stats.input_rate)
-            if all(c.resource.absolute(self.targets, stats) / c.dense <= c.budget for c in self.constraints):
+            if all(m <= c.budget for m, c in zip(self.measured(stats), self.constraints)):
                 return
             # Masks count kept weights that may be zero, measurement counts nonzeros: this always prunes.
             pruned = self.project(self.limits_at(stats).tolist(), self.floors())
@@ -508,6 +508,10 @@ class PruningMethod(CompressionMethod):
             self.projected += pruned
             apply_masks(self.targets)
             self.say(f"pruned {pruned} more weights without finetuning to meet the budget")
+
+    def measured(self, stats: LayerStats) -> List[float]:
+        """``[J]`` each constrained resource of the current weights as exactly counted on ``stats``, over dense."""
+        return [c.resource.absolute(self.targets, stats) / c.dense for c in self.constraints]
 
     def release_empty(self) -> bool:
         """Put every quantized target whose mask keeps nothing back to float32, where it stores nothing (a quantized

@@ -1029,7 +1029,7 @@ class Minimax(PruningMethod):
                 scores[i, l] = e.y * noise + float((price * spend[:, l]).sum())
         # A trust region, as for s: a layer moves one rung of the ladder per decision (a decision per hold's steps,
         # about an epoch), so the weights adapt to each width before the next; 32 -> 2 bits takes six decisions.
-        now = [self.ladder.index(b) if b in self.ladder else len(self.ladder) - 1 for b in target_bits(self.targets)]
+        now = self._rungs()
         best = scores.argmin(0).tolist()
         rung = [r + (b > r) - (b < r) for r, b in zip(now, best)]
         chosen = {t.name: self.ladder[r] for t, r in zip(self.targets, rung)}
@@ -1037,6 +1037,10 @@ class Minimax(PruningMethod):
             set_bits(self.problem.net, chosen)
             self.say("bits " + ", ".join(f"{name}:{b}" for name, b in chosen.items()))
         return chosen
+
+    def _rungs(self) -> List[int]:
+        """``[L]`` each target's current width as an index into the ladder (a width off it counts as the top rung)."""
+        return [self.ladder.index(b) if b in self.ladder else len(self.ladder) - 1 for b in target_bits(self.targets)]
 
     def check_steps(self) -> None:
         """``decide: timesteps`` needs the run's time steps, an encoding that makes them, and ``min_T <= T``."""
@@ -1067,9 +1071,9 @@ class Minimax(PruningMethod):
         saved_bits``). Fewer steps win when ``dL_T`` is at most the cheapest of these (a loss that falls counts as
         0): equal marginal loss per unit of budget, the condition at which the primal-dual equilibrium stops trading
         one axis for another. A step of half of T is weighed first, then a quarter, then a single one (the trust
-        region of T, as one rung is that of the widths). Without sparsity or bits among the decisions there is nothing to trade
-        against: T falls by the smallest such step that meets the stage's budget, else the largest, down to
-        ``min_T``.
+        region of T, as one rung is that of the widths). Without sparsity or bits among the decisions there is
+        nothing to trade against: T falls by the smallest such step that meets the stage's budget, else the largest,
+        down to ``min_T``.
         Decisions are made as the bit widths' are: one per hold, only while the stage's budget is exceeded, and T
         freezes with the masks.
         """
@@ -1156,9 +1160,7 @@ class Minimax(PruningMethod):
         """``(probe loss, priced saving)`` with every target one rung lower on the ladder than now (None when none
         can go lower or it saves nothing); the widths are restored after."""
         now = target_bits(self.targets)
-        # A width off the ladder counts as its top rung, as in decide_bits; never a rung up
-        rungs = [self.ladder.index(b) if b in self.ladder else len(self.ladder) - 1 for b in now]
-        lower = [min(b, self.ladder[r - 1]) if r > 0 else b for b, r in zip(now, rungs)]
+        lower = [min(b, self.ladder[r - 1]) if r > 0 else b for b, r in zip(now, self._rungs())]  # never a rung up
         if lower == now:
             return None
         kept = self.engine.kept
@@ -1186,16 +1188,8 @@ class Minimax(PruningMethod):
                                                 skip_fixed=True)
         if not where:
             return float("inf")  # nothing left to prune: fewer steps are the only saving
-        order = torch.argsort(torch.cat(scores))
-        spent = torch.cumsum(torch.cat(costs)[order], 0)
-        take = order[:int(torch.searchsorted(spent, torch.tensor(value, dtype=spent.dtype))) + 1]
         held = [t.mask.mask.clone() for t in self.targets]
-        start = 0
-        for (l, idx), c in zip(where, costs):
-            mine = take[(take >= start) & (take < start + len(c))] - start
-            start += len(c)
-            flat = self.targets[l].mask.mask.view(-1)
-            flat[idx[mine.to(idx.device)]] = 0.0
+        prune_cheapest(self.targets, where, scores, costs, value)
         try:
             return self.probe(int(self.problem.time.spec.T))
         finally:
