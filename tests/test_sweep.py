@@ -327,6 +327,15 @@ def test_results_aggregate_over_seeds(tmp_path, tiny_model):
     write_yaml({**stale.config_dict(), "seed": 7}, RunDir(stale.run_dir).point)
     assert point_status(stale) == "changed"
     assert collect_results(sweep)[0]["status"] == "missing"
+    # A key the config gained since the run, at its default, is not a change (data.frames was added so, and every
+    # finished sweep point would have rerun); a point.yaml the loader refuses is.
+    old = stale.config_dict()
+    del old["data"]["frames"]
+    write_yaml(old, RunDir(stale.run_dir).point)
+    assert point_status(stale) == "done"
+    write_yaml({**old, "data": {**old["data"], "nonsense": 1}}, RunDir(stale.run_dir).point)
+    assert point_status(stale) == "changed"
+    write_yaml(stale.config_dict(), RunDir(stale.run_dir).point)
     # Moving the sweep directory changes nothing.
     moved = load_sweep(path, out=tmp_path / "elsewhere")
     shutil.copytree(sweep.out, moved.out)

@@ -11,6 +11,7 @@ other finished it.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Deque, Dict, List, Tuple
 
-from rccsnn.config import read_yaml, write_yaml
+from rccsnn.config import from_dict, read_yaml, write_yaml
 from rccsnn.errors import UserError
 from rccsnn.rundir import RunDir
 from rccsnn.runlock import LockHeld, RunLock
@@ -51,8 +52,10 @@ def point_status(point: Point) -> str:
     files = RunDir(point.run_dir)
     if files.point.is_file():
         try:
-            on_disk = read_yaml(files.point)
-        except UserError:
+            # Through the config's own loader, so that a key added to the config since the run (with its default,
+            # as data.frames was) does not count as a change: only a setting that differs does.
+            on_disk = dataclasses.asdict(from_dict(type(point.config), read_yaml(files.point)))
+        except (UserError, TypeError, ValueError):
             on_disk = None
         if on_disk is None or comparable(on_disk) != comparable(point.config_dict()):
             return "changed"
