@@ -499,3 +499,75 @@ def test_w2_legacy_pacing_without_floor_is_the_old_engine_step_for_step(case):
         assert kept == want[4] and check == want[5]
     assert final == pytest.approx(weight_sum, rel=1e-9)
     assert events[-1].startswith("masks frozen at step")
+
+
+# ------------------------------------------------------------------------------------------------ the z step
+def test_z_takes_the_larger_of_the_additive_and_the_log_step():
+    """Under pacing auto: z <- max(z + (lr_z / P) (R - B) / B_final, z exp(min((lr_log_z / P) (R - B) / B,
+    ln 10 / decade_steps))), B the stage's budget, projected at 0."""
+    _, targets = two_targets(torch.randn(10, 10))
+    P, lr_z, lr_log_z, decade_steps = 8, 0.05, 4.0, 3.0
+    e = engine(targets, allocation="layerwise", importance="w2", steps=P, lr_z=lr_z, lr_log_z=lr_log_z,
+               decade_steps=decade_steps)
+    z = torch.tensor([0.5, 2.0, 3.0, 0.01], dtype=f64)
+    e.z = z.clone()
+    costs = torch.ones(4, 1, dtype=f64)
+    dense = torch.full((4,), 100.0, dtype=f64)
+    # R = 1 (the dense masks): 25 % over, 400 % over, 50 % under, 400 % over from a small price
+    budgets = torch.tensor([0.8, 0.2, 2.0, 0.2], dtype=f64)
+    final = torch.full((4,), 0.1, dtype=f64)
+    e.step(costs, dense, budgets, lr_w=0.0, final=final)
+    rel = (1.0 - budgets) / budgets
+    g = torch.clamp(lr_log_z / P * rel, max=math.log(10) / decade_steps)
+    assert g.tolist() == pytest.approx([0.125, math.log(10) / 3, -0.25, math.log(10) / 3])  # capped twice
+    additive = (z + lr_z / P * (1.0 - budgets) / final).clamp_min(0.0)
+    log = z * torch.exp(g)
+    # the log step where the price is high and over budget; the additive one when it falls (the slower fall) and
+    # where the price is small
+    assert (log > additive).tolist() == [True, True, False, False]
+    assert e.z.tolist() == pytest.approx(torch.maximum(additive, log).tolist(), rel=1e-12)
+    # pacing legacy (no decade_steps) has no log step
+    with pytest.raises(ValueError):
+        engine(targets, importance="w2", lr_log_z=1.0)
+
+
+def test_additive_dual_stalls_where_the_log_step_lands():
+    """w^2 spread over four decades, as saliencies are over a descent, and every weight growing 1 % a step, as the kept
+    weights do while they train under the joint schedule (the marginal value y v rises 2 % a step): the additive
+    step alone falls behind and the phase ends far above the budget; with the log step the price keeps up and the
+    budget is reached within the phase."""
+    torch.manual_seed(0)
+    w = 10.0 ** (2.0 * torch.rand(20, 50))
+    reached, kept = {}, {}
+    for lr_log_z in (0.0, 30.0):
+        _, targets = two_targets(w.clone())
+        P = 200
+        e = engine(targets, importance="w2", steps=P, lr_z=5.0, lr_log_z=lr_log_z, decade_steps=0.5 * P / 2)
+        e.set_masks()
+        costs, dense = torch.ones(1, 1, dtype=f64), torch.tensor([1000.0], dtype=f64)
+        for t in range(P):
+            with torch.no_grad():
+                targets[0].weight.mul_(1.01)
+            e.step(costs, dense, torch.tensor([0.01], dtype=f64), lr_w=0.0)
+            if float(e.kept.sum()) <= 10:
+                break
+        reached[lr_log_z], kept[lr_log_z] = t, float(e.kept.sum())
+    assert kept[0.0] > 100  # more than 10x the budget after the whole phase: the deadline's projection
+    assert kept[30.0] <= 10 and reached[30.0] < 0.7 * P
+
+
+def test_the_log_step_is_on_under_auto_pacing_only():
+    net, targets = two_targets(torch.randn(20, 10), torch.randn(5, 20))
+    for kwargs, lr_log_z in ((dict(), 30.0), (dict(pacing="legacy"), 0.0), (dict(lr_log_z=12.0), 12.0),
+                             (dict(lr_log_z=0.0), 0.0), (dict(pacing="legacy", lr_log_z=12.0), 0.0)):
+        method = bound(Minimax(**kwargs), net, targets, 0.05)
+        method.setup(Loop(total_steps=100, steps_per_epoch=10))
+        assert method.engine.lr_log_z == pytest.approx(lr_log_z / method.compress_steps)
+        assert method.engine.lr_z == pytest.approx(5.0 / method.compress_steps)
+
+
+@pytest.mark.parametrize("value", [-1.0, float("inf")])
+def test_lr_log_z_is_validated(value):
+    with pytest.raises(UserError) as info:
+        Minimax(lr_log_z=value)
+    assert "method option lr_log_z must be a finite number >= 0" in str(info.value) and "\n" not in str(info.value)

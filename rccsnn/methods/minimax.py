@@ -92,6 +92,11 @@ UNIT_EVERY = 4
 #: Default step sizes per compression phase and initial duals (see the module docstring).
 DEFAULTS = dict(lr_s=1.0, lr_y=1.0, lr_z=5.0, y0=1.0, z0=1.0)
 
+#: ``pacing: auto``: the default ``lr_log_z``, the step of ``log z`` per phase per unit of relative violation (see
+#: :meth:`MinimaxEngine.step`): a stage budget exceeded by 20 % raises the price 1.6-fold in 33 steps of a 420-step
+#: phase; the cap of a decade per ``decade_steps`` binds from an excess of about 30 % on.
+LOG_LR_Z = 30.0
+
 
 class MinimaxEngine:
     """The primal-dual state (``s``, ``y``, ``z``) and one update of the compression step (Steps 2-5 of docs/method.md).
@@ -117,6 +122,7 @@ class MinimaxEngine:
         allocation: ``global`` (one s over all weights ranked together) or ``layerwise`` (one s per target).
         steps: P, the number of steps of the compression phase (the per-step rates are ``lr / P``).
         lr_s, lr_y, lr_z: step sizes per phase of s, y and z.
+        lr_log_z: step size per phase of ``log z`` (0: the additive step alone; needs ``decade_steps``).
         y0, z0: initial duals.
         s_max: largest fraction of a target that may be pruned.
         normalize: unit of w^2 per target, ``layer`` or ``global``.
@@ -130,7 +136,7 @@ class MinimaxEngine:
                  normalize: str = "layer", s_rate: float = 2.0, sample_size: int = 2 ** 14,
                  importance: str = "w2", fisher_steps: float = 1.0, decade_steps: Optional[float] = None,
                  floor_layer: Optional[int] = None, floor_per_row: int = 0, layer_floor: bool = False,
-                 fixed: Optional[Sequence[bool]] = None) -> None:
+                 fixed: Optional[Sequence[bool]] = None, lr_log_z: float = 0.0) -> None:
         if importance not in IMPORTANCES:
             raise UserError(f"unknown importance '{importance}'; choices: {', '.join(IMPORTANCES)}")
         self.targets = list(targets)
@@ -168,6 +174,9 @@ class MinimaxEngine:
         self._masks = [t.mask.mask for t in self.targets]
         # Pacing: ``decade_steps`` (log trust region) or the linear one above (``max_ds``).
         self.decade_steps = decade_steps
+        if lr_log_z > 0 and decade_steps is None:
+            raise ValueError("lr_log_z needs decade_steps (its cap)")
+        self.lr_log_z = lr_log_z / P
         # Loss-aware importance: the empirical Fisher per weight, an EMA of squared gradients over ``fisher_steps``
         # steps; ``seen[l]`` counts the gradients target l has contributed (0: no evidence yet).
         self.importance = importance
@@ -581,7 +590,18 @@ class MinimaxEngine:
         # budget even at a node: relative to the node's, z would grow several times slower on the way to each
         # node than without nodes and reach the last one with a dual too small to finish the descent in time.
         unit = budgets if final is None else final
-        self.z = (self.z + self.lr_z * (R - budgets) / unit).clamp_min(0.0)
+        z = (self.z + self.lr_z * (R - budgets) / unit).clamp_min(0.0)
+        if self.lr_log_z > 0:
+            # The larger of that and a step in log space, which moves the price by a factor, not an amount. The value
+            # of the marginal weight spans four decades over a descent (on the panel's fc network v was 0.003 at the
+            # start, 50 at 1.2 % density): the additive step, sized for the first decades, cannot move the price of
+            # the last, and z balanced y v above the budget for hundreds of steps (the masks froze only at the
+            # deadline); the log step is too slow from a small z, where the additive one sets the early pace. Its
+            # violation is relative to the stage's budget, its rise capped at a decade of price per decade of
+            # density's steps, so that a large early violation cannot wind the price far past the balance.
+            g = torch.clamp(self.lr_log_z * (R - budgets) / budgets, max=math.log(10.0) / self.decade_steps)
+            z = torch.maximum(z, self.z * torch.exp(g))
+        self.z = z
         # 5. masks from the new s and the shrunk W; exact on the step that lands on the budget, so the masks
         # that freeze hold exactly what s says.
         landing = bool((self._resources(self.s, costs, dense) <= budgets).all())
@@ -694,6 +714,11 @@ class Minimax(PruningMethod):
             more than a point in two of twenty cells (tutorial_conv and synaptic_conv at 0.005); BENCHMARKS.md.
         allocation: ``global`` (params only), ``layerwise``, or ``auto`` (global when every constraint is params).
         lr_s, lr_y, lr_z: step sizes of s, y, z per compression phase.
+        lr_log_z: under ``pacing: auto``, z takes the larger of its additive step and a step in log space,
+            ``z exp(min((lr_log_z / P) (R - B) / B, ln 10 / S))`` (B the stage's budget, S the steps per decade of
+            density): the value of the marginal weight grows by thousands over a descent, and the additive step
+            alone left joint minimax above the budget until the deadline on the last leg (BENCHMARKS.md, the
+            panel). 30 by default; 0: the additive step alone (always so under ``pacing: legacy``).
         y0, z0: initial duals.
         s_max: largest fraction of any target that may be pruned; by default ``1 - min_density * min_j B_j``,
             so no layer is cut below half the tightest budget (the magnitude ranking alone would otherwise empty
@@ -744,7 +769,7 @@ class Minimax(PruningMethod):
 
     def __init__(self, schedule: str = "joint", compress_fraction: float = 0.7, allocation: str = "auto",
                  lr_s: float = 1.0, lr_y: float = 1.0, lr_z: float = 5.0, y0: float = 1.0, z0: float = 1.0,
-                 s_max: Optional[float] = None, min_density: float = 0.5, s_rate: float = 2.0,
+                 lr_log_z: float = LOG_LR_Z, s_max: Optional[float] = None, min_density: float = 0.5, s_rate: float = 2.0,
                  nodes: Union[str, Sequence[float]] = "auto", node_fraction: float = 0.1, normalize: str = "layer",
                  sample_size: int = 2 ** 14, importance: str = "fisher", pacing: str = "auto",
                  output_floor: int = 1, activity: float = 0.1, activity_layers: str = "output", regrow: str = "none",
@@ -762,7 +787,7 @@ class Minimax(PruningMethod):
             raise UserError(f"nodes must be 'auto' or decreasing fractions in (0, 1], got {nodes!r}")
         self.allocation = allocation
         for key, value in (("lr_s", lr_s), ("lr_y", lr_y), ("lr_z", lr_z), ("y0", y0), ("z0", z0),
-                           ("s_rate", s_rate), ("node_fraction", node_fraction)):
+                           ("lr_log_z", lr_log_z), ("s_rate", s_rate), ("node_fraction", node_fraction)):
             if not (value >= 0 and math.isfinite(value)):
                 raise UserError(f"method option {key} must be a finite number >= 0, got {value}")
         if s_max is not None and not 0.0 <= s_max <= 1.0:
@@ -800,6 +825,7 @@ class Minimax(PruningMethod):
         self.min_T = int(min_T)
         self._next_decision = 0  # the step of the next bit-width and time-step decision
         self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, normalize=normalize, s_rate=s_rate)
+        self.lr_log_z = float(lr_log_z)
         if sample_size < 0:
             raise UserError(f"method option sample_size must be >= 0 (0: rank every weight), got {sample_size}")
         self.s_max, self.min_density, self.sample_size = s_max, min_density, int(sample_size)
@@ -876,7 +902,8 @@ class Minimax(PruningMethod):
                                     importance=self.importance, fisher_steps=plan["fisher_steps"],
                                     decade_steps=plan["decade_steps"], floor_layer=floor_layer,
                                     floor_per_row=self.output_floor, layer_floor=self.importance == "fisher",
-                                    fixed=fixed, **self.hyper)
+                                    fixed=fixed, lr_log_z=self.lr_log_z if self.pacing == "auto" else 0.0,
+                                    **self.hyper)
         self.engine.set_masks()
         self.scale = self.engine.scale
         self.stepsize = DensityStepSize(self.targets, STEP_RULES[self.finetune_step])
