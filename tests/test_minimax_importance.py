@@ -503,29 +503,31 @@ def test_w2_legacy_pacing_without_floor_is_the_old_engine_step_for_step(case):
 
 # ------------------------------------------------------------------------------------------------ the z step
 def test_z_takes_the_larger_of_the_additive_and_the_log_step():
-    """Under pacing auto: z <- max(z + (lr_z / P) (R - B) / B_final, z exp(min((lr_log_z / P) (R - B) / B,
-    ln 10 / decade_steps))), B the stage's budget, projected at 0."""
+    """Under pacing auto, while R > B: z <- max(z + (lr_z / P) (R - B) / B_final, z exp(min((lr_log_z / P) (R - B) / B,
+    ln 10 / decade_steps))), B the stage's budget; under the budget the additive step alone, projected at 0."""
     _, targets = two_targets(torch.randn(10, 10))
     P, lr_z, lr_log_z, decade_steps = 8, 0.05, 4.0, 3.0
     e = engine(targets, allocation="layerwise", importance="w2", steps=P, lr_z=lr_z, lr_log_z=lr_log_z,
                decade_steps=decade_steps)
-    z = torch.tensor([0.5, 2.0, 3.0, 0.01], dtype=f64)
+    z = torch.tensor([0.5, 2.0, 3.0, 0.01, 0.01], dtype=f64)
     e.z = z.clone()
-    costs = torch.ones(4, 1, dtype=f64)
-    dense = torch.full((4,), 100.0, dtype=f64)
-    # R = 1 (the dense masks): 25 % over, 400 % over, 50 % under, 400 % over from a small price
-    budgets = torch.tensor([0.8, 0.2, 2.0, 0.2], dtype=f64)
-    final = torch.full((4,), 0.1, dtype=f64)
+    costs = torch.ones(5, 1, dtype=f64)
+    dense = torch.full((5,), 100.0, dtype=f64)
+    # R = 1 (the dense masks): 25 % over, 400 % over, 50 % under, 400 % over from a small price, 50 % under from a
+    # small price
+    budgets = torch.tensor([0.8, 0.2, 2.0, 0.2, 2.0], dtype=f64)
+    final = torch.full((5,), 0.1, dtype=f64)
     e.step(costs, dense, budgets, lr_w=0.0, final=final)
     rel = (1.0 - budgets) / budgets
     g = torch.clamp(lr_log_z / P * rel, max=math.log(10) / decade_steps)
-    assert g.tolist() == pytest.approx([0.125, math.log(10) / 3, -0.25, math.log(10) / 3])  # capped twice
+    assert g.tolist() == pytest.approx([0.125, math.log(10) / 3, -0.25, math.log(10) / 3, -0.25])  # capped twice
     additive = (z + lr_z / P * (1.0 - budgets) / final).clamp_min(0.0)
     log = z * torch.exp(g)
-    # the log step where the price is high and over budget; the additive one when it falls (the slower fall) and
-    # where the price is small
-    assert (log > additive).tolist() == [True, True, False, False]
-    assert e.z.tolist() == pytest.approx(torch.maximum(additive, log).tolist(), rel=1e-12)
+    assert (log > additive).tolist() == [True, True, False, False, True]
+    # over budget the larger step; under it the additive one, which takes a small price to 0 (the log one never would)
+    expected = [log[0], log[1], additive[2], additive[3], 0.0]
+    assert additive[4] == 0.0
+    assert e.z.tolist() == pytest.approx([float(x) for x in expected], rel=1e-12, abs=0)
     # pacing legacy (no decade_steps) has no log step
     with pytest.raises(ValueError):
         engine(targets, importance="w2", lr_log_z=1.0)
@@ -559,15 +561,21 @@ def test_additive_dual_stalls_where_the_log_step_lands():
 def test_the_log_step_is_on_under_auto_pacing_only():
     net, targets = two_targets(torch.randn(20, 10), torch.randn(5, 20))
     for kwargs, lr_log_z in ((dict(), 30.0), (dict(pacing="legacy"), 0.0), (dict(lr_log_z=12.0), 12.0),
-                             (dict(lr_log_z=0.0), 0.0), (dict(pacing="legacy", lr_log_z=12.0), 0.0)):
+                             (dict(lr_log_z=0.0), 0.0), (dict(pacing="legacy", lr_log_z=0.0), 0.0),
+                             (dict(lr_log_z="auto", pacing="legacy"), 0.0)):
         method = bound(Minimax(**kwargs), net, targets, 0.05)
         method.setup(Loop(total_steps=100, steps_per_epoch=10))
         assert method.engine.lr_log_z == pytest.approx(lr_log_z / method.compress_steps)
         assert method.engine.lr_z == pytest.approx(5.0 / method.compress_steps)
 
 
-@pytest.mark.parametrize("value", [-1.0, float("inf")])
-def test_lr_log_z_is_validated(value):
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(lr_log_z=-1.0), "method option lr_log_z must be a finite number >= 0"),
+    (dict(lr_log_z=float("inf")), "method option lr_log_z must be a finite number >= 0"),
+    (dict(lr_log_z="fast"), "method option lr_log_z must be 'auto' or a finite number >= 0, got 'fast'"),
+    (dict(lr_log_z=12.0, pacing="legacy"), "method option lr_log_z needs pacing: auto"),
+])
+def test_lr_log_z_is_validated(kwargs, needle):
     with pytest.raises(UserError) as info:
-        Minimax(lr_log_z=value)
-    assert "method option lr_log_z must be a finite number >= 0" in str(info.value) and "\n" not in str(info.value)
+        Minimax(**kwargs)
+    assert needle in str(info.value) and "\n" not in str(info.value)

@@ -335,6 +335,8 @@ def test_results_aggregate_over_seeds(tmp_path, tiny_model):
     assert point_status(stale) == "done"
     write_yaml({**old, "data": {**old["data"], "nonsense": 1}}, RunDir(stale.run_dir).point)
     assert point_status(stale) == "changed"
+    write_yaml({**old, "seed": "seven"}, RunDir(stale.run_dir).point)  # a value of the wrong type
+    assert point_status(stale) == "changed"
     write_yaml(stale.config_dict(), RunDir(stale.run_dir).point)
     # Moving the sweep directory changes nothing.
     moved = load_sweep(path, out=tmp_path / "elsewhere")

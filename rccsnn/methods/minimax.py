@@ -92,9 +92,10 @@ UNIT_EVERY = 4
 #: Default step sizes per compression phase and initial duals (see the module docstring).
 DEFAULTS = dict(lr_s=1.0, lr_y=1.0, lr_z=5.0, y0=1.0, z0=1.0)
 
-#: ``pacing: auto``: the default ``lr_log_z``, the step of ``log z`` per phase per unit of relative violation (see
-#: :meth:`MinimaxEngine.step`): a stage budget exceeded by 20 % raises the price 1.6-fold in 33 steps of a 420-step
-#: phase; the cap of a decade per ``decade_steps`` binds from an excess of about 30 % on.
+#: ``pacing: auto``: the value of ``lr_log_z: auto``, the step of ``log z`` per phase per unit of relative violation
+#: (see :meth:`MinimaxEngine.step`): a stage budget exceeded by 20 % raises the price 1.6-fold in 33 steps of a
+#: 420-step phase. The cap of a decade per ``decade_steps`` binds from an excess of ``ln 10 D / (DESCENT_SHARE x 30)``
+#: on, D the decades to descend: 20 % at a 0.05 budget, 30 % at 0.01, 41 % at 0.002.
 LOG_LR_Z = 30.0
 
 
@@ -592,15 +593,17 @@ class MinimaxEngine:
         unit = budgets if final is None else final
         z = (self.z + self.lr_z * (R - budgets) / unit).clamp_min(0.0)
         if self.lr_log_z > 0:
-            # The larger of that and a step in log space, which moves the price by a factor, not an amount. The value
+            # While a budget is exceeded, the larger of that and a step in log space, which moves the price by a factor, not an amount. The value
             # of the marginal weight spans four decades over a descent (on the panel's fc network v was 0.003 at the
             # start, 50 at 1.2 % density): the additive step, sized for the first decades, cannot move the price of
             # the last, and z balanced y v above the budget for hundreds of steps (the masks froze only at the
             # deadline); the log step is too slow from a small z, where the additive one sets the early pace. Its
             # violation is relative to the stage's budget, its rise capped at a decade of price per decade of
             # density's steps, so that a large early violation cannot wind the price far past the balance.
+            # Under the budget the additive step alone: a price that only shrinks by a factor never reaches 0, and
+            # a slack constraint would keep pushing s.
             g = torch.clamp(self.lr_log_z * (R - budgets) / budgets, max=math.log(10.0) / self.decade_steps)
-            z = torch.maximum(z, self.z * torch.exp(g))
+            z = torch.where(R > budgets, torch.maximum(z, self.z * torch.exp(g)), z)
         self.z = z
         # 5. masks from the new s and the shrunk W; exact on the step that lands on the budget, so the masks
         # that freeze hold exactly what s says.
@@ -714,11 +717,13 @@ class Minimax(PruningMethod):
             more than a point in two of twenty cells (tutorial_conv and synaptic_conv at 0.005); BENCHMARKS.md.
         allocation: ``global`` (params only), ``layerwise``, or ``auto`` (global when every constraint is params).
         lr_s, lr_y, lr_z: step sizes of s, y, z per compression phase.
-        lr_log_z: under ``pacing: auto``, z takes the larger of its additive step and a step in log space,
-            ``z exp(min((lr_log_z / P) (R - B) / B, ln 10 / S))`` (B the stage's budget, S the steps per decade of
-            density): the value of the marginal weight grows by thousands over a descent, and the additive step
-            alone left joint minimax above the budget until the deadline on the last leg (BENCHMARKS.md, the
-            panel). 30 by default; 0: the additive step alone (always so under ``pacing: legacy``).
+        lr_log_z: under ``pacing: auto``, while a budget is exceeded z takes the larger of its additive step and a
+            step in log space, ``z exp(min((lr_log_z / P) (R - B) / B, ln 10 / S))`` (B the stage's budget, S the
+            steps per decade of density): the value of the marginal weight grows by thousands over a descent, and
+            the additive step alone left joint minimax above the budget until the deadline on the last leg
+            (BENCHMARKS.md, the panel). ``auto`` (the default): ``LOG_LR_Z`` = 30 under ``pacing: auto``, none under
+            ``pacing: legacy`` (which has no ``S`` for the cap, so a number there is an error); 0: the additive
+            step alone.
         y0, z0: initial duals.
         s_max: largest fraction of any target that may be pruned; by default ``1 - min_density * min_j B_j``,
             so no layer is cut below half the tightest budget (the magnitude ranking alone would otherwise empty
@@ -769,7 +774,7 @@ class Minimax(PruningMethod):
 
     def __init__(self, schedule: str = "joint", compress_fraction: float = 0.7, allocation: str = "auto",
                  lr_s: float = 1.0, lr_y: float = 1.0, lr_z: float = 5.0, y0: float = 1.0, z0: float = 1.0,
-                 lr_log_z: float = LOG_LR_Z, s_max: Optional[float] = None, min_density: float = 0.5, s_rate: float = 2.0,
+                 lr_log_z: Union[str, float] = "auto", s_max: Optional[float] = None, min_density: float = 0.5, s_rate: float = 2.0,
                  nodes: Union[str, Sequence[float]] = "auto", node_fraction: float = 0.1, normalize: str = "layer",
                  sample_size: int = 2 ** 14, importance: str = "fisher", pacing: str = "auto",
                  output_floor: int = 1, activity: float = 0.1, activity_layers: str = "output", regrow: str = "none",
@@ -786,6 +791,15 @@ class Minimax(PruningMethod):
               or list(nodes) != sorted(nodes, reverse=True)):
             raise UserError(f"nodes must be 'auto' or decreasing fractions in (0, 1], got {nodes!r}")
         self.allocation = allocation
+        if pacing not in PACINGS:
+            raise UserError(f"unknown pacing '{pacing}'; choices: {', '.join(PACINGS)}")
+        if isinstance(lr_log_z, str):
+            if lr_log_z != "auto":
+                raise UserError(f"method option lr_log_z must be 'auto' or a finite number >= 0, got '{lr_log_z}'")
+            lr_log_z = LOG_LR_Z if pacing == "auto" else 0.0
+        elif pacing == "legacy" and lr_log_z != 0:
+            raise UserError(f"method option lr_log_z needs pacing: auto (its cap is a decade of price per decade of "
+                            f"density's steps, which pacing: legacy does not have); got {lr_log_z} with pacing: legacy")
         for key, value in (("lr_s", lr_s), ("lr_y", lr_y), ("lr_z", lr_z), ("y0", y0), ("z0", z0),
                            ("lr_log_z", lr_log_z), ("s_rate", s_rate), ("node_fraction", node_fraction)):
             if not (value >= 0 and math.isfinite(value)):
@@ -798,8 +812,6 @@ class Minimax(PruningMethod):
             raise UserError(f"unknown normalize '{normalize}'; choices: layer, global")
         if importance not in IMPORTANCES:
             raise UserError(f"unknown importance '{importance}'; choices: {', '.join(IMPORTANCES)}")
-        if pacing not in PACINGS:
-            raise UserError(f"unknown pacing '{pacing}'; choices: {', '.join(PACINGS)}")
         if isinstance(output_floor, bool) or not isinstance(output_floor, int) or output_floor < 0:
             raise UserError(f"method option output_floor must be an integer >= 0 (0: none), got {output_floor!r}")
         if isinstance(activity, bool) or not isinstance(activity, (int, float)) or not 0.0 <= activity <= 1.0:
@@ -902,8 +914,7 @@ class Minimax(PruningMethod):
                                     importance=self.importance, fisher_steps=plan["fisher_steps"],
                                     decade_steps=plan["decade_steps"], floor_layer=floor_layer,
                                     floor_per_row=self.output_floor, layer_floor=self.importance == "fisher",
-                                    fixed=fixed, lr_log_z=self.lr_log_z if self.pacing == "auto" else 0.0,
-                                    **self.hyper)
+                                    fixed=fixed, lr_log_z=self.lr_log_z, **self.hyper)
         self.engine.set_masks()
         self.scale = self.engine.scale
         self.stepsize = DensityStepSize(self.targets, STEP_RULES[self.finetune_step])

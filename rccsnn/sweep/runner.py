@@ -55,7 +55,7 @@ def point_status(point: Point) -> str:
             # Through the config's own loader, so that a key added to the config since the run (with its default,
             # as data.frames was) does not count as a change: only a setting that differs does.
             on_disk = dataclasses.asdict(from_dict(type(point.config), read_yaml(files.point)))
-        except (UserError, TypeError, ValueError):
+        except (UserError, ValueError):
             on_disk = None
         if on_disk is None or comparable(on_disk) != comparable(point.config_dict()):
             return "changed"
