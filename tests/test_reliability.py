@@ -430,7 +430,7 @@ def test_sigterm_before_the_first_epoch_is_one_line(tiny, tmp_path, monkeypatch,
     real_prepare = api.prepare
 
     def prepare(*a, **kw):
-        data = real_prepare(*a, **kw)
+        real_prepare(*a, **kw)  # the run's set-up completes, then the signal arrives
         signal.raise_signal(signal.SIGTERM)  # the handler runs (and raises) before this returns
         raise AssertionError("SIGTERM before the first epoch did not stop the run")
 
