@@ -593,15 +593,15 @@ class MinimaxEngine:
         unit = budgets if final is None else final
         z = (self.z + self.lr_z * (R - budgets) / unit).clamp_min(0.0)
         if self.lr_log_z > 0:
-            # While a budget is exceeded, the larger of that and a step in log space, which moves the price by a factor, not an amount. The value
-            # of the marginal weight spans four decades over a descent (on the panel's fc network v was 0.003 at the
-            # start, 50 at 1.2 % density): the additive step, sized for the first decades, cannot move the price of
-            # the last, and z balanced y v above the budget for hundreds of steps (the masks froze only at the
-            # deadline); the log step is too slow from a small z, where the additive one sets the early pace. Its
-            # violation is relative to the stage's budget, its rise capped at a decade of price per decade of
-            # density's steps, so that a large early violation cannot wind the price far past the balance.
-            # Under the budget the additive step alone: a price that only shrinks by a factor never reaches 0, and
-            # a slack constraint would keep pushing s.
+            # While a budget is exceeded, the larger of that and a step in log space, which moves the price by a
+            # factor, not an amount. The value of the marginal weight spans four decades over a descent (on the
+            # panel's fc network v was 0.003 at the start, 50 at 1.2 % density): the additive step, sized for the
+            # first decades, cannot move the price of the last, and z balanced y v above the budget for hundreds of
+            # steps (the masks froze only at the deadline); the log step is too slow from a small z, where the
+            # additive one sets the early pace. Its violation is relative to the stage's budget, its rise capped at
+            # a decade of price per decade of density's steps, so that a large early violation cannot wind the
+            # price far past the balance. Under the budget the additive step alone: a price that only shrinks by a
+            # factor never reaches 0, and a slack constraint would keep pushing s.
             g = torch.clamp(self.lr_log_z * (R - budgets) / budgets, max=math.log(10.0) / self.decade_steps)
             z = torch.where(R > budgets, torch.maximum(z, self.z * torch.exp(g)), z)
         self.z = z
@@ -774,7 +774,8 @@ class Minimax(PruningMethod):
 
     def __init__(self, schedule: str = "joint", compress_fraction: float = 0.7, allocation: str = "auto",
                  lr_s: float = 1.0, lr_y: float = 1.0, lr_z: float = 5.0, y0: float = 1.0, z0: float = 1.0,
-                 lr_log_z: Union[str, float] = "auto", s_max: Optional[float] = None, min_density: float = 0.5, s_rate: float = 2.0,
+                 lr_log_z: Union[str, float] = "auto", s_max: Optional[float] = None, min_density: float = 0.5,
+                 s_rate: float = 2.0,
                  nodes: Union[str, Sequence[float]] = "auto", node_fraction: float = 0.1, normalize: str = "layer",
                  sample_size: int = 2 ** 14, importance: str = "fisher", pacing: str = "auto",
                  output_floor: int = 1, activity: float = 0.1, activity_layers: str = "output", regrow: str = "none",
@@ -836,8 +837,8 @@ class Minimax(PruningMethod):
             raise UserError(f"method option min_T must be an integer >= 1, got {min_T!r}")
         self.min_T = int(min_T)
         self._next_decision = 0  # the step of the next bit-width and time-step decision
-        self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, normalize=normalize, s_rate=s_rate)
-        self.lr_log_z = float(lr_log_z)
+        self.hyper = dict(lr_s=lr_s, lr_y=lr_y, lr_z=lr_z, y0=y0, z0=z0, lr_log_z=float(lr_log_z),
+                          normalize=normalize, s_rate=s_rate)
         if sample_size < 0:
             raise UserError(f"method option sample_size must be >= 0 (0: rank every weight), got {sample_size}")
         self.s_max, self.min_density, self.sample_size = s_max, min_density, int(sample_size)
@@ -914,7 +915,7 @@ class Minimax(PruningMethod):
                                     importance=self.importance, fisher_steps=plan["fisher_steps"],
                                     decade_steps=plan["decade_steps"], floor_layer=floor_layer,
                                     floor_per_row=self.output_floor, layer_floor=self.importance == "fisher",
-                                    fixed=fixed, lr_log_z=self.lr_log_z, **self.hyper)
+                                    fixed=fixed, **self.hyper)
         self.engine.set_masks()
         self.scale = self.engine.scale
         self.stepsize = DensityStepSize(self.targets, STEP_RULES[self.finetune_step])
