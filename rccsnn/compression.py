@@ -54,6 +54,9 @@ class RunResult:
     budgets: Dict[str, float]
     resources: Dict[str, Dict[str, float]]
     accuracy: Dict[str, float]
+    #: mean task loss per sample on the test split (the recipe's loss: cross-entropy of spike counts, or MSE of
+    #: rates), {"dense", "compressed"}: finer than the accuracy on a small test split, where one image is a step
+    loss: Dict[str, float]
     epochs: int
     wall_seconds: float
     checkpoint: str
@@ -167,7 +170,7 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
         targets = find_targets(net, exclude_first=False)
         fixed = tuple(t.name for t in targets if t.name not in prunable)
     try:
-        dense_test = evaluate_net(net, test_loader, spec, device, across_ranks=True).accuracy
+        dense_test = evaluate_net(net, test_loader, spec, device, across_ranks=True)
     except RuntimeError as exc:
         raise UserError(f"the model cannot run on data set '{data.name}': {str(exc).splitlines()[0]}") from None
 
@@ -219,23 +222,25 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     bake(net)
     final_stats = stats_now()
     compressed = resource_table(targets, final_stats, cfg.resources)
-    test_acc = evaluate_net(net, test_loader, spec, device, across_ranks=True).accuracy
+    test = evaluate_net(net, test_loader, spec, device, across_ranks=True)
+    test_acc = test.accuracy
     resources = {name: {"dense": dense[name], "compressed": compressed[name],
                         "ratio": compressed[name] / dense[name] if dense[name] > 0 else 0.0} for name in dense}
     ckpt = out / CHECKPOINT_FILE
     result = RunResult(method=method.name, schedule=method.schedule, budgets=dict(cfg.budgets),
-                       resources=resources, accuracy={"dense": dense_test, "compressed": test_acc},
-                       epochs=cfg.optim.epochs, wall_seconds=0.0, checkpoint=str(ckpt), events=method.events,
+                       resources=resources, accuracy={"dense": dense_test.accuracy, "compressed": test_acc},
+                       loss={"dense": dense_test.loss, "compressed": test.loss}, epochs=cfg.optim.epochs, wall_seconds=0.0, checkpoint=str(ckpt), events=method.events,
                        decisions={"T": spec.T, "bits": dict(spec.bits)})
     compression = {k: v for k, v in result.summary().items() if k not in ("checkpoint", "wall_seconds")}
 
     def write_outputs() -> float:
-        save_checkpoint(ckpt, net, spec, metrics={"test_accuracy": test_acc, "val_accuracy": trainer.best_val},
+        save_checkpoint(ckpt, net, spec, metrics={"test_accuracy": test_acc, "test_loss": test.loss,
+                                                         "val_accuracy": trainer.best_val},
                         recipe=dataclasses.asdict(cfg), compression=compression)
         monitor.hparams(
             {"method": method.name, "schedule": method.schedule, "epochs": cfg.optim.epochs, "lr": cfg.optim.lr,
              "seed": cfg.seed, **{f"budget_{k}": v for k, v in cfg.budgets.items()}},
-            {"test_accuracy": test_acc, **{f"ratio_{k}": v["ratio"] for k, v in resources.items()}},
+            {"test_accuracy": test_acc, "test_loss": test.loss, **{f"ratio_{k}": v["ratio"] for k, v in resources.items()}},
         )
         monitor.close()
         result.wall_seconds = time.perf_counter() - t0
@@ -248,7 +253,8 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
 
 def summary_table(result: RunResult) -> str:
     """The closing console table: accuracy and every resource, dense against compressed."""
-    rows = [["accuracy (test)", result.accuracy["dense"], result.accuracy["compressed"], "", ""]]
+    rows = [["accuracy (test)", result.accuracy["dense"], result.accuracy["compressed"], "", ""],
+            ["loss (test)", result.loss["dense"], result.loss["compressed"], "", ""]]
     for name, r in result.resources.items():
         budget = result.budgets.get(name)
         rows.append([name, r["dense"], r["compressed"], r["ratio"], "" if budget is None else budget])

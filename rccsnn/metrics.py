@@ -77,7 +77,7 @@ def evaluate(loaded: LoadedModel, data: DataSplits, split: str, device: torch.de
             batch_size: int = 512) -> Dict[str, Any]:
     """Evaluate ``loaded`` on ``split`` and count what it costs.
 
-    Returns a dict with ``accuracy`` (fraction), ``split``, ``samples``, ``params`` (all parameters),
+    Returns a dict with ``accuracy`` (fraction), ``loss`` (the recipe's task loss, mean per sample), ``split``, ``samples``, ``params`` (all parameters),
     ``nonzero_params``, ``weights``/``nonzero_weights`` (conv and linear weights only), ``macs`` (multiply-
     accumulates per inference that touch a nonzero weight: for each tap, T x the output positions at which it reads
     inside the input, summed over nonzero weights and layers), ``dense_macs`` (the same counting every weight) and
@@ -90,6 +90,7 @@ def evaluate(loaded: LoadedModel, data: DataSplits, split: str, device: torch.de
     costs = [layer_report(mon, n, m) for n, m in weight_layers(net) if n in mon.positions]
     return {
         "accuracy": result.accuracy,
+        "loss": result.loss,
         "split": split,
         "samples": result.samples,
         "params": sum(p.numel() for p in net.parameters()),

@@ -35,8 +35,8 @@ class TrainResult:
     Attributes:
         checkpoint: path of the saved model (the recipe's ``checkpoint``, else ``<out>/model.pt``).
         spec: how the model runs (architecture, T, encoding, loss, data set).
-        metrics: ``val_accuracy`` (best, a fraction), ``test_accuracy`` (of those weights), ``best_epoch``
-            (1-based) and ``epochs``.
+        metrics: ``val_accuracy`` (best, a fraction), ``test_accuracy`` and ``test_loss`` (of those weights; the
+            recipe's loss, mean per sample), ``best_epoch`` (1-based) and ``epochs``.
     """
 
     checkpoint: str
@@ -119,8 +119,8 @@ def _train(cfg: TrainConfig, device: torch.device, *, resume: bool, progress: bo
     trainer = Trainer(net=net, data=data, spec=spec, options=options, out_dir=out, monitor=monitor, device=device)
     fit = trainer.fit(resume=resume)
     test = trainer.evaluate("test")
-    metrics = {"val_accuracy": fit["best_val"], "test_accuracy": test.accuracy, "best_epoch": fit["best_epoch"] + 1,
-               "epochs": cfg.optim.epochs}
+    metrics = {"val_accuracy": fit["best_val"], "test_accuracy": test.accuracy, "test_loss": test.loss,
+               "best_epoch": fit["best_epoch"] + 1, "epochs": cfg.optim.epochs}
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else RunDir(out).model
 
     def write_outputs() -> None:

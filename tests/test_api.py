@@ -44,6 +44,9 @@ def test_compress_then_evaluate_report_export(trained, tmp_path):
 
     evaluated = rccsnn.evaluate(result.checkpoint, device="cpu")
     assert evaluated["accuracy"] == pytest.approx(result.accuracy["compressed"], abs=1e-12)
+    # the summary's test loss is the saved model's, measured again from the file
+    assert evaluated["loss"] == pytest.approx(result.loss["compressed"], rel=1e-6)
+    assert result.loss["dense"] == pytest.approx(rccsnn.evaluate(trained.checkpoint, device="cpu")["loss"], rel=1e-6)
     assert evaluated["nonzero_weights"] < evaluated["weights"]
 
     costs = rccsnn.report(result.checkpoint, device="cpu")

@@ -108,6 +108,17 @@ def test_quality_quick_runs_the_panel_and_tables_the_runs_it_made(tmp_path):
         assert 0.0 <= float(cells[labels.index("min firing rate")]) <= 1.0
         assert float(cells[labels.index("max kept / budget")]) <= 1.0
     assert "* every run within its budget (params kept / dense <= budget): ok" in text
+    # joint against its sequential ablation (every method runs on fc), paired by seed, from the runs' summaries
+    joint, seq = (json.loads((out / f"params0.01-minimax-{s}-seed0-modelfc-epochs2" / "summary.json").read_text())
+                  for s in ("joint", "sequential"))
+    row = next(r for r in table_rows(text, "fc") if len(r) == 7 and "/" in r[4])
+    assert row[1:3] == ["2", "1"]
+    acc = 100 * (joint["accuracy"]["compressed"] - seq["accuracy"]["compressed"])
+    assert float(row[3].split("±")[0]) == pytest.approx(acc, abs=0.006)
+    assert float(row[5].split("±")[0]) == pytest.approx(joint["loss"]["compressed"] - seq["loss"]["compressed"],
+                                                        abs=6e-5)
+    assert row[6] == ("1 / 0 / 0" if joint["loss"]["compressed"] > seq["loss"]["compressed"] else "0 / 0 / 1")
+    assert "* minimax joint < sequential in test loss on the mean at 0.01 (paired seeds): " in text
     finished = re.search(r"runs finished: (\d+) of (\d+)", text)
     assert finished and finished[1] == finished[2]
     # rerunning finds every run finished (and every model pretrained) and only rebuilds the tables

@@ -75,7 +75,7 @@ def test_train_writes_checkpoint_config_and_state(trained):
     raw = torch.load(ckpt, weights_only=True)
     assert raw["arch"] == "convsnn" and raw["arch_args"] == {"channels": [4], "hidden": 8}
     assert raw["T"] == 2 and raw["data"] == {"name": "digits", "input_shape": [1, 8, 8], "num_classes": 10}
-    assert set(raw["metrics"]) == {"val_accuracy", "test_accuracy", "best_epoch", "epochs"}
+    assert set(raw["metrics"]) == {"val_accuracy", "test_accuracy", "test_loss", "best_epoch", "epochs"}
     assert raw["metrics"]["epochs"] == 1 and raw["metrics"]["best_epoch"] == 1
     assert raw["recipe"]["out"] == str(out)  # the flag wins over the recipe's `out`
 
@@ -94,13 +94,14 @@ def test_evaluate_json_matches_training(trained, tmp_path, capsys):
     code, out, err = cli("evaluate", ckpt, "--json", tmp_path / "eval" / "result.json", "--device", "cpu")
     assert code == 0, err
     result = json.loads((tmp_path / "eval" / "result.json").read_text())
-    assert set(result) == {"accuracy", "split", "samples", "params", "nonzero_params", "weights", "nonzero_weights",
+    assert set(result) == {"accuracy", "loss", "split", "samples", "params", "nonzero_params", "weights", "nonzero_weights",
                            "macs", "dense_macs", "firing_rates"}
     raw = torch.load(ckpt, weights_only=True)
     test_accuracy = raw["metrics"]["test_accuracy"]
     assert 0.0 <= result["accuracy"] <= 1.0
     assert result["accuracy"] == test_accuracy
     assert f"test_accuracy  {test_accuracy:.4g}" in train_stdout
+    assert result["loss"] == pytest.approx(raw["metrics"]["test_loss"], rel=1e-6) and result["loss"] > 0
     assert result["accuracy"] * DIGITS_TEST_SAMPLES == pytest.approx(round(result["accuracy"] * DIGITS_TEST_SAMPLES))
     assert result["split"] == "test" and result["samples"] == DIGITS_TEST_SAMPLES
     assert result["params"] == TINY_PARAMS

@@ -41,8 +41,8 @@ TARGET_WEIGHTS = {"features.3.0": 288, "classifier.0.1": 512, "classifier.2.0": 
 FIRST_LAYER_MACS = 4 * 1 * (3 * 8 - 2) ** 2 * T  # 3872
 DENSE_PARAMS = sum(TARGET_WEIGHTS.values())  # 960
 DENSE_MACS = 8 * 4 * (3 * 4 - 2) ** 2 * T + (512 + 160) * T  # 7744
-SUMMARY_KEYS = {"method", "schedule", "budgets", "resources", "accuracy", "epochs", "wall_seconds", "checkpoint",
-                "events", "decisions"}
+SUMMARY_KEYS = {"method", "schedule", "budgets", "resources", "accuracy", "loss", "epochs", "wall_seconds",
+                "checkpoint", "events", "decisions"}
 
 RECIPE = tiny_recipe(epochs=2)
 
@@ -142,6 +142,8 @@ def test_summary_json_has_exactly_the_documented_keys(joint_run, tiny):
     assert 0.0 <= summary["accuracy"]["compressed"] <= 1.0
     # the dense accuracy is the pretrained model's test accuracy, evaluated the same way
     assert summary["accuracy"]["dense"] == tiny[1]["metrics"]["test_accuracy"]
+    assert set(summary["loss"]) == {"dense", "compressed"} and summary["loss"]["compressed"] > 0
+    assert summary["loss"]["dense"] == pytest.approx(tiny[1]["metrics"]["test_loss"], rel=1e-6)
     assert isinstance(summary["events"], list) and all(isinstance(e, str) for e in summary["events"])
     assert any(e.startswith("masks frozen") for e in summary["events"])
     res = summary["resources"]

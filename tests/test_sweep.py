@@ -10,6 +10,7 @@ import shutil
 import statistics
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -201,11 +202,14 @@ def test_results_agree_with_summaries(finished):
             assert float(row[f"ratio_{r}"]) == summary["resources"][r]["ratio"]
         assert float(row["accuracy"]) == summary["accuracy"]["compressed"]
         assert float(row["dense_accuracy"]) == summary["accuracy"]["dense"]
+        assert float(row["loss"]) == summary["loss"]["compressed"] > 0
+        assert float(row["dense_loss"]) == summary["loss"]["dense"] > 0
         assert float(row["wall_seconds"]) == summary["wall_seconds"]
         assert summary["resources"]["params"]["ratio"] <= summary["budgets"]["params"] + 1e-12
         budget = f"params {float(row['budget_params']):g}"
         line = next(l for l in markdown.splitlines() if l.startswith(f"| {row['method']} | joint | {budget} |"))
-        assert f"| 1 | {summary['accuracy']['compressed']:.4f} | {summary['accuracy']['dense']:.4f} |" in line
+        assert (f"| 1 | {summary['accuracy']['compressed']:.4f} | {summary['accuracy']['dense']:.4f} "
+                f"| {summary['loss']['compressed']:.4f} |") in line
         assert f"{summary['resources']['synops']['ratio']:.4g}" in line
         assert (out / "hparams" / row["name"]).is_dir()
         assert any((out / "hparams" / row["name"]).rglob("events.out.tfevents.*"))
@@ -282,19 +286,23 @@ def test_failing_point_is_recorded_and_the_others_go_on(tmp_path, tiny_model):
 
 
 # ------------------------------------------------------------------------------------------- aggregation
-def fake_summary(point, accuracy: float, ratio: float) -> dict:
+def fake_summary(point, accuracy: float, ratio: float, loss: Optional[float] = None) -> dict:
+    """A summary.json as a run writes it; without ``loss`` as runs wrote it before they recorded the test loss."""
     resources = {r: {"dense": 100.0, "compressed": 100.0 * ratio, "ratio": ratio} for r in RESOURCES}
-    return {"method": point.config.method.name, "schedule": point.config.method.schedule,
-            "budgets": point.config.budgets, "resources": resources,
-            "accuracy": {"dense": 0.9, "compressed": accuracy}, "epochs": 1, "wall_seconds": 1.5,
-            "checkpoint": str(RunDir(point.run_dir).model), "events": []}
+    summary = {"method": point.config.method.name, "schedule": point.config.method.schedule,
+               "budgets": point.config.budgets, "resources": resources,
+               "accuracy": {"dense": 0.9, "compressed": accuracy}, "epochs": 1, "wall_seconds": 1.5,
+               "checkpoint": str(RunDir(point.run_dir).model), "events": []}
+    if loss is not None:
+        summary["loss"] = {"dense": 0.25, "compressed": loss}
+    return summary
 
 
 def test_results_aggregate_over_seeds(tmp_path, tiny_model):
     """Made-up run directories: means and standard deviations over seeds, failed and missing points, stale runs."""
     path = sweep_file(tmp_path / "s.yaml", tiny_model, "  budget: [0.5, 0.2]\n  seed: [0, 1, 2]\n")
     sweep = load_sweep(path, out=tmp_path / "out")
-    values = {}
+    values, losses = {}, {}
     for i, point in enumerate(sweep.points):
         files = RunDir(point.run_dir)
         files.root.mkdir(parents=True)
@@ -303,7 +311,9 @@ def test_results_aggregate_over_seeds(tmp_path, tiny_model):
             files.error.write_text("boom\n")
             continue
         values[point.name] = (0.5 + 0.01 * i * i, point.config.budgets["params"] - 0.001 * i)
-        files.summary.write_text(json.dumps(fake_summary(point, *values[point.name])))
+        # the 0.5 points recorded their test loss, the 0.2 points are older runs that did not
+        losses[point.name] = 0.3 + 0.02 * i * i if point.config.budgets["params"] == 0.5 else None
+        files.summary.write_text(json.dumps(fake_summary(point, *values[point.name], losses[point.name])))
     markdown = write_results(sweep)
     assert markdown == (sweep.out / "results.md").read_text()
     for budget, n in ((0.5, 3), (0.2, 2)):
@@ -315,11 +325,15 @@ def test_results_aggregate_over_seeds(tmp_path, tiny_model):
         assert cells[3] == str(n)
         assert cells[4] == f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}"
         assert cells[5] == "0.9000"
-        assert cells[6] == f"{statistics.mean(ratios):.4g} ± {statistics.stdev(ratios):.2g}"
+        given = [v for name, v in losses.items() if name.startswith(f"params{budget:g}-") and v is not None]
+        assert cells[6] == (f"{statistics.mean(given):.4f} ± {statistics.stdev(given):.4f}" if given else "-")
+        assert cells[7] == f"{statistics.mean(ratios):.4g} ± {statistics.stdev(ratios):.2g}"
     assert "5 of 6 points finished, 1 failed" in markdown and "params0.2-minimax-joint-seed2" in markdown
     rows = read_csv(sweep.out / "results.csv")
     assert [r["status"] for r in rows] == ["ok", "ok", "ok", "ok", "ok", "failed"]
     assert rows[-1]["error"] == "boom"
+    assert [r["loss"] for r in rows[:3]] == [f"{losses[r['name']]}" for r in rows[:3]]
+    assert [r["dense_loss"] for r in rows[:3]] == ["0.25"] * 3 and [r["loss"] for r in rows[3:]] == [""] * 3
     assert (sweep.out / "pareto.png").stat().st_size > 1000
 
     # A run directory whose settings differ from the sweep's is stale: not counted, and rerun afresh.

@@ -53,7 +53,7 @@ def _cell(value: Any) -> Any:
 
 def collect_results(sweep: Sweep) -> List[Row]:
     """One row per point, from its run directory: settings, status ``ok``/``failed``/``missing`` and, when ok,
-    every resource ratio, dense and compressed accuracy and wall time from its ``summary.json``."""
+    every resource ratio, dense and compressed test accuracy and loss and wall time from its ``summary.json``."""
     resources = _resources()
     rows = []
     for point in sweep.points:
@@ -64,8 +64,8 @@ def collect_results(sweep: Sweep) -> List[Row]:
         row.update({"seed": cfg.seed, "epochs": cfg.optim.epochs})
         row.update({key: _cell(setting_value(point, key)) for key in sweep.extra_keys})
         row.update({f"ratio_{r}": "" for r in resources})
-        row.update({"dense_accuracy": "", "accuracy": "", "wall_seconds": "", "run_dir": str(point.run_dir),
-                    "error": ""})
+        row.update({"dense_accuracy": "", "accuracy": "", "dense_loss": "", "loss": "", "wall_seconds": "",
+                    "run_dir": str(point.run_dir), "error": ""})
         status = point_status(point)
         if status == "done":
             try:
@@ -75,6 +75,9 @@ def collect_results(sweep: Sweep) -> List[Row]:
                 row.update({"dense_accuracy": float(summary["accuracy"]["dense"]),
                             "accuracy": float(summary["accuracy"]["compressed"]),
                             "wall_seconds": float(summary["wall_seconds"]), "status": "ok"})
+                # a run finished before summaries recorded the test loss leaves its cells empty
+                row.update({f"{prefix}loss": float(summary["loss"][key]) for prefix, key in
+                            (("dense_", "dense"), ("", "compressed")) if key in summary.get("loss", {})})
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 row.update({"status": "failed", "error": f"unreadable {RunDir.SUMMARY}: {exc}"})
         elif status == "failed":
@@ -90,6 +93,14 @@ def _mean_std(values: List[float]) -> Tuple[float, float]:
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return mean, std
+
+
+def _mean_cell(values: List[float], fmt: str) -> str:
+    """``mean ± sd`` of ``values`` in ``fmt``; the mean alone for one value, ``-`` for none."""
+    if not values:
+        return "-"
+    mean, sd = _mean_std(values)
+    return f"{fmt.format(mean)} ± {fmt.format(sd)}" if len(values) > 1 else fmt.format(mean)
 
 
 def _budget_text(row: Row, resources: List[str]) -> str:
@@ -123,13 +134,13 @@ def results_markdown(sweep: Sweep, rows: List[Row]) -> str:
     failed = [r["name"] for r in rows if r["status"] == "failed"]
     missing = [r["name"] for r in rows if r["status"] == "missing"]
     extra = sweep.extra_keys
-    header = ["method", "schedule", "budget", *extra, "n", "accuracy", "dense accuracy",
+    header = ["method", "schedule", "budget", *extra, "n", "accuracy", "dense accuracy", "loss",
               *[f"{r} ratio" for r in resources]]
     lines = [f"# {sweep.name}", "",
              f"{len(ok)} of {len(rows)} points finished" + (f", {len(failed)} failed" if failed else "")
              + (f", {len(missing)} not run" if missing else "") + f"; sweep directory `{sweep.out}`. "
-             "Accuracy is test accuracy (a fraction), ratios are compressed / dense; mean ± standard deviation "
-             "over seeds.", "",
+             "Accuracy is test accuracy (a fraction), loss the mean test loss per sample, ratios are compressed / "
+             "dense; mean ± standard deviation over seeds.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for settings, group in _groups(sweep, rows):
         done = [r for r in group if r["status"] == "ok"]
@@ -141,6 +152,7 @@ def results_markdown(sweep: Sweep, rows: List[Row]) -> str:
             dense, _ = _mean_std([r["dense_accuracy"] for r in done])
             cells.append(f"{acc:.4f} ± {acc_sd:.4f}" if len(done) > 1 else f"{acc:.4f}")
             cells.append(f"{dense:.4f}")
+            cells.append(_mean_cell([r["loss"] for r in done if r["loss"] != ""], "{:.4f}"))
             for r in resources:
                 values = [x[f"ratio_{r}"] for x in done if x[f"ratio_{r}"] != ""]
                 if not values:
@@ -149,7 +161,7 @@ def results_markdown(sweep: Sweep, rows: List[Row]) -> str:
                 mean, sd = _mean_std(values)
                 cells.append(f"{mean:.4g} ± {sd:.2g}" if len(values) > 1 else f"{mean:.4g}")
         else:
-            cells += ["-"] * (2 + len(resources))
+            cells += ["-"] * (3 + len(resources))
         lines.append("| " + " | ".join(cells) + " |")
     if failed:
         lines += ["", f"Failed (see `{RunDir.ERROR}` and `{RunDir.LOG}` in their run directories; rerun the sweep "
@@ -224,6 +236,7 @@ def write_hparams(sweep: Sweep, rows: List[Row], log_dir: Path) -> None:
         hparams.update({k: str(row[k]) for k in sweep.extra_keys})
         metrics = {"hparam/accuracy": row["accuracy"], "hparam/dense_accuracy": row["dense_accuracy"],
                    "hparam/wall_seconds": row["wall_seconds"]}
+        metrics.update({f"hparam/{k}": row[k] for k in ("loss", "dense_loss") if row[k] != ""})
         metrics.update({f"hparam/ratio_{r}": row[f"ratio_{r}"] for r in resources if row[f"ratio_{r}"] != ""})
         writer = SummaryWriter(log_dir=str(log_dir / row["name"]))
         writer.add_hparams(hparams, metrics, run_name=".")
