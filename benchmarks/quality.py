@@ -31,7 +31,7 @@ kept/budget ratio; then one verdict line per claim of issue 13's acceptance:
 
 **One model** (the benchmark before the panel): give a checkpoint and it compresses that model alone with minimax
 joint, minimax sequential, magnitude and gmp at budgets 0.2 ... 0.005, 30 epochs, 3 seeds (72 runs), and tables the gap
-of joint over sequential and over the best baseline.
+of joint over sequential (in accuracy and in test loss) and over the best baseline.
 
     python benchmarks/quality.py checkpoints/digits_convsnn.pt --jobs 2
     python benchmarks/quality.py MODEL.pt --budgets 0.1 0.01 --seeds 2 --quick
@@ -537,6 +537,7 @@ def panel_main(args: argparse.Namespace) -> int:
                     "weights": sum(t.n for t in find_targets(loaded.net))}
     results: List[Run] = []
     seconds = 0.0
+    codes: Counter = Counter()
     for point, row in zip(sweep.points, collect_results(sweep)):
         name = by_path[str(point.config.model)]
         r = Run(model=name, epochs=int(point.config.optim.epochs), budget=float(point.config.budgets["params"]),
@@ -545,6 +546,7 @@ def panel_main(args: argparse.Namespace) -> int:
             r.accuracy, r.ratio = 100.0 * float(row["accuracy"]), float(row["ratio_params"])
             r.loss = float(row["loss"]) if row["loss"] != "" else float("nan")
             seconds += float(row["wall_seconds"])
+            codes[row["code"]] += 1
             rates = run_rates(Path(row["run_dir"]), pm.PANEL[name].factory, data)
             r.min_rate = min(rates.values()) if rates else float("nan")
             r.silent = tuple(k for k, v in rates.items() if v == 0.0)
@@ -552,7 +554,9 @@ def panel_main(args: argparse.Namespace) -> int:
     header = (f"Panel of {len(models)} model(s), {len(results)} runs: budgets {', '.join(f'{b:g}' for b in budgets)}; "
               f"{' and '.join(map(str, epochs))} epochs per run; methods {', '.join(methods)} (those not in "
               f"{', '.join(EVERY_BUDGET)} at {ONE_BUDGET:g} only); minimax-old = minimax with {OLD_MINIMAX}. "
-              f"The finished runs took {seconds:.0f} s in all (their own wall time, process start-up not included).")
+              f"The finished runs took {seconds:.0f} s in all (their own wall time, process start-up not included). "
+              f"Code that ran them (rccsnn version+commit, `unknown`: made before runs recorded it): "
+              + ", ".join(f"{c} ({n} runs)" for c, n in sorted(codes.items())) + ".")
     if args.quick:
         header += (f" --quick: the panel models were pretrained {pretrain_epochs} epochs only; a smoke run, not a "
                    f"measurement.")
@@ -602,18 +606,24 @@ def method_label(row: Dict[str, object]) -> str:
 def table(rows: List[Dict[str, object]], budgets: Sequence[float]) -> Tuple[str, List[str]]:
     """The markdown table (accuracy in %, mean +- std) and the verdicts on the claims."""
     acc: Dict[Tuple[float, str], List[float]] = {}
+    loss: Dict[Tuple[float, str], List[float]] = {}  # test loss, of the runs that recorded it
     for r in rows:
         if r["status"] == "ok":
-            acc.setdefault((float(r["budget_params"]), method_label(r)), []).append(100.0 * float(r["accuracy"]))
+            key = (float(r["budget_params"]), method_label(r))
+            acc.setdefault(key, []).append(100.0 * float(r["accuracy"]))
+            if r["loss"] != "":
+                loss.setdefault(key, []).append(float(r["loss"]))
     labels = [label for label, _ in METHODS]
-    lines = ["| budget | " + " | ".join(labels) + " | joint - sequential | joint - best baseline |",
-             "|---:|" + "---:|" * (len(labels) + 2)]
+    lines = ["| budget | " + " | ".join(labels) + " | joint - sequential | test loss: joint - sequential "
+             "| joint - best baseline |", "|---:|" + "---:|" * (len(labels) + 3)]
     verdicts: List[str] = []
     for b in budgets:
         stats = {m: mean_std(acc[(b, m)]) for m in labels if (b, m) in acc}
         cells = [f"{stats[m][0]:.2f} ± {stats[m][1]:.2f} (n={len(acc[(b, m)])})" if m in stats else "-"
                  for m in labels]
-        gap_seq = gap_base = "-"
+        gap_seq = gap_base = loss_seq = "-"
+        if (b, "joint") in loss and (b, "sequential") in loss:
+            loss_seq = f"{mean_std(loss[(b, 'joint')])[0] - mean_std(loss[(b, 'sequential')])[0]:+.4f}"
         if "joint" in stats and "sequential" in stats:
             d = stats["joint"][0] - stats["sequential"][0]
             gap_seq = f"{d:+.2f}"
@@ -625,7 +635,7 @@ def table(rows: List[Dict[str, object]], budgets: Sequence[float]) -> Tuple[str,
             gap_base = f"{d:+.2f} ({best})"
             if b <= 0.05:
                 verdicts.append(f"budget {b:g}: joint {'>=' if d >= 0 else '<'} best baseline {best} ({d:+.2f} points)")
-        lines.append(f"| {b:g} | " + " | ".join(cells) + f" | {gap_seq} | {gap_base} |")
+        lines.append(f"| {b:g} | " + " | ".join(cells) + f" | {gap_seq} | {loss_seq} | {gap_base} |")
     return "\n".join(lines), verdicts
 
 

@@ -35,6 +35,7 @@ from rccsnn.quant import bits_of, set_bits, target_bits
 from rccsnn.methods import METHODS, CompressionMethod, Constraint, Problem, TimeSteps
 from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
 from rccsnn.monitor import Monitor, format_table
+from rccsnn.provenance import code_version
 from rccsnn.rundir import claimed_run_dir, find_versioned, prepare_run_dir, write_error, write_json
 from rccsnn.metrics import check_fit
 from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
@@ -62,6 +63,7 @@ class RunResult:
     checkpoint: str
     events: list = field(default_factory=list)
     decisions: Dict[str, Any] = field(default_factory=dict)  # {"T": time steps, "bits": {layer: width < 32}}
+    code: Dict[str, Any] = field(default_factory=dict)  # the code that ran: rccsnn.provenance.code_version()
 
     def summary(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,6 +156,7 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     """:func:`compress` in the run directory ``cfg.out``, which this process (process 0) holds."""
     # Each node reads its own copy of the data: a failure on any process stops all, with its message.
     data = distributed.agreed(lambda: prepare(cfg, loaded, given))
+    code = code_version()  # when the run starts: the code this process imported, not what a later edit left
     method = build_method(cfg)
     spec, net = loaded.spec, loaded.net.to(device)
     if spec.input_shape == ():
@@ -229,8 +232,9 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     ckpt = out / CHECKPOINT_FILE
     result = RunResult(method=method.name, schedule=method.schedule, budgets=dict(cfg.budgets),
                        resources=resources, accuracy={"dense": dense_test.accuracy, "compressed": test_acc},
-                       loss={"dense": dense_test.loss, "compressed": test.loss}, epochs=cfg.optim.epochs, wall_seconds=0.0, checkpoint=str(ckpt), events=method.events,
-                       decisions={"T": spec.T, "bits": dict(spec.bits)})
+                       loss={"dense": dense_test.loss, "compressed": test.loss}, epochs=cfg.optim.epochs,
+                       wall_seconds=0.0, checkpoint=str(ckpt), events=method.events,
+                       decisions={"T": spec.T, "bits": dict(spec.bits)}, code=code)
     compression = {k: v for k, v in result.summary().items() if k not in ("checkpoint", "wall_seconds")}
 
     def write_outputs() -> float:
@@ -240,7 +244,8 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
         monitor.hparams(
             {"method": method.name, "schedule": method.schedule, "epochs": cfg.optim.epochs, "lr": cfg.optim.lr,
              "seed": cfg.seed, **{f"budget_{k}": v for k, v in cfg.budgets.items()}},
-            {"test_accuracy": test_acc, "test_loss": test.loss, **{f"ratio_{k}": v["ratio"] for k, v in resources.items()}},
+            {"test_accuracy": test_acc, "test_loss": test.loss,
+             **{f"ratio_{k}": v["ratio"] for k, v in resources.items()}},
         )
         monitor.close()
         result.wall_seconds = time.perf_counter() - t0

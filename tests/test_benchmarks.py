@@ -182,3 +182,25 @@ def test_exact_costs_quick_sets_every_pruned_layer_against_the_exact_count(tmp_p
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("finished earlier, reused") == 3 and "pretraining" not in again.stdout
     assert (out / "exact_costs.md").read_text() == text
+
+
+def test_quality_quick_on_one_model_tables_joint_sequential_and_the_baselines(tmp_path):
+    out = tmp_path / "one"
+    proc = run_benchmark("quality.py", str(REPO_ROOT / "checkpoints" / "digits_convsnn.pt"), "--quick", "--jobs", "2",
+                         "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (out / "quality.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| budget |"))
+    labels = [c.strip() for c in header.strip().strip("|").split("|")]
+    rows = {r[0]: r for r in table_rows(text, r"0\.05|0\.01")}
+    assert sorted(rows) == ["0.01", "0.05"]
+    for budget, cells in rows.items():
+        summaries = {s: json.loads((out / f"params{budget}-minimax-{s}-seed0" / "summary.json").read_text())
+                     for s in ("joint", "sequential")}
+        for s, summary in summaries.items():
+            assert float(cells[labels.index(s)].split("±")[0]) == pytest.approx(
+                100 * summary["accuracy"]["compressed"], abs=0.006)
+            assert summary["resources"]["params"]["ratio"] <= float(budget)
+        loss = summaries["joint"]["loss"]["compressed"] - summaries["sequential"]["loss"]["compressed"]
+        assert float(cells[labels.index("test loss: joint - sequential")]) == pytest.approx(loss, abs=6e-5)
+    assert "* budget 0.01: joint " in text

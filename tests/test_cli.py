@@ -94,8 +94,8 @@ def test_evaluate_json_matches_training(trained, tmp_path, capsys):
     code, out, err = cli("evaluate", ckpt, "--json", tmp_path / "eval" / "result.json", "--device", "cpu")
     assert code == 0, err
     result = json.loads((tmp_path / "eval" / "result.json").read_text())
-    assert set(result) == {"accuracy", "loss", "split", "samples", "params", "nonzero_params", "weights", "nonzero_weights",
-                           "macs", "dense_macs", "firing_rates"}
+    assert set(result) == {"accuracy", "loss", "split", "samples", "params", "nonzero_params", "weights",
+                           "nonzero_weights", "macs", "dense_macs", "firing_rates"}
     raw = torch.load(ckpt, weights_only=True)
     test_accuracy = raw["metrics"]["test_accuracy"]
     assert 0.0 <= result["accuracy"] <= 1.0

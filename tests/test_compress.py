@@ -31,8 +31,10 @@ from rccsnn.data import load_data
 from rccsnn.masks import find_targets
 from rccsnn.models import build_model
 from rccsnn.models.checkpoint import load_checkpoint
+from rccsnn.provenance import code_version
 from rccsnn.resources import RESOURCES, create_resource, measure_stats
 from rccsnn.snn import NeuronConfig
+from rccsnn.version import __version__
 
 T = 2
 TARGET_WEIGHTS = {"features.3.0": 288, "classifier.0.1": 512, "classifier.2.0": 160}
@@ -42,7 +44,7 @@ FIRST_LAYER_MACS = 4 * 1 * (3 * 8 - 2) ** 2 * T  # 3872
 DENSE_PARAMS = sum(TARGET_WEIGHTS.values())  # 960
 DENSE_MACS = 8 * 4 * (3 * 4 - 2) ** 2 * T + (512 + 160) * T  # 7744
 SUMMARY_KEYS = {"method", "schedule", "budgets", "resources", "accuracy", "loss", "epochs", "wall_seconds",
-                "checkpoint", "events", "decisions"}
+                "checkpoint", "events", "decisions", "code"}
 
 RECIPE = tiny_recipe(epochs=2)
 
@@ -144,6 +146,8 @@ def test_summary_json_has_exactly_the_documented_keys(joint_run, tiny):
     assert summary["accuracy"]["dense"] == tiny[1]["metrics"]["test_accuracy"]
     assert set(summary["loss"]) == {"dense", "compressed"} and summary["loss"]["compressed"] > 0
     assert summary["loss"]["dense"] == pytest.approx(tiny[1]["metrics"]["test_loss"], rel=1e-6)
+    # the code that ran (from a git checkout: its commit; tests/test_provenance.py checks that on a checkout of its own)
+    assert summary["code"] == code_version() and summary["code"]["rccsnn"] == __version__
     assert isinstance(summary["events"], list) and all(isinstance(e, str) for e in summary["events"])
     assert any(e.startswith("masks frozen") for e in summary["events"])
     res = summary["resources"]

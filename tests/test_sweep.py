@@ -286,7 +286,8 @@ def test_failing_point_is_recorded_and_the_others_go_on(tmp_path, tiny_model):
 
 
 # ------------------------------------------------------------------------------------------- aggregation
-def fake_summary(point, accuracy: float, ratio: float, loss: Optional[float] = None) -> dict:
+def fake_summary(point, accuracy: float, ratio: float, loss: Optional[float] = None,
+                 code: Optional[dict] = None) -> dict:
     """A summary.json as a run writes it; without ``loss`` as runs wrote it before they recorded the test loss."""
     resources = {r: {"dense": 100.0, "compressed": 100.0 * ratio, "ratio": ratio} for r in RESOURCES}
     summary = {"method": point.config.method.name, "schedule": point.config.method.schedule,
@@ -295,6 +296,8 @@ def fake_summary(point, accuracy: float, ratio: float, loss: Optional[float] = N
                "checkpoint": str(RunDir(point.run_dir).model), "events": []}
     if loss is not None:
         summary["loss"] = {"dense": 0.25, "compressed": loss}
+    if code is not None:
+        summary["code"] = code
     return summary
 
 
@@ -335,6 +338,8 @@ def test_results_aggregate_over_seeds(tmp_path, tiny_model):
     assert [r["loss"] for r in rows[:3]] == [f"{losses[r['name']]}" for r in rows[:3]]
     assert [r["dense_loss"] for r in rows[:3]] == ["0.25"] * 3 and [r["loss"] for r in rows[3:]] == [""] * 3
     assert (sweep.out / "pareto.png").stat().st_size > 1000
+    # these summaries record no code (as runs did before they recorded it): one version, no note
+    assert {r["code"] for r in rows[:5]} == {"unknown"} and "run by different code" not in markdown
 
     # A run directory whose settings differ from the sweep's is stale: not counted, and rerun afresh.
     stale = sweep.points[0]
@@ -366,3 +371,22 @@ def test_shipped_joint_energy_sweep_decides_every_axis():
     assert all(p.resource == "energy" for p in sweep.points)
     assert sorted({p.config.budgets["energy"] for p in sweep.points}) == [0.005, 0.01, 0.03, 0.1]
     assert {p.config.method.options.get("min_T") for p in sweep.points} == {None, 1}
+
+
+def test_results_say_when_finished_points_come_from_different_code(tmp_path, tiny_model):
+    """A finished point counts as done by its settings alone; the results name the code that ran each one."""
+    path = sweep_file(tmp_path / "s.yaml", tiny_model, "  budget: [0.5]\n  seed: [0, 1, 2]\n")
+    sweep = load_sweep(path, out=tmp_path / "out")
+    old = {"rccsnn": "0.1.0", "commit": "a" * 40, "modified": False}
+    new = {"rccsnn": "0.1.0", "commit": "b" * 40, "modified": True}
+    for point, code in zip(sweep.points, (old, new, new)):
+        files = RunDir(point.run_dir)
+        files.root.mkdir(parents=True)
+        write_yaml(point.config, files.point)
+        files.summary.write_text(json.dumps(fake_summary(point, 0.5, 0.4, code=code)))
+    markdown = write_results(sweep)
+    assert [r["code"] for r in read_csv(sweep.out / "results.csv")] == [
+        "0.1.0+aaaaaaa", "0.1.0+bbbbbbb.modified", "0.1.0+bbbbbbb.modified"]
+    assert "run by different code (rccsnn version+commit: points): 0.1.0+aaaaaaa: 1, 0.1.0+bbbbbbb.modified: 2" \
+        in markdown
+    assert all(point_status(p) == "done" for p in sweep.points)  # noted, not rerun

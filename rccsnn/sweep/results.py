@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+from collections import Counter
 import csv
 import json
 import math
@@ -12,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from rccsnn.provenance import code_label
 from rccsnn.rundir import RunDir
 from rccsnn.sweep.runner import point_status
 from rccsnn.sweep.spec import DEFAULT_RESOURCE, Point, Sweep
@@ -53,7 +55,8 @@ def _cell(value: Any) -> Any:
 
 def collect_results(sweep: Sweep) -> List[Row]:
     """One row per point, from its run directory: settings, status ``ok``/``failed``/``missing`` and, when ok,
-    every resource ratio, dense and compressed test accuracy and loss and wall time from its ``summary.json``."""
+    every resource ratio, dense and compressed test accuracy and loss, wall time and the code that ran it
+    (:func:`rccsnn.provenance.code_label`) from its ``summary.json``."""
     resources = _resources()
     rows = []
     for point in sweep.points:
@@ -65,7 +68,7 @@ def collect_results(sweep: Sweep) -> List[Row]:
         row.update({key: _cell(setting_value(point, key)) for key in sweep.extra_keys})
         row.update({f"ratio_{r}": "" for r in resources})
         row.update({"dense_accuracy": "", "accuracy": "", "dense_loss": "", "loss": "", "wall_seconds": "",
-                    "run_dir": str(point.run_dir), "error": ""})
+                    "code": "", "run_dir": str(point.run_dir), "error": ""})
         status = point_status(point)
         if status == "done":
             try:
@@ -74,7 +77,8 @@ def collect_results(sweep: Sweep) -> List[Row]:
                 row.update({f"ratio_{r}": v for r, v in ratios.items()})
                 row.update({"dense_accuracy": float(summary["accuracy"]["dense"]),
                             "accuracy": float(summary["accuracy"]["compressed"]),
-                            "wall_seconds": float(summary["wall_seconds"]), "status": "ok"})
+                            "wall_seconds": float(summary["wall_seconds"]), "code": code_label(summary.get("code")),
+                            "status": "ok"})
                 # a run finished before summaries recorded the test loss leaves its cells empty
                 row.update({f"{prefix}loss": float(summary["loss"][key]) for prefix, key in
                             (("dense_", "dense"), ("", "compressed")) if key in summary.get("loss", {})})
@@ -163,6 +167,12 @@ def results_markdown(sweep: Sweep, rows: List[Row]) -> str:
         else:
             cells += ["-"] * (3 + len(resources))
         lines.append("| " + " | ".join(cells) + " |")
+    codes = Counter(r["code"] for r in ok)
+    if len(codes) > 1:  # a finished point counts as done by its settings alone, whatever code ran it
+        lines += ["", "The finished points were run by different code (rccsnn version+commit: points): "
+                  + ", ".join(f"{c}: {n}" for c, n in sorted(codes.items())) + ". A point is not rerun when the code "
+                  "changes; remove the run directories of the older ones (column `code` of results.csv) to rerun "
+                  "them."]
     if failed:
         lines += ["", f"Failed (see `{RunDir.ERROR}` and `{RunDir.LOG}` in their run directories; rerun the sweep "
                   "to retry): " + ", ".join(failed)]
