@@ -325,14 +325,21 @@ def paired(joint: List[Run], sequential: List[Run], key: str) -> List[float]:
             if r.seed in seq and not math.isnan(getattr(r, key)) and not math.isnan(seq[r.seed])]
 
 
+def paired_mean(diffs: List[float], fmt: str) -> str:
+    """Mean ± standard error of paired differences (the mean alone for one, ``-`` for none)."""
+    if not diffs:
+        return "-"
+    mean, sd = mean_std(diffs)
+    return fmt.format(mean) + (f" ± {fmt.replace('+', '').format(sd / math.sqrt(len(diffs)))}" if len(diffs) > 1
+                               else "")
+
+
 def paired_cell(diffs: List[float], fmt: str) -> str:
-    """Mean ± standard error of paired differences, and how many are > 0 / == 0 / < 0."""
+    """Two table cells: :func:`paired_mean`, and how many differences are > 0 / == 0 / < 0."""
     if not diffs:
         return "- | -"
-    mean, sd = mean_std(diffs)
     above, level = sum(d > 0 for d in diffs), sum(d == 0 for d in diffs)
-    spread = f" ± {fmt.replace('+', '').format(sd / math.sqrt(len(diffs)))}" if len(diffs) > 1 else ""
-    return f"{fmt.format(mean)}{spread} | {above} / {level} / {len(diffs) - above - level}"
+    return f"{paired_mean(diffs, fmt)} | {above} / {level} / {len(diffs) - above - level}"
 
 
 def joint_vs_sequential(cells: Dict[Tuple[str, int, float, str], List[Run]], models: Sequence[str],
@@ -554,9 +561,10 @@ def panel_main(args: argparse.Namespace) -> int:
     header = (f"Panel of {len(models)} model(s), {len(results)} runs: budgets {', '.join(f'{b:g}' for b in budgets)}; "
               f"{' and '.join(map(str, epochs))} epochs per run; methods {', '.join(methods)} (those not in "
               f"{', '.join(EVERY_BUDGET)} at {ONE_BUDGET:g} only); minimax-old = minimax with {OLD_MINIMAX}. "
-              f"The finished runs took {seconds:.0f} s in all (their own wall time, process start-up not included). "
-              f"Code that ran them (rccsnn version+commit, `unknown`: made before runs recorded it): "
-              + ", ".join(f"{c} ({n} runs)" for c, n in sorted(codes.items())) + ".")
+              f"The finished runs took {seconds:.0f} s in all (their own wall time, process start-up not included).")
+    if codes:
+        header += (" Code that ran them (rccsnn version+commit, `unknown`: made before runs recorded it): "
+                   + ", ".join(f"{c} ({n} runs)" for c, n in sorted(codes.items())) + ".")
     if args.quick:
         header += (f" --quick: the panel models were pretrained {pretrain_epochs} epochs only; a smoke run, not a "
                    f"measurement.")
@@ -606,13 +614,13 @@ def method_label(row: Dict[str, object]) -> str:
 def table(rows: List[Dict[str, object]], budgets: Sequence[float]) -> Tuple[str, List[str]]:
     """The markdown table (accuracy in %, mean +- std) and the verdicts on the claims."""
     acc: Dict[Tuple[float, str], List[float]] = {}
-    loss: Dict[Tuple[float, str], List[float]] = {}  # test loss, of the runs that recorded it
+    loss: Dict[Tuple[float, str], Dict[int, float]] = {}  # seed -> test loss, of the runs that recorded it
     for r in rows:
         if r["status"] == "ok":
             key = (float(r["budget_params"]), method_label(r))
             acc.setdefault(key, []).append(100.0 * float(r["accuracy"]))
             if r["loss"] != "":
-                loss.setdefault(key, []).append(float(r["loss"]))
+                loss.setdefault(key, {})[int(r["seed"])] = float(r["loss"])
     labels = [label for label, _ in METHODS]
     lines = ["| budget | " + " | ".join(labels) + " | joint - sequential | test loss: joint - sequential "
              "| joint - best baseline |", "|---:|" + "---:|" * (len(labels) + 3)]
@@ -621,9 +629,9 @@ def table(rows: List[Dict[str, object]], budgets: Sequence[float]) -> Tuple[str,
         stats = {m: mean_std(acc[(b, m)]) for m in labels if (b, m) in acc}
         cells = [f"{stats[m][0]:.2f} ± {stats[m][1]:.2f} (n={len(acc[(b, m)])})" if m in stats else "-"
                  for m in labels]
-        gap_seq = gap_base = loss_seq = "-"
-        if (b, "joint") in loss and (b, "sequential") in loss:
-            loss_seq = f"{mean_std(loss[(b, 'joint')])[0] - mean_std(loss[(b, 'sequential')])[0]:+.4f}"
+        gap_seq = gap_base = "-"
+        joint_loss, seq_loss = loss.get((b, "joint"), {}), loss.get((b, "sequential"), {})
+        loss_seq = paired_mean([joint_loss[s] - seq_loss[s] for s in sorted(joint_loss) if s in seq_loss], "{:+.4f}")
         if "joint" in stats and "sequential" in stats:
             d = stats["joint"][0] - stats["sequential"][0]
             gap_seq = f"{d:+.2f}"
@@ -655,7 +663,8 @@ def single_main(args: argparse.Namespace) -> int:
     sweep, outcome = run_grid(doc, out, args.jobs, not args.no_progress)
     text, verdicts = table(collect_results(sweep), budgets)
     header = (f"Test accuracy (%) of {Path(args.model).name}, mean ± std over {seeds} seed(s), "
-              f"{epochs} epochs per run; params budget (fraction of the weights kept).")
+              f"{epochs} epochs per run; params budget (fraction of the weights kept). Test loss: joint - "
+              f"sequential is the mean cross-entropy per test image, paired by seed (mean ± standard error).")
     report = "\n".join([header, "", text, "", *[f"* {v}" for v in verdicts]]) + "\n"
     return publish(report, out / "quality.md", outcome)
 

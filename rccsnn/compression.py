@@ -55,8 +55,8 @@ class RunResult:
     budgets: Dict[str, float]
     resources: Dict[str, Dict[str, float]]
     accuracy: Dict[str, float]
-    #: mean task loss per sample on the test split (the recipe's loss: cross-entropy of spike counts, or MSE of
-    #: rates), {"dense", "compressed"}: finer than the accuracy on a small test split, where one image is a step
+    #: mean task loss per sample on the test split (the model's ``loss`` setting), {"dense", "compressed"}: finer
+    #: than the accuracy on a small test split, where one image is a step
     loss: Dict[str, float]
     epochs: int
     wall_seconds: float
@@ -156,7 +156,8 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     """:func:`compress` in the run directory ``cfg.out``, which this process (process 0) holds."""
     # Each node reads its own copy of the data: a failure on any process stops all, with its message.
     data = distributed.agreed(lambda: prepare(cfg, loaded, given))
-    code = code_version()  # when the run starts: the code this process imported, not what a later edit left
+    # Read when this (re)start begins, once for all processes: the code they imported, not what a later edit leaves.
+    code = distributed.on_main(code_version)
     method = build_method(cfg)
     spec, net = loaded.spec, loaded.net.to(device)
     if spec.input_shape == ():

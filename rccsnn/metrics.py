@@ -77,11 +77,11 @@ def evaluate(loaded: LoadedModel, data: DataSplits, split: str, device: torch.de
             batch_size: int = 512) -> Dict[str, Any]:
     """Evaluate ``loaded`` on ``split`` and count what it costs.
 
-    Returns a dict with ``accuracy`` (fraction), ``loss`` (the recipe's task loss, mean per sample), ``split``,
-    ``samples``, ``params`` (all parameters), ``nonzero_params``, ``weights``/``nonzero_weights`` (conv and linear weights only), ``macs`` (multiply-
-    accumulates per inference that touch a nonzero weight: for each tap, T x the output positions at which it reads
-    inside the input, summed over nonzero weights and layers), ``dense_macs`` (the same counting every weight) and
-    ``firing_rates`` (spiking layer, rccsnn's LIF or an snntorch neuron -> spikes per neuron per step).
+    Returns a dict with ``accuracy`` (fraction), ``loss`` (the model's task loss, its ``loss`` setting, mean per
+    sample), ``split``, ``samples``, ``params`` (all parameters), ``nonzero_params``, ``weights``/``nonzero_weights``
+    (conv and linear weights only), ``macs`` (multiply-accumulates per inference that touch a nonzero weight: for
+    each tap, T x the output positions at which it reads inside the input, summed over nonzero weights and layers),
+    ``dense_macs`` (the same counting every weight) and ``firing_rates`` (spiking layer, rccsnn's LIF or an snntorch neuron -> spikes per neuron per step).
     """
     result = run_split(loaded, data, split, device, batch_size, spikes=True)
     net = loaded.net

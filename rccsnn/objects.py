@@ -200,7 +200,8 @@ def train_module(net: nn.Module, train_loader: DataLoader, val_loader: DataLoade
     arguments as :func:`compress_module`. Nothing is written to disk.
 
     Returns:
-        :class:`ModuleResult` with ``summary`` ``{"val_accuracy", "test_accuracy", "best_epoch", "epochs"}``.
+        :class:`ModuleResult` with ``summary`` ``{"val_accuracy", "test_accuracy", "test_loss", "best_epoch",
+        "epochs"}``.
     """
     splits = loader_splits(train_loader, val_loader, test_loader, T=T, encoding=encoding)
     loaded = loaded_module(net, splits, T=T, encoding=encoding, loss=loss, steps=steps)
@@ -210,7 +211,8 @@ def train_module(net: nn.Module, train_loader: DataLoader, val_loader: DataLoade
     trainer = Trainer(net=net, data=splits, spec=loaded.spec, options=options, monitor=Monitor(None, progress=progress),
                       device=resolve_device(device))
     fit = trainer.fit()
-    summary = {"val_accuracy": fit["best_val"], "test_accuracy": trainer.evaluate("test").accuracy,
+    test = trainer.evaluate("test")
+    summary = {"val_accuracy": fit["best_val"], "test_accuracy": test.accuracy, "test_loss": test.loss,
                "best_epoch": fit["best_epoch"] + 1, "epochs": epochs}
     return ModuleResult(model=net.eval(), summary=summary, checkpoint=None)
 

@@ -6,32 +6,40 @@ as done, so results from two versions of the method can sit in one table. Each r
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from rccsnn.version import __version__
 
-#: The directory that holds the package; a checkout when it has a ``.git``.
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
+#: The package's directory, and the directory that holds it: a checkout when that has a ``.git`` (an editable install;
+#: an installed wheel sits in site-packages, which has none).
+PACKAGE_DIR = Path(__file__).resolve().parent
+SOURCE_ROOT = PACKAGE_DIR.parent
 
 
 def _git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
-                          timeout=30).stdout.strip()
+    # Read-only: no optional locks (a status that refreshed the index could make the user's own `git commit` fail
+    # on index.lock), and no GIT_DIR / GIT_WORK_TREE inherited from a hook pointing git at another repository.
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
+    return subprocess.run(["git", "--no-optional-locks", "-C", str(root), *args], capture_output=True, text=True,
+                          errors="replace", check=True, timeout=30, env=env).stdout.strip()
 
 
-def code_version(root: Path = SOURCE_ROOT) -> Dict[str, Any]:
+def code_version(root: Path = SOURCE_ROOT, package: str = PACKAGE_DIR.name) -> Dict[str, Any]:
     """``{"rccsnn": version, "commit": 40 hex digits or None, "modified": bool or None}``.
 
-    ``commit`` is the HEAD of the git checkout at ``root`` and ``modified`` whether tracked files differ from it; both
-    are None for an installed package (no ``.git``) or where git cannot answer.
+    ``commit`` is the HEAD of the git checkout at ``root``; ``modified`` whether the package's files there (the
+    directory ``package``: tracked ones changed, or new ones git does not ignore) differ from it, so editing a test
+    or a document does not mark a run. Both are None for an installed package (no ``.git``) or where git cannot
+    answer (no git, a checkout it refuses).
     """
     commit = modified = None
     if (root / ".git").exists():
         try:
             commit = _git(root, "rev-parse", "HEAD")
-            modified = bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
+            modified = bool(_git(root, "status", "--porcelain", "--", package))
         except (OSError, subprocess.SubprocessError):
             commit = modified = None
     return {"rccsnn": __version__, "commit": commit, "modified": modified}
@@ -40,7 +48,7 @@ def code_version(root: Path = SOURCE_ROOT) -> Dict[str, Any]:
 def code_label(code: Optional[Mapping[str, Any]]) -> str:
     """Short form for tables: ``0.1.0+b86d942``, ``0.1.0+b86d942.modified``, ``0.1.0`` (no commit), or ``unknown``
     for a run that did not record its code (made before runs recorded it)."""
-    if not code:
+    if not isinstance(code, Mapping) or not code:
         return "unknown"
     label = str(code.get("rccsnn", "?"))
     if code.get("commit"):

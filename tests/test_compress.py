@@ -147,7 +147,8 @@ def test_summary_json_has_exactly_the_documented_keys(joint_run, tiny):
     assert set(summary["loss"]) == {"dense", "compressed"} and summary["loss"]["compressed"] > 0
     assert summary["loss"]["dense"] == pytest.approx(tiny[1]["metrics"]["test_loss"], rel=1e-6)
     # the code that ran (from a git checkout: its commit; tests/test_provenance.py checks that on a checkout of its own)
-    assert summary["code"] == code_version() and summary["code"]["rccsnn"] == __version__
+    assert set(summary["code"]) == {"rccsnn", "commit", "modified"} and summary["code"]["rccsnn"] == __version__
+    assert summary["code"]["commit"] == code_version()["commit"]
     assert isinstance(summary["events"], list) and all(isinstance(e, str) for e in summary["events"])
     assert any(e.startswith("masks frozen") for e in summary["events"])
     res = summary["resources"]

@@ -15,18 +15,28 @@ def git(root: Path, *args: str) -> str:
 
 
 @pytest.mark.slow  # it runs git to make the checkout (the tiers' rule: a test that starts a process is slow)
-def test_a_checkout_records_its_commit_and_whether_tracked_files_changed(tmp_path):
+def test_a_checkout_records_its_commit_and_whether_the_package_changed(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("docs\n")
+    (tmp_path / ".gitignore").write_text("__pycache__/\n")
     git(tmp_path, "init", "-q")
-    (tmp_path / "a.py").write_text("x = 1\n")
-    git(tmp_path, "add", "a.py")
+    git(tmp_path, "add", ".")
     git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
     head = git(tmp_path, "rev-parse", "HEAD")
-    assert code_version(tmp_path) == {"rccsnn": __version__, "commit": head, "modified": False}
-    (tmp_path / "new.py").write_text("y = 2\n")  # an untracked file is not a change to the code that ran
-    assert code_version(tmp_path)["modified"] is False
-    (tmp_path / "a.py").write_text("x = 2\n")
-    assert code_version(tmp_path) == {"rccsnn": __version__, "commit": head, "modified": True}
-    assert code_label(code_version(tmp_path)) == f"{__version__}+{head[:7]}.modified"
+    assert code_version(tmp_path, "pkg") == {"rccsnn": __version__, "commit": head, "modified": False}
+    # outside the package (docs, tests) and ignored files (byte code) are not the code that ran
+    (tmp_path / "README.md").write_text("more docs\n")
+    (tmp_path / "notes.py").write_text("y = 2\n")
+    (tmp_path / "pkg" / "__pycache__").mkdir()
+    (tmp_path / "pkg" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert code_version(tmp_path, "pkg")["modified"] is False
+    (tmp_path / "pkg" / "b.py").write_text("z = 3\n")  # a new module in the package is
+    assert code_version(tmp_path, "pkg")["modified"] is True
+    (tmp_path / "pkg" / "b.py").unlink()
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")  # and so is an edit
+    assert code_version(tmp_path, "pkg") == {"rccsnn": __version__, "commit": head, "modified": True}
+    assert code_label(code_version(tmp_path, "pkg")) == f"{__version__}+{head[:7]}.modified"
 
 
 def test_an_installed_package_records_its_version_only(tmp_path):
@@ -40,5 +50,5 @@ def test_a_broken_checkout_is_no_error(tmp_path):
 
 
 def test_labels():
-    assert code_label(None) == "unknown" and code_label({}) == "unknown"
+    assert code_label(None) == "unknown" and code_label({}) == "unknown" and code_label("0.1.0") == "unknown"
     assert code_label({"rccsnn": "0.1.0", "commit": "0123456789abcdef", "modified": False}) == "0.1.0+0123456"

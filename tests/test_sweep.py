@@ -390,3 +390,9 @@ def test_results_say_when_finished_points_come_from_different_code(tmp_path, tin
     assert "run by different code (rccsnn version+commit: points): 0.1.0+aaaaaaa: 1, 0.1.0+bbbbbbb.modified: 2" \
         in markdown
     assert all(point_status(p) == "done" for p in sweep.points)  # noted, not rerun
+    # a hand-edited summary whose loss or code is not a mapping still reads (those cells empty / unknown)
+    summary = fake_summary(sweep.points[0], 0.5, 0.4)
+    summary.update(loss=None, code="0.1.0")
+    RunDir(sweep.points[0].run_dir).summary.write_text(json.dumps(summary))
+    row = collect_results(sweep)[0]
+    assert (row["status"], row["loss"], row["code"]) == ("ok", "", "unknown")

@@ -241,6 +241,8 @@ def test_api_compresses_a_module_object_on_dataloaders(models, digits):
     net = models.mlp()
     trained = rccsnn.train(net, train, val, T=4, epochs=3, lr=5e-3, progress=False)
     assert trained.model is net and trained.summary["val_accuracy"] > 0.5
+    assert set(trained.summary) == {"val_accuracy", "test_accuracy", "test_loss", "best_epoch", "epochs"}
+    assert trained.summary["test_loss"] > 0
     result = rccsnn.compress(net, train, val, budget=0.1, resource="synops", T=4, epochs=2, progress=False)
     assert result.model is net and result.checkpoint is None
     assert result.summary["resources"]["synops"]["ratio"] <= 0.1

@@ -80,8 +80,10 @@ def collect_results(sweep: Sweep) -> List[Row]:
                             "wall_seconds": float(summary["wall_seconds"]), "code": code_label(summary.get("code")),
                             "status": "ok"})
                 # a run finished before summaries recorded the test loss leaves its cells empty
-                row.update({f"{prefix}loss": float(summary["loss"][key]) for prefix, key in
-                            (("dense_", "dense"), ("", "compressed")) if key in summary.get("loss", {})})
+                loss = summary.get("loss")
+                loss = loss if isinstance(loss, dict) else {}
+                row.update({f"{prefix}loss": float(loss[key]) for prefix, key in
+                            (("dense_", "dense"), ("", "compressed")) if key in loss})
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 row.update({"status": "failed", "error": f"unreadable {RunDir.SUMMARY}: {exc}"})
         elif status == "failed":
