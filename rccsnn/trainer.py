@@ -213,13 +213,19 @@ class Trainer:
 
         DDP averages the gradients across processes; hooks, masks, evaluation and checkpoints use the plain
         module. DDP's per-step broadcast of buffers is off: the masks and the BatchNorm statistics are identical on
-        every process by construction, and the masks alone are as large as the weights.
+        every process by construction, and the masks alone are as large as the weights. Its first broadcast skips
+        the non-persistent buffers: they are no part of the model's state, and an snntorch neuron with
+        ``init_hidden=True`` keeps its membrane in one shaped by the last batch it saw, which differs between
+        processes (the shards of a split differ in size); broadcasting it aborted the run on a size mismatch.
         """
         if not distributed.active():
             return self.net
         if self._ddp is None:
             from torch.nn.parallel import DistributedDataParallel
 
+            transient = sorted(set(dict(self.net.named_buffers())) - set(self.net.state_dict()))
+            # The one way to keep tensors out of DDP's synchronisation (torch marks it provisional, issue 43690).
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.net, transient)
             ids = [self.device.index] if self.device.type == "cuda" else None
             no_buffer_sync = ({"forward_sync_buffers": False}
                               if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters

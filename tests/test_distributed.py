@@ -201,6 +201,47 @@ def test_dead_process_stops_the_run_and_resume_continues_it(tiny, two_processes)
 
 
 @pytest.mark.slow
+def test_a_single_step_snntorch_model_matches_one_process(tiny):
+    """A model written as snntorch's tutorials write it (single-step ``nn.Sequential``, ``init_hidden=True``
+    neurons): under DDP its forward runs once per time step before one backward, and its neurons keep state between
+    those calls. Two processes must still agree bit for bit, and with one process within the tolerances above."""
+    root, npz, _ = tiny
+    torch.manual_seed(0)
+    import snntorch_models
+
+    state = root / "csnn.pt"
+    torch.save(snntorch_models.csnn().state_dict(), state)
+
+    def args(out):
+        return ["compress", state, "--model", "snntorch_models:csnn", "--T", 2, "--data", "npz", "--data-path", npz,
+                "--constraint", "params=0.3", "--constraint", "synops=0.3", "--epochs", 2, "--no-progress",
+                "--device", "cpu", "--out", out]
+
+    ddp = torchrun(LAUNCHER, *args(root / "csnn-ddp"), RCCSNN_TEST_DUMP=str(root / "csnn-ddp-dump"))
+    assert ddp.returncode == 0, ddp.stderr[-4000:]
+    alone = single(*args(root / "csnn-one"), RCCSNN_TEST_DUMP=str(root / "csnn-one-dump"))
+    assert alone.returncode == 0, alone.stderr[-4000:]
+    rank0, rank1 = load_dump(root / "csnn-ddp-dump" / "rank0.pt"), load_dump(root / "csnn-ddp-dump" / "rank1.pt")
+    assert_identical(rank0, rank1)
+    one = load_dump(root / "csnn-one-dump" / "rank0.pt")
+    assert one["world_size"] == 1 and one["step"] == rank0["step"] and len(masks(one)) == 2
+    for key, mask in masks(one).items():
+        assert torch.equal(mask, rank0["net"][key]), key
+    assert one["method"]["events"] == rank0["method"]["events"]
+    for key, value in one["net"].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, rank0["net"][key], rtol=0, atol=WEIGHT_ATOL), key
+    s1 = json.loads((root / "csnn-one" / "summary.json").read_text())
+    s2 = json.loads((root / "csnn-ddp" / "summary.json").read_text())
+    for name in ("params", "synops"):
+        assert s2["resources"][name]["ratio"] == pytest.approx(s1["resources"][name]["ratio"], rel=1e-9)
+        assert s2["resources"][name]["ratio"] <= s2["budgets"][name]
+    raw = torch.load(root / "csnn-ddp" / "model.pt", weights_only=True)
+    assert raw["steps"] == "single"
+    snntorch_models.csnn().load_state_dict(raw["state_dict"], strict=True)
+
+
+@pytest.mark.slow
 def test_train_two_processes_matches_one(tiny):
     root, npz, single_ckpt = tiny
     result = torchrun("-m", "rccsnn", "train", root / "recipe.yaml", "--out", root / "train-ddp", "--no-progress",
