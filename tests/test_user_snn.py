@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import snntorch.functional as SF
 import torch
@@ -160,6 +161,77 @@ def _compress(models, tmp_path, name, budget_args, *extra, out="run"):
                             "--epochs", "1", "--no-progress", "--device", "cpu", "--out", tmp_path / out, *extra)
     return code, stdout, err, tmp_path / out
 
+
+def test_nir_export_of_a_tutorial_model_runs_back_in_snntorch(models, tmp_path):
+    """A single-step ``nn.Sequential`` of ``Leaky(init_hidden=True)`` neurons, exported to NIR, read back with
+    ``nir.read`` and run by snntorch's own NIR importer, spikes the same as the user's network at every step (run
+    with NIR's semantics: reset to zero, no reset delay)."""
+    import nir
+    import nirtorch
+    import snntorch as snn
+    from snntorch.import_nir import _nir_to_snntorch_module
+
+    from rccsnn.contracts import reset_state
+
+    torch.manual_seed(0)
+    net = models.mlp()
+    with torch.no_grad():
+        net[1].weight.mul_(4.0)  # enough input current that both layers spike on random inputs
+    state = tmp_path / "mlp.pt"
+    torch.save(net.state_dict(), state)
+    code, out, err = cli("export", state, "--model", "snntorch_models:mlp", "--T", "4", "--format", "nir",
+                         "--out", tmp_path / "mlp.nir", "--device", "cpu")
+    assert code == 0, err
+    assert "resets to v_reset = 0" in out  # the tutorial's Leaky subtracts: said, not hidden
+    graph = nir.read(tmp_path / "mlp.nir")
+    chain = ["input", "0", "1", "2", "3", "4", "output"]
+    assert sorted(graph.nodes) == sorted(chain) and [tuple(e) for e in graph.edges] == list(zip(chain, chain[1:]))
+    assert [type(graph.nodes[k]).__name__ for k in chain] == ["Input", "Flatten", "Affine", "LIF", "Affine", "LIF",
+                                                              "Output"]
+    weights = net.state_dict()
+    for layer in ("1", "3"):
+        assert np.array_equal(graph.nodes[layer].weight, weights[f"{layer}.weight"].numpy())
+        assert np.array_equal(graph.nodes[layer].bias, weights[f"{layer}.bias"].numpy())
+    for layer, size in (("2", 48), ("4", 10)):
+        lif = graph.nodes[layer]
+        assert lif.tau.shape == (size,) and np.allclose(lif.tau, 1e-3) and np.allclose(lif.r, 10.0)  # beta 0.9
+        assert (lif.v_threshold == 1.0).all() and (lif.v_reset == 0).all()
+
+    imported = nirtorch.nir_to_torch(graph, {
+        nir.Affine: lambda n: _nir_to_snntorch_module(n, init_hidden=True),
+        nir.LIF: lambda n: _nir_to_snntorch_module(n, init_hidden=True),
+        nir.Flatten: lambda n: torch.nn.Flatten(n.start_dim + 1, n.end_dim + 1 if n.end_dim >= 0 else n.end_dim)})
+    for neuron in (net[2], net[4]):
+        assert type(neuron) is snn.Leaky
+        neuron.reset_mechanism, neuron.reset_delay = "zero", False
+    ours, theirs = {"2": [], "4": []}, {"2": [], "4": []}
+    handles = [net[int(k)].register_forward_hook(lambda m, i, o, k=k: ours[k].append(
+        o[0] if isinstance(o, tuple) else o)) for k in ours]
+    handles += [imported.get_submodule(k).register_forward_hook(lambda m, i, o, k=k: theirs[k].append(
+        o[0] if isinstance(o, tuple) else o)) for k in theirs]
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reset_state(net)
+        carried = None
+        for _ in range(4):
+            net(x)
+            _, carried = imported(x, carried)
+    for h in handles:
+        h.remove()
+    assert sum(float(torch.stack(ours[k]).sum()) for k in ours) > 0
+    for k in ours:
+        assert torch.equal(torch.stack(theirs[k]), torch.stack(ours[k])), k
+
+
+def test_nir_export_refuses_what_nir_cannot_say_in_one_line(models, tmp_path):
+    """Tutorial 7's csnn pools the convolution's analog output, and a Synaptic neuron is not a LIF: one line each,
+    no traceback, no file."""
+    for name, why in (("csnn", "max-pooling '1' acts on analog values"),
+                      ("synaptic", "(Synaptic) is not supported; the supported spiking layers are snntorch's Leaky")):
+        state = _state_file(models, name, tmp_path / f"{name}.pt")
+        line = assert_user_error(*cli("export", state, "--model", f"snntorch_models:{name}", "--T", "2", "--format",
+                                      "nir", "--out", tmp_path / f"{name}.nir", "--device", "cpu"), why)
+        assert "NIR export" in line and not (tmp_path / f"{name}.nir").exists()
 
 @pytest.mark.parametrize("name,budget", [("csnn", ("--budget", "0.05")),
                                          ("own_loop", ("--resource", "synops", "--budget", "0.1"))])

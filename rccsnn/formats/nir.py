@@ -3,7 +3,10 @@
 :func:`nir_graph` traces one small batch through the network and writes, in call order, Conv2d with BatchNorm
 folded in, Linear/Affine, Flatten, AvgPool2d, MaxPool2d on spikes as SumPool2d followed by Threshold(0.5), and LIF
 with ``dt = 1e-4`` (snntorch's convention: ``tau = dt / (1 - beta)``, ``r = tau / dt``, ``v_leak = v_reset = 0``).
-Only chains of layers are supported; residual or branching networks are refused with a one-line message.
+The spiking layers are rccsnn's multi-step LIF and snntorch's ``Leaky``: a model written as snntorch's tutorials
+write it (single-step ``nn.Sequential`` with ``init_hidden=True`` neurons) is traced one time step at a time.
+Only chains of layers are supported; residual or branching networks, and other snntorch neurons, are refused with a
+one-line message.
 """
 from __future__ import annotations
 
@@ -17,11 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from snntorch import Leaky, SpikingNeuron
+
+from rccsnn.contracts import reset_state
 from rccsnn.version import __version__
 from rccsnn.errors import UserError
 from rccsnn.models.checkpoint import LoadedModel
 from rccsnn.rundir import publish
-from rccsnn.snn import ENCODERS, LIF, SeqDropout
+from rccsnn.snn import ENCODERS, LIF, SeqDropout, spikes_of
 
 #: The time step NIR's continuous-time LIF is discretised with (snntorch's export/import convention).
 NIR_DT = 1e-4
@@ -46,13 +52,14 @@ class _Call:
 
 
 def _units(net: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """LIF layers and every leaf module outside them, in registration order."""
+    """Spiking layers (rccsnn's LIF, snntorch neurons) and every leaf module outside them, in registration
+    order."""
     found: List[Tuple[str, nn.Module]] = []
 
     def walk(module: nn.Module, prefix: str) -> None:
         for name, child in module.named_children():
             full = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, LIF) or not any(True for _ in child.children()):
+            if isinstance(child, (LIF, SpikingNeuron)) or not any(True for _ in child.children()):
                 found.append((full, child))
             else:
                 walk(child, full)
@@ -61,10 +68,16 @@ def _units(net: nn.Module) -> List[Tuple[str, nn.Module]]:
     return found
 
 
-def _trace(net: nn.Module, input_shape: Sequence[int], T: int, encoding: str, batch: int = 3):
-    """Run one small batch and record, in call order, every unit's input and output; check they form a chain."""
+def _trace(net: nn.Module, input_shape: Sequence[int], T: int, encoding: str, steps: str = "multi",
+           batch: int = 3):
+    """Run one small batch (a single-step model: its first time step) and record, in call order, every unit's
+    input and output (a spiking layer's spikes); check they form a chain."""
     calls: List[_Call] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: calls.append(_Call(name, mod, inp[0], out)))
+
+    def record(mod: nn.Module, inp: Any, out: Any, name: str) -> None:
+        calls.append(_Call(name, mod, inp[0] if inp else None, spikes_of(out) if isinstance(out, tuple) else out))
+
+    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: record(mod, inp, out, name))
                for name, m in _units(net)]
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     was_training = net.training
@@ -73,11 +86,21 @@ def _trace(net: nn.Module, input_shape: Sequence[int], T: int, encoding: str, ba
         with torch.no_grad():
             x = ENCODERS.get(encoding)(torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(0)), T)
             x = x.to(device)
+            if steps == "single":  # [B, ...] per call, the neurons' state kept inside them between calls
+                reset_state(net)
+                x = x[0]
             y = net(x)
+            if steps == "single":
+                reset_state(net)
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"NIR export: the model cannot run on its recorded input shape {tuple(input_shape)}: "
+                        f"{first}") from None
     finally:
         for h in handles:
             h.remove()
         net.train(was_training)
+    y = spikes_of(y) if isinstance(y, tuple) else y
 
     def same(a: Tensor, b: Tensor) -> bool:
         return a.numel() == b.numel() and (a.data_ptr() == b.data_ptr() or torch.equal(a.reshape(-1), b.reshape(-1)))
@@ -118,6 +141,25 @@ def _fold_bn(weight: Tensor, bias: Optional[Tensor], bn: nn.Module, name: str) -
     return w * s.reshape(-1, *([1] * (w.dim() - 1))), (b - bn.running_mean.detach().double()) * s + beta
 
 
+def _leaky_node(nir: Any, leaky: Leaky, shape: Tuple[int, ...], name: str) -> Any:
+    """NIR's LIF (or IF where beta is 1) for an snntorch ``Leaky`` whose output has per-sample ``shape``; beta
+    and threshold may be one value or one per neuron."""
+    try:
+        beta = np.broadcast_to(_np(torch.as_tensor(leaky.beta).clamp(0, 1)), shape).astype(np.float32)
+        v_threshold = np.broadcast_to(_np(torch.as_tensor(leaky.threshold)), shape).astype(np.float32)
+    except ValueError:
+        raise UserError(f"NIR export: the beta or threshold of '{name}' does not fit its output shape {shape}") \
+            from None
+    zeros = np.zeros(shape, dtype=np.float32)
+    if (beta >= 1.0).all():
+        return nir.IF(r=np.ones(shape, dtype=np.float32), v_threshold=v_threshold, v_reset=zeros)
+    if (beta >= 1.0).any():
+        raise UserError(f"NIR export: '{name}' mixes beta = 1 (IF) and beta < 1 (LIF) neurons")
+    tau = NIR_DT / (1.0 - beta.astype(np.float64))
+    return nir.LIF(tau=tau.astype(np.float32), r=(tau / NIR_DT).astype(np.float32), v_leak=zeros,
+                   v_threshold=v_threshold, v_reset=zeros.copy())
+
+
 @dataclass
 class NirExport:
     """A NIR graph and the notes on how it represents the network (folded, rewritten, or not exactly)."""
@@ -133,13 +175,16 @@ def nir_graph(loaded: LoadedModel) -> NirExport:
     if not spec.input_shape:
         raise UserError("NIR export needs the model's input shape; this file does not record it")
     net = loaded.net
-    calls, batch = _trace(net, spec.input_shape, spec.T, spec.encoding)
+    single = spec.steps == "single"
+    calls, batch = _trace(net, spec.input_shape, spec.T, spec.encoding, spec.steps)
 
     def per_sample(t: Tensor) -> Tuple[int, ...]:
+        if single:  # [B, ...]: one time step
+            return tuple(t.shape[1:])
         return tuple(t.shape[1:]) if t.shape[0] == spec.T * batch else tuple(t.shape[2:])
 
     def stepwise(call: _Call) -> None:
-        if call.inp.shape[0] != spec.T * batch:
+        if not single and call.inp.shape[0] != spec.T * batch:
             raise UserError(f"NIR export: '{call.name}' ({type(call.module).__name__}) is not applied per time step "
                             "(wrap stateless layers in PerStep)")
 
@@ -214,25 +259,18 @@ def nir_graph(loaded: LoadedModel) -> NirExport:
             shape = per_sample(call.inp)
             add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=m.start_dim - 1,
                                   end_dim=m.end_dim - 1 if m.end_dim > 0 else m.end_dim))
-        elif isinstance(m, LIF):
-            leaky = m.neuron
-            beta = float(torch.as_tensor(leaky.beta).clamp(0, 1))
-            threshold = float(torch.as_tensor(leaky.threshold))
-            shape = per_sample(call.out)
+        elif isinstance(m, LIF) or type(m) is Leaky:  # exactly Leaky: its subclasses have other dynamics
+            leaky = m.neuron if isinstance(m, LIF) else m
             resets.add(str(leaky.reset_mechanism))
-            v_threshold = np.full(shape, threshold, dtype=np.float32)
-            zeros = np.zeros(shape, dtype=np.float32)
-            if beta >= 1.0:
-                add(name, nir.IF(r=np.ones(shape, dtype=np.float32), v_threshold=v_threshold, v_reset=zeros))
-            else:
-                tau = NIR_DT / (1.0 - beta)
-                add(name, nir.LIF(tau=np.full(shape, tau, dtype=np.float32),
-                                  r=np.full(shape, tau / NIR_DT, dtype=np.float32),
-                                  v_leak=zeros, v_threshold=v_threshold, v_reset=zeros.copy()))
+            add(name, _leaky_node(nir, leaky, per_sample(call.out), name))
             spikes = True
+        elif isinstance(m, SpikingNeuron):
+            raise UserError(f"NIR export: spiking layer '{name}' ({type(m).__name__}) is not supported; the "
+                            "supported spiking layers are snntorch's Leaky and rccsnn's LIF")
         else:
             raise UserError(f"NIR export: layer '{name}' ({type(m).__name__}) is not supported (supported: Conv2d, "
-                            "Linear, BatchNorm after them, MaxPool2d on spikes, AvgPool2d, Flatten, Dropout, LIF)")
+                            "Linear, BatchNorm after them, MaxPool2d on spikes, AvgPool2d, Flatten, Dropout, LIF, "
+                            "snntorch's Leaky)")
         i += 1
     nodes["output"] = nir.Output(output_type=np.array(per_sample(calls[-1].out) if calls else spec.input_shape))
     edges.append((last, "output"))
