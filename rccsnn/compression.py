@@ -35,7 +35,7 @@ from rccsnn.quant import bits_of, set_bits, target_bits
 from rccsnn.methods import METHODS, CompressionMethod, Constraint, Problem, TimeSteps
 from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
 from rccsnn.monitor import Monitor, format_table
-from rccsnn.provenance import code_version
+from rccsnn.provenance import code_label, code_version
 from rccsnn.rundir import claimed_run_dir, find_versioned, prepare_run_dir, write_error, write_json
 from rccsnn.metrics import check_fit
 from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
@@ -156,7 +156,8 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     """:func:`compress` in the run directory ``cfg.out``, which this process (process 0) holds."""
     # Each node reads its own copy of the data: a failure on any process stops all, with its message.
     data = distributed.agreed(lambda: prepare(cfg, loaded, given))
-    # Read when this (re)start begins, once for all processes: the code they imported, not what a later edit leaves.
+    # Read when this (re)start begins, once for all processes: the code they imported, not what a later edit leaves;
+    # a resumed run adds the code of earlier starts that differs (``resumed_from``).
     code = distributed.on_main(code_version)
     method = build_method(cfg)
     spec, net = loaded.spec, loaded.net.to(device)
@@ -220,7 +221,12 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     options = trainer_options(cfg.optim, cfg.data, cfg.seed, progress, desc=f"{method.name}/{method.schedule}")
     trainer = Trainer(net=net, data=data, spec=spec, options=options, out_dir=out, monitor=monitor,
                       method=method, device=device)
+    trainer.starts = [code]
     trainer.fit(resume=resume)
+    # Earlier starts of a resumed run that ran other code (None: a state.pt from before starts were recorded).
+    earlier = [c or {} for c in trainer.starts[:-1] if c != code]
+    if earlier:
+        code = {**code, "resumed_from": list({code_label(c): c for c in earlier}.values())}
 
     spec.bits = bits_of(net)  # the widths the weights are on (their quantizers are baked into them next)
     bake(net)

@@ -47,10 +47,14 @@ def code_version(root: Path = SOURCE_ROOT, package: str = PACKAGE_DIR.name) -> D
 
 def code_label(code: Optional[Mapping[str, Any]]) -> str:
     """Short form for tables: ``0.1.0+b86d942``, ``0.1.0+b86d942.modified``, ``0.1.0`` (no commit), or ``unknown``
-    for a run that did not record its code (made before runs recorded it)."""
+    for a run that did not record its code (made before runs recorded it); a run resumed with other code than it
+    started with adds `` after 0.1.0+a72a64d`` (the earlier starts' labels)."""
     if not isinstance(code, Mapping) or not code:
         return "unknown"
     label = str(code.get("rccsnn", "?"))
     if code.get("commit"):
         label += f"+{str(code['commit'])[:7]}" + (".modified" if code.get("modified") else "")
+    earlier = code.get("resumed_from")
+    if isinstance(earlier, list) and earlier:
+        label += " after " + ", ".join(code_label(c) for c in earlier)
     return label

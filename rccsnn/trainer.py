@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -196,6 +196,10 @@ class Trainer:
         self.best_state: Optional[Dict[str, torch.Tensor]] = None
         self.history: Dict[str, float] = {}
         self.saved_epoch = 0  # epochs finished and saved in out_dir/state.pt (the last good state)
+        #: What the caller records of each start of the run, oldest first (compress: the code that ran, so a run
+        #: resumed with other code can say so); the caller sets the current start's before fit, a resume prepends
+        #: the earlier ones from state.pt (``None`` for a state.pt written before starts were recorded).
+        self.starts: List[Any] = []
 
     # ------------------------------------------------------------------------------------------- schedule
     def restart_schedule(self, steps: int) -> None:
@@ -425,6 +429,7 @@ class Trainer:
             "best_state": self.best_state,
             "method": self.method.state_dict(),
             "history": {k: float(v) for k, v in self.history.items()},
+            "starts": list(self.starts),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -458,6 +463,7 @@ class Trainer:
                     raise KeyError(f"best_state key {sorted(differ)[0]}")
             next_epoch = int(state["next_epoch"])
             self.history = dict(state.get("history") or {})
+            self.starts = list(state.get("starts", [None])) + self.starts[-1:]
             own = state.get("rng_ranks") or []
             if len(own) == distributed.world_size() > 1:  # each process continues its own random stream
                 torch.set_rng_state(own[distributed.rank()][0].cpu())

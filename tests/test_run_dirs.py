@@ -184,6 +184,35 @@ def test_a_stale_lock_is_taken_over_with_a_message(tiny, tmp_path):
     assert RunDir(out).summary.is_file() and not RunDir(out).lock.exists()
 
 
+def test_a_run_resumed_with_other_code_says_so(tiny, tmp_path, monkeypatch):
+    """summary.json's code is the last start's; earlier starts that ran other code are listed (resumed_from), also
+    in the sweep's label, and a state.pt from before starts were recorded counts as unknown code."""
+    import rccsnn.compression as compression
+    from rccsnn.provenance import code_label
+
+    model, _ = tiny
+    out = tmp_path / "run"
+    a, b = ({"rccsnn": "0.1.0", "commit": c * 40, "modified": False} for c in "ab")
+
+    def run_with(code_now, *flags):
+        monkeypatch.setattr(compression, "code_version", lambda: code_now)
+        code, _, err = compress(model, "--out", out, *flags)
+        assert code == 0, err
+        summary = json.loads(RunDir(out).summary.read_text())
+        RunDir(out).summary.unlink()  # unfinished again: the next call resumes it
+        return summary["code"]
+
+    assert run_with(a) == a
+    assert run_with(a, "--resume") == a  # resumed with the same code: nothing to say
+    assert run_with(b, "--resume") == {**b, "resumed_from": [a]}
+    assert code_label({**b, "resumed_from": [a]}) == "0.1.0+bbbbbbb after 0.1.0+aaaaaaa"
+    state = torch.load(RunDir(out).state, weights_only=True)
+    del state["starts"]  # as written before starts were recorded
+    torch.save(state, RunDir(out).state)
+    resumed = run_with(b, "--resume")
+    assert resumed == {**b, "resumed_from": [{}]} and code_label(resumed) == "0.1.0+bbbbbbb after unknown"
+
+
 def test_a_failed_start_leaves_nothing_behind(tiny, tmp_path):
     out = tmp_path / "a" / "b"
     code, stdout, err = compress(tiny[0], "--out", out, "--data", "npz", "--data-path", tmp_path / "missing.npz")
