@@ -162,10 +162,11 @@ def _compress(models, tmp_path, name, budget_args, *extra, out="run"):
     return code, stdout, err, tmp_path / out
 
 
-def test_nir_export_of_a_tutorial_model_runs_back_in_snntorch(models, tmp_path):
-    """A single-step ``nn.Sequential`` of ``Leaky(init_hidden=True)`` neurons, exported to NIR, read back with
-    ``nir.read`` and run by snntorch's own NIR importer, spikes the same as the user's network at every step (run
-    with NIR's semantics: reset to zero, no reset delay)."""
+@pytest.mark.parametrize("name,node", [("mlp", "LIF"), ("synaptic", "CubaLIF")])
+def test_nir_export_of_a_tutorial_model_runs_back_in_snntorch(models, tmp_path, name, node):
+    """A single-step ``nn.Sequential`` of ``init_hidden=True`` neurons (``Leaky``, ``Synaptic``), exported to NIR,
+    read back with ``nir.read`` and run by snntorch's own NIR importer, spikes the same as the user's network at
+    every step (run with NIR's semantics: reset to zero, no reset delay)."""
     import nir
     import nirtorch
     import snntorch as snn
@@ -174,19 +175,19 @@ def test_nir_export_of_a_tutorial_model_runs_back_in_snntorch(models, tmp_path):
     from rccsnn.contracts import reset_state
 
     torch.manual_seed(0)
-    net = models.mlp()
+    net = getattr(models, name)()
     with torch.no_grad():
         net[1].weight.mul_(4.0)  # enough input current that both layers spike on random inputs
-    state = tmp_path / "mlp.pt"
+    state = tmp_path / f"{name}.pt"
     torch.save(net.state_dict(), state)
-    code, out, err = cli("export", state, "--model", "snntorch_models:mlp", "--T", "4", "--format", "nir",
-                         "--out", tmp_path / "mlp.nir", "--device", "cpu")
+    code, out, err = cli("export", state, "--model", f"snntorch_models:{name}", "--T", "4", "--format", "nir",
+                         "--out", tmp_path / f"{name}.nir", "--device", "cpu")
     assert code == 0, err
-    assert "resets to v_reset = 0" in out  # the tutorial's Leaky subtracts: said, not hidden
-    graph = nir.read(tmp_path / "mlp.nir")
+    assert "resets to v_reset = 0" in out  # the tutorial's neurons subtract: said, not hidden
+    graph = nir.read(tmp_path / f"{name}.nir")
     chain = ["input", "0", "1", "2", "3", "4", "output"]
     assert sorted(graph.nodes) == sorted(chain) and [tuple(e) for e in graph.edges] == list(zip(chain, chain[1:]))
-    assert [type(graph.nodes[k]).__name__ for k in chain] == ["Input", "Flatten", "Affine", "LIF", "Affine", "LIF",
+    assert [type(graph.nodes[k]).__name__ for k in chain] == ["Input", "Flatten", "Affine", node, "Affine", node,
                                                               "Output"]
     weights = net.state_dict()
     for layer in ("1", "3"):
@@ -194,15 +195,18 @@ def test_nir_export_of_a_tutorial_model_runs_back_in_snntorch(models, tmp_path):
         assert np.array_equal(graph.nodes[layer].bias, weights[f"{layer}.bias"].numpy())
     for layer, size in (("2", 48), ("4", 10)):
         lif = graph.nodes[layer]
-        assert lif.tau.shape == (size,) and np.allclose(lif.tau, 1e-3) and np.allclose(lif.r, 10.0)  # beta 0.9
+        tau = lif.tau if node == "LIF" else lif.tau_mem
+        assert tau.shape == (size,) and np.allclose(tau, 1e-3) and np.allclose(lif.r, 10.0)  # beta 0.9
+        if node == "CubaLIF":  # alpha 0.8
+            assert np.allclose(lif.tau_syn, 5e-4) and np.allclose(lif.w_in, 5.0)
         assert (lif.v_threshold == 1.0).all() and (lif.v_reset == 0).all()
 
+    snntorch_node = lambda n: _nir_to_snntorch_module(n, init_hidden=True)  # noqa: E731
     imported = nirtorch.nir_to_torch(graph, {
-        nir.Affine: lambda n: _nir_to_snntorch_module(n, init_hidden=True),
-        nir.LIF: lambda n: _nir_to_snntorch_module(n, init_hidden=True),
+        nir.Affine: snntorch_node, nir.LIF: snntorch_node, nir.CubaLIF: snntorch_node,
         nir.Flatten: lambda n: torch.nn.Flatten(n.start_dim + 1, n.end_dim + 1 if n.end_dim >= 0 else n.end_dim)})
     for neuron in (net[2], net[4]):
-        assert type(neuron) is snn.Leaky
+        assert type(neuron) is {"LIF": snn.Leaky, "CubaLIF": snn.Synaptic}[node]
         neuron.reset_mechanism, neuron.reset_delay = "zero", False
     ours, theirs = {"2": [], "4": []}, {"2": [], "4": []}
     handles = [net[int(k)].register_forward_hook(lambda m, i, o, k=k: ours[k].append(
@@ -224,10 +228,10 @@ def test_nir_export_of_a_tutorial_model_runs_back_in_snntorch(models, tmp_path):
 
 
 def test_nir_export_refuses_what_nir_cannot_say_in_one_line(models, tmp_path):
-    """Tutorial 7's csnn pools the convolution's analog output, and a Synaptic neuron is not a LIF: one line each,
-    no traceback, no file."""
+    """Tutorial 7's csnn pools the convolution's analog output, and NIR has no Alpha neuron: one line each, no
+    traceback, no file."""
     for name, why in (("csnn", "max-pooling '1' acts on analog values"),
-                      ("synaptic", "(Synaptic) is not supported; the supported spiking layers are snntorch's Leaky")):
+                      ("alpha", "(Alpha) is not supported; the supported spiking layers are snntorch's Leaky")):
         state = _state_file(models, name, tmp_path / f"{name}.pt")
         line = assert_user_error(*cli("export", state, "--model", f"snntorch_models:{name}", "--T", "2", "--format",
                                       "nir", "--out", tmp_path / f"{name}.nir", "--device", "cpu"), why)

@@ -3,8 +3,9 @@
 :func:`nir_graph` traces one small batch through the network and writes, in call order, Conv2d with BatchNorm
 folded in, Linear/Affine, Flatten, AvgPool2d, MaxPool2d on spikes as SumPool2d followed by Threshold(0.5), and LIF
 with ``dt = 1e-4`` (snntorch's convention: ``tau = dt / (1 - beta)``, ``r = tau / dt``, ``v_leak = v_reset = 0``).
-The spiking layers are rccsnn's multi-step LIF and snntorch's ``Leaky``: a model written as snntorch's tutorials
-write it (single-step ``nn.Sequential`` with ``init_hidden=True`` neurons) is traced one time step at a time.
+The spiking layers are rccsnn's multi-step LIF, snntorch's ``Leaky`` and its ``Synaptic`` (as CubaLIF, in
+snntorch's convention): a model written as snntorch's tutorials write it (single-step ``nn.Sequential`` with
+``init_hidden=True`` neurons) is traced one time step at a time.
 Only chains of layers are supported; residual or branching networks, and other snntorch neurons, are refused with a
 one-line message.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from snntorch import Leaky, SpikingNeuron
+from snntorch import Leaky, SpikingNeuron, Synaptic
 
 from rccsnn.contracts import reset_state
 from rccsnn.version import __version__
@@ -141,15 +142,35 @@ def _fold_bn(weight: Tensor, bias: Optional[Tensor], bn: nn.Module, name: str) -
     return w * s.reshape(-1, *([1] * (w.dim() - 1))), (b - bn.running_mean.detach().double()) * s + beta
 
 
+def _per_neuron(value: Any, shape: Tuple[int, ...], what: str, name: str, clamp: bool = False) -> np.ndarray:
+    """A neuron parameter (one value, or one per neuron) as a float32 array of ``shape``."""
+    t = torch.as_tensor(value).detach()
+    try:
+        return np.broadcast_to(_np(t.clamp(0, 1) if clamp else t), shape).astype(np.float32)
+    except ValueError:
+        raise UserError(f"NIR export: the {what} of '{name}' does not fit its output shape {shape}") from None
+
+
+def _synaptic_node(nir: Any, neuron: Synaptic, shape: Tuple[int, ...], name: str) -> Any:
+    """NIR's CubaLIF for an snntorch ``Synaptic``, in snntorch's own convention (``export_to_nir``):
+    ``tau_syn = dt / (1 - alpha)``, ``tau_mem = dt / (1 - beta)``, ``r = tau_mem / dt``, ``w_in = tau_syn / dt``."""
+    alpha = _per_neuron(neuron.alpha, shape, "alpha", name, clamp=True).astype(np.float64)
+    beta = _per_neuron(neuron.beta, shape, "beta", name, clamp=True).astype(np.float64)
+    if (alpha >= 1.0).any() or (beta >= 1.0).any():
+        raise UserError(f"NIR export: '{name}' has alpha or beta = 1, which NIR's CubaLIF cannot express")
+    tau_syn, tau_mem = NIR_DT / (1.0 - alpha), NIR_DT / (1.0 - beta)
+    zeros = np.zeros(shape, dtype=np.float32)
+    return nir.CubaLIF(tau_syn=tau_syn.astype(np.float32), tau_mem=tau_mem.astype(np.float32),
+                       r=(tau_mem / NIR_DT).astype(np.float32), v_leak=zeros,
+                       v_threshold=_per_neuron(neuron.threshold, shape, "threshold", name),
+                       v_reset=zeros.copy(), w_in=(tau_syn / NIR_DT).astype(np.float32))
+
+
 def _leaky_node(nir: Any, leaky: Leaky, shape: Tuple[int, ...], name: str) -> Any:
     """NIR's LIF (or IF where beta is 1) for an snntorch ``Leaky`` whose output has per-sample ``shape``; beta
     and threshold may be one value or one per neuron."""
-    try:
-        beta = np.broadcast_to(_np(torch.as_tensor(leaky.beta).clamp(0, 1)), shape).astype(np.float32)
-        v_threshold = np.broadcast_to(_np(torch.as_tensor(leaky.threshold)), shape).astype(np.float32)
-    except ValueError:
-        raise UserError(f"NIR export: the beta or threshold of '{name}' does not fit its output shape {shape}") \
-            from None
+    beta = _per_neuron(leaky.beta, shape, "beta", name, clamp=True)
+    v_threshold = _per_neuron(leaky.threshold, shape, "threshold", name)
     zeros = np.zeros(shape, dtype=np.float32)
     if (beta >= 1.0).all():
         return nir.IF(r=np.ones(shape, dtype=np.float32), v_threshold=v_threshold, v_reset=zeros)
@@ -264,13 +285,17 @@ def nir_graph(loaded: LoadedModel) -> NirExport:
             resets.add(str(leaky.reset_mechanism))
             add(name, _leaky_node(nir, leaky, per_sample(call.out), name))
             spikes = True
+        elif type(m) is Synaptic:
+            resets.add(str(m.reset_mechanism))
+            add(name, _synaptic_node(nir, m, per_sample(call.out), name))
+            spikes = True
         elif isinstance(m, SpikingNeuron):
             raise UserError(f"NIR export: spiking layer '{name}' ({type(m).__name__}) is not supported; the "
-                            "supported spiking layers are snntorch's Leaky and rccsnn's LIF")
+                            "supported spiking layers are snntorch's Leaky and Synaptic and rccsnn's LIF")
         else:
             raise UserError(f"NIR export: layer '{name}' ({type(m).__name__}) is not supported (supported: Conv2d, "
                             "Linear, BatchNorm after them, MaxPool2d on spikes, AvgPool2d, Flatten, Dropout, LIF, "
-                            "snntorch's Leaky)")
+                            "snntorch's Leaky and Synaptic)")
         i += 1
     nodes["output"] = nir.Output(output_type=np.array(per_sample(calls[-1].out) if calls else spec.input_shape))
     edges.append((last, "output"))
