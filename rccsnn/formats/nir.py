@@ -131,7 +131,8 @@ def _pair(v) -> Tuple[int, int]:
 
 
 def _fold_bn(weight: Tensor, bias: Optional[Tensor], bn: nn.Module, name: str) -> Tuple[Tensor, Tensor]:
-    """``BN(conv(x))`` as one conv: ``W' = W * s``, ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``."""
+    """``BN(conv(x))`` as one conv: ``W' = W * s``, ``b' = (b - mean) * s + beta`` with
+    ``s = gamma / sqrt(var + eps)``."""
     if bn.running_mean is None or bn.running_var is None:
         raise UserError(f"NIR export: BatchNorm '{name}' keeps no running statistics and cannot be folded")
     w = weight.detach().double()
@@ -266,8 +267,10 @@ def nir_graph(loaded: LoadedModel) -> NirExport:
             notes.append(f"max-pooling '{name}' on spikes written as SumPool2d + Threshold(0.5) (exact for 0/1 inputs)")
         elif isinstance(m, nn.AvgPool2d):
             stepwise(call)
-            if m.ceil_mode or m.divisor_override is not None or (not m.count_include_pad and _pair(m.padding) != (0, 0)):
-                raise UserError(f"NIR export: average pooling '{name}' with ceil_mode/divisor_override is not supported")
+            padded = not m.count_include_pad and _pair(m.padding) != (0, 0)
+            if m.ceil_mode or m.divisor_override is not None or padded:
+                raise UserError(f"NIR export: average pooling '{name}' with ceil_mode/divisor_override is not "
+                                "supported")
             kernel = _pair(m.kernel_size)
             add(name, nir.AvgPool2d(kernel_size=np.array(kernel),
                                     stride=np.array(_pair(m.stride if m.stride is not None else m.kernel_size)),
