@@ -129,18 +129,10 @@ def masks(state: dict) -> dict:
     return {k: v for k, v in state["net"].items() if k.endswith(".mask")}
 
 
-@pytest.mark.slow
-def test_processes_agree_exactly_and_match_one_process(tiny, two_processes):
-    out, dumps, _ = two_processes
-    rank0, rank1 = load_dump(dumps / "rank0.pt"), load_dump(dumps / "rank1.pt")
-    assert rank0["world_size"] == rank1["world_size"] == 2
-    assert_identical(rank0, rank1)
-
-    alone = single(*compress_args(tiny, tiny[0] / "single"), RCCSNN_TEST_DUMP=str(tiny[0] / "single-dump"))
-    assert alone.returncode == 0, alone.stderr[-4000:]
-    one = load_dump(tiny[0] / "single-dump" / "rank0.pt")
+def assert_matches_one_process(one: dict, rank0: dict, one_run: Path, ddp_run: Path) -> None:
+    """A one-process run against process 0 of a two-process one, within the tolerances of the module docstring; and
+    their written results: the same resources on the validation split (counted on the same masks)."""
     assert one["world_size"] == 1 and one["step"] == rank0["step"]
-    assert len(masks(one)) == 3
     for key, mask in masks(one).items():
         assert torch.equal(mask, rank0["net"][key]), key
     assert one["method"]["events"] == rank0["method"]["events"]
@@ -152,12 +144,25 @@ def test_processes_agree_exactly_and_match_one_process(tiny, two_processes):
     assert torch.allclose(e1["z"], e2["z"], rtol=DUAL_RTOL, atol=1e-12)
     assert e1["y"] == pytest.approx(e2["y"], rel=DUAL_RTOL)
     assert torch.allclose(one["method"]["rates"], rank0["method"]["rates"], rtol=DUAL_RTOL, atol=1e-12)
-    # The written results agree too: the same resources on the validation split (counted on the same masks).
-    s1 = json.loads((tiny[0] / "single" / "summary.json").read_text())
-    s2 = json.loads((out / "summary.json").read_text())
+    s1 = json.loads((one_run / "summary.json").read_text())
+    s2 = json.loads((ddp_run / "summary.json").read_text())
     for name in ("params", "synops"):
         assert s2["resources"][name]["ratio"] == pytest.approx(s1["resources"][name]["ratio"], rel=1e-9)
         assert s2["resources"][name]["ratio"] <= s2["budgets"][name]
+
+
+@pytest.mark.slow
+def test_processes_agree_exactly_and_match_one_process(tiny, two_processes):
+    out, dumps, _ = two_processes
+    rank0, rank1 = load_dump(dumps / "rank0.pt"), load_dump(dumps / "rank1.pt")
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    assert_identical(rank0, rank1)
+
+    alone = single(*compress_args(tiny, tiny[0] / "single"), RCCSNN_TEST_DUMP=str(tiny[0] / "single-dump"))
+    assert alone.returncode == 0, alone.stderr[-4000:]
+    one = load_dump(tiny[0] / "single-dump" / "rank0.pt")
+    assert len(masks(one)) == 3
+    assert_matches_one_process(one, rank0, tiny[0] / "single", out)
 
 
 @pytest.mark.slow
@@ -224,18 +229,8 @@ def test_a_single_step_snntorch_model_matches_one_process(tiny):
     rank0, rank1 = load_dump(root / "csnn-ddp-dump" / "rank0.pt"), load_dump(root / "csnn-ddp-dump" / "rank1.pt")
     assert_identical(rank0, rank1)
     one = load_dump(root / "csnn-one-dump" / "rank0.pt")
-    assert one["world_size"] == 1 and one["step"] == rank0["step"] and len(masks(one)) == 2
-    for key, mask in masks(one).items():
-        assert torch.equal(mask, rank0["net"][key]), key
-    assert one["method"]["events"] == rank0["method"]["events"]
-    for key, value in one["net"].items():
-        if value.is_floating_point():
-            assert torch.allclose(value, rank0["net"][key], rtol=0, atol=WEIGHT_ATOL), key
-    s1 = json.loads((root / "csnn-one" / "summary.json").read_text())
-    s2 = json.loads((root / "csnn-ddp" / "summary.json").read_text())
-    for name in ("params", "synops"):
-        assert s2["resources"][name]["ratio"] == pytest.approx(s1["resources"][name]["ratio"], rel=1e-9)
-        assert s2["resources"][name]["ratio"] <= s2["budgets"][name]
+    assert len(masks(one)) == 2
+    assert_matches_one_process(one, rank0, root / "csnn-one", root / "csnn-ddp")
     raw = torch.load(root / "csnn-ddp" / "model.pt", weights_only=True)
     assert raw["steps"] == "single"
     snntorch_models.csnn().load_state_dict(raw["state_dict"], strict=True)
