@@ -27,7 +27,7 @@ multi-step model with ``init_hidden`` neurons, handed one step, loops over the b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 from snntorch import SpikingNeuron
@@ -112,6 +112,17 @@ def reset_state(net: nn.Module) -> None:
     for module in net.modules():
         if isinstance(module, SpikingNeuron) and getattr(module, "init_hidden", False):
             module.reset_mem()
+
+
+def neuron_state(net: nn.Module) -> List[str]:
+    """Names (as ``net.named_buffers()`` gives them) of the buffers in which snntorch neurons keep their state:
+    each ``SpikingNeuron``'s non-persistent buffers (``mem``, ``syn``, ...), shaped by the last batch it saw."""
+    names = []
+    for prefix, module in net.named_modules():
+        if isinstance(module, SpikingNeuron):
+            kept = set(module.state_dict(keep_vars=True))
+            names += [f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers(recurse=False) if b not in kept]
+    return sorted(names)
 
 
 @STEPS.register("single")

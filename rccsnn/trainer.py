@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from rccsnn import distributed
 from rccsnn.batchnorm import sync_batchnorm
 from rccsnn.config import DataConfig, OptimConfig
+from rccsnn.contracts import neuron_state
 from rccsnn.data import DataSplits
 from rccsnn.errors import UserError
 from rccsnn.methods.base import CompressionMethod
@@ -218,18 +219,17 @@ class Trainer:
         DDP averages the gradients across processes; hooks, masks, evaluation and checkpoints use the plain
         module. DDP's per-step broadcast of buffers is off: the masks and the BatchNorm statistics are identical on
         every process by construction, and the masks alone are as large as the weights. Its first broadcast skips
-        the non-persistent buffers: they are no part of the model's state, and an snntorch neuron with
-        ``init_hidden=True`` keeps its membrane in one shaped by the last batch it saw, which differs between
-        processes (the shards of a split differ in size); broadcasting it aborted the run on a size mismatch.
+        the spiking neurons' state (:func:`neuron_state`): an snntorch neuron with ``init_hidden=True`` keeps its
+        membrane in a buffer shaped by the last batch it saw, which differs between processes (the shards of a split
+        differ in size); broadcasting it aborted the run on a size mismatch.
         """
         if not distributed.active():
             return self.net
         if self._ddp is None:
             from torch.nn.parallel import DistributedDataParallel
 
-            transient = sorted(set(dict(self.net.named_buffers())) - set(self.net.state_dict()))
             # The one way to keep tensors out of DDP's synchronisation (torch marks it provisional, issue 43690).
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.net, transient)
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.net, neuron_state(self.net))
             ids = [self.device.index] if self.device.type == "cuda" else None
             no_buffer_sync = ({"forward_sync_buffers": False}
                               if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
@@ -463,7 +463,9 @@ class Trainer:
                     raise KeyError(f"best_state key {sorted(differ)[0]}")
             next_epoch = int(state["next_epoch"])
             self.history = dict(state.get("history") or {})
-            self.starts = list(state.get("starts", [None])) + self.starts[-1:]
+            earlier = state.get("starts")  # provenance only: a value that is not a list of records reads as unknown
+            earlier = [c if isinstance(c, dict) else None for c in earlier] if isinstance(earlier, list) else [None]
+            self.starts = earlier + self.starts[-1:]
             own = state.get("rng_ranks") or []
             if len(own) == distributed.world_size() > 1:  # each process continues its own random stream
                 torch.set_rng_state(own[distributed.rank()][0].cpu())

@@ -171,3 +171,20 @@ class StatefulLoop(nn.Module):
 
 def stateful_loop() -> nn.Module:
     return StatefulLoop()
+
+
+class KeywordCall(nn.Module):
+    """A single-step module that calls its neurons by keyword, ``lif(input_=...)`` (snntorch's argument name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flat, self.fc1, self.fc2 = nn.Flatten(), nn.Linear(64, 48), nn.Linear(48, 10)
+        self.lif1 = snn.Leaky(beta=BETA, spike_grad=GRAD, init_hidden=True)
+        self.lif2 = snn.Leaky(beta=BETA, spike_grad=GRAD, init_hidden=True, output=True)
+
+    def forward(self, x: torch.Tensor):
+        return self.lif2(input_=self.fc2(self.lif1(input_=self.fc1(self.flat(x)))))
+
+
+def keyword_call() -> nn.Module:
+    return KeywordCall()

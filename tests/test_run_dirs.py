@@ -211,6 +211,10 @@ def test_a_run_resumed_with_other_code_says_so(tiny, tmp_path, monkeypatch):
     torch.save(state, RunDir(out).state)
     resumed = run_with(b, "--resume")
     assert resumed == {**b, "resumed_from": [{}]} and code_label(resumed) == "0.1.0+bbbbbbb after unknown"
+    state = torch.load(RunDir(out).state, weights_only=True)
+    state["starts"] = None  # damaged: provenance only, so the run still resumes, its earlier code unknown
+    torch.save(state, RunDir(out).state)
+    assert run_with(b, "--resume") == {**b, "resumed_from": [{}]}
 
 
 def test_a_failed_start_leaves_nothing_behind(tiny, tmp_path):

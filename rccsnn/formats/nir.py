@@ -75,10 +75,13 @@ def _trace(net: nn.Module, input_shape: Sequence[int], T: int, encoding: str, st
     input and output (a spiking layer's spikes); check they form a chain."""
     calls: List[_Call] = []
 
-    def record(mod: nn.Module, inp: Any, out: Any, name: str) -> None:
-        calls.append(_Call(name, mod, inp[0] if inp else None, spikes_of(out) if isinstance(out, tuple) else out))
+    def record(mod: nn.Module, args: tuple, kwargs: dict, out: Any, name: str) -> None:
+        # the input is the first argument, also when given by keyword (snntorch's neurons: ``lif(input_=x)``)
+        inp = args[0] if args else next(iter(kwargs.values()), None)
+        calls.append(_Call(name, mod, inp, spikes_of(out) if isinstance(out, tuple) else out))
 
-    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: record(mod, inp, out, name))
+    handles = [m.register_forward_hook(lambda mod, args, kwargs, out, name=name: record(mod, args, kwargs, out, name),
+                                       with_kwargs=True)
                for name, m in _units(net)]
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     was_training = net.training
@@ -91,13 +94,13 @@ def _trace(net: nn.Module, input_shape: Sequence[int], T: int, encoding: str, st
                 reset_state(net)
                 x = x[0]
             y = net(x)
-            if steps == "single":
-                reset_state(net)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"NIR export: the model cannot run on its recorded input shape {tuple(input_shape)}: "
-                        f"{first}") from None
+        raise UserError(f"NIR export: the model failed on a traced batch of its recorded input shape "
+                        f"{tuple(input_shape)}: {first}") from None
     finally:
+        if steps == "single":
+            reset_state(net)
         for h in handles:
             h.remove()
         net.train(was_training)
