@@ -5,18 +5,24 @@ compression phase in its purest form), run MinimaxEngine for a phase of P steps 
 phase after which every budget holds on the hard masks. The engine's step sizes are per phase, so the same
 defaults should land well inside the phase from 1e4 to 4e7 weights.
 
+``--pacing auto`` (the default, as minimax's) gives the engine the log-space trust region (a decade of density in
+``DESCENT_SHARE`` of the phase over log10(1 / budget) decades) and z's step in log space (``lr_log_z = LOG_LR_Z``);
+``--pacing legacy`` the linear trust region and the additive z step alone. No nodes, no task loss: squared
+magnitudes rank the weights (``importance: w2``; the Fisher needs gradients).
+
     python benchmarks/reach.py [--steps 100] [--models convsnn cifar10net ...] [--budgets 0.25 0.05 0.0073]
 """
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
 
 from rccsnn.masks import attach_masks, find_targets
 from rccsnn.methods.base import kept_counts, resource_values
-from rccsnn.methods.minimax import DEFAULTS, MinimaxEngine
+from rccsnn.methods.minimax import DEFAULTS, DESCENT_SHARE, LOG_LR_Z, MinimaxEngine
 from rccsnn.models import build_model
 from rccsnn.resources import RESOURCES, LayerStats, stats_from_monitor
 from rccsnn.snn import NeuronConfig, SpikeMonitor, simulate
@@ -38,6 +44,7 @@ def main() -> None:
     p.add_argument("--resources", nargs="+", default=["params", "macs"])
     p.add_argument("--budgets", nargs="+", type=float, default=[0.25, 0.05, 0.0073])
     p.add_argument("--lr-z", type=float, default=None, help="override the default lr_z")
+    p.add_argument("--pacing", choices=("auto", "legacy"), default="auto", help="minimax's pacing (default auto)")
     args = p.parse_args()
     torch.manual_seed(0)
     print(f"{'model':<11} {'weights':>10} {'resource':<8} {'budget':>7} {'reached at':>10} {'final R':>9} {'s/step':>7}")
@@ -54,6 +61,9 @@ def main() -> None:
                 dense = (costs * torch.tensor([t.n for t in targets], dtype=torch.float64)).sum(1)
                 allocation = "global" if resource == "params" else "layerwise"
                 hyper = dict(DEFAULTS, **({} if args.lr_z is None else {"lr_z": args.lr_z}))
+                if args.pacing == "auto":  # as Minimax.plan() sets it for a run without nodes
+                    hyper.update(decade_steps=DESCENT_SHARE * args.steps / max(math.log10(1.0 / budget), 0.1),
+                                 lr_log_z=LOG_LR_Z)
                 engine = MinimaxEngine(targets, 1, allocation=allocation, steps=args.steps,
                                        s_max=1.0 - 0.5 * budget, **hyper)
                 engine.set_masks()

@@ -204,3 +204,14 @@ def test_quality_quick_on_one_model_tables_joint_sequential_and_the_baselines(tm
         loss = summaries["joint"]["loss"]["compressed"] - summaries["sequential"]["loss"]["compressed"]
         assert float(cells[labels.index("test loss: joint - sequential")]) == pytest.approx(loss, abs=6e-5)
     assert "* budget 0.01: joint " in text
+
+
+@pytest.mark.parametrize("pacing", ["auto", "legacy"])
+def test_reach_lands_on_the_budget_in_about_half_the_phase(pacing):
+    proc = run_benchmark("reach.py", "--models", "convsnn", "--steps", "60", "--budgets", "0.05", "--resources",
+                         "params", "--pacing", pacing)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model, weights, resource, budget, reached, final, _ = proc.stdout.strip().splitlines()[-1].split()
+    assert (model, resource, float(budget)) == ("convsnn", "params", 0.05)
+    # the trust region allows dense to the budget in half the phase at the fastest (either pacing)
+    assert 0.4 <= float(reached) <= 0.7 and float(final) <= 0.05
