@@ -233,25 +233,24 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     final_stats = stats_now()
     compressed = resource_table(targets, final_stats, cfg.resources)
     test = evaluate_net(net, test_loader, spec, device, across_ranks=True)
-    test_acc = test.accuracy
     resources = {name: {"dense": dense[name], "compressed": compressed[name],
                         "ratio": compressed[name] / dense[name] if dense[name] > 0 else 0.0} for name in dense}
     ckpt = out / CHECKPOINT_FILE
     result = RunResult(method=method.name, schedule=method.schedule, budgets=dict(cfg.budgets),
-                       resources=resources, accuracy={"dense": dense_test.accuracy, "compressed": test_acc},
+                       resources=resources, accuracy={"dense": dense_test.accuracy, "compressed": test.accuracy},
                        loss={"dense": dense_test.loss, "compressed": test.loss}, epochs=cfg.optim.epochs,
                        wall_seconds=0.0, checkpoint=str(ckpt), events=method.events,
                        decisions={"T": spec.T, "bits": dict(spec.bits)}, code=code)
     compression = {k: v for k, v in result.summary().items() if k not in ("checkpoint", "wall_seconds")}
 
     def write_outputs() -> float:
-        save_checkpoint(ckpt, net, spec, metrics={"test_accuracy": test_acc, "test_loss": test.loss,
-                                                         "val_accuracy": trainer.best_val},
+        save_checkpoint(ckpt, net, spec, metrics={"test_accuracy": test.accuracy, "test_loss": test.loss,
+                                                  "val_accuracy": trainer.best_val},
                         recipe=dataclasses.asdict(cfg), compression=compression)
         monitor.hparams(
             {"method": method.name, "schedule": method.schedule, "epochs": cfg.optim.epochs, "lr": cfg.optim.lr,
              "seed": cfg.seed, **{f"budget_{k}": v for k, v in cfg.budgets.items()}},
-            {"test_accuracy": test_acc, "test_loss": test.loss,
+            {"test_accuracy": test.accuracy, "test_loss": test.loss,
              **{f"ratio_{k}": v["ratio"] for k, v in resources.items()}},
         )
         monitor.close()

@@ -33,7 +33,7 @@ import torch
 from snntorch import SpikingNeuron
 from torch import Tensor, nn
 
-from rccsnn.errors import UserError
+from rccsnn.errors import UserError, first_line
 from rccsnn.registry import Registry
 
 CONTRACTS = ("multi-step: net(x [T, B, ...]) -> spikes [T, B, K] or a tuple (spk_rec, mem_rec, ...); "
@@ -161,9 +161,8 @@ def output_units(net: nn.Module, probe: Tensor, steps: str) -> int:
     except UserError:
         raise
     except Exception as exc:  # the user's forward failed on an input of the loaders' shape
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"the model cannot run on inputs {list(probe.shape[1:])} as a {steps}-step model: "
-                        f"{type(exc).__name__}: {first}") from None
+                        f"{type(exc).__name__}: {first_line(exc)}") from None
     finally:
         net.train(was_training)
         reset_state(net)

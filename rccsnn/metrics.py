@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rccsnn.data import DataSplits
-from rccsnn.errors import UserError
+from rccsnn.errors import UserError, first_line
 from rccsnn.models.checkpoint import LoadedModel
 from rccsnn.masks import Target
 from rccsnn.resources import ENERGY_PJ, layer_costs
@@ -64,8 +64,7 @@ def run_split(loaded: LoadedModel, data: DataSplits, split: str, device: torch.d
     try:
         return evaluate_net(net, loader, loaded.spec, device, spikes=spikes)
     except RuntimeError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"the model cannot run on data set '{data.name}': {first}") from None
+        raise UserError(f"the model cannot run on data set '{data.name}': {first_line(exc)}") from None
 
 
 def accuracy(loaded: LoadedModel, data: DataSplits, split: str, device: torch.device, batch_size: int = 512) -> float:
@@ -81,7 +80,8 @@ def evaluate(loaded: LoadedModel, data: DataSplits, split: str, device: torch.de
     sample), ``split``, ``samples``, ``params`` (all parameters), ``nonzero_params``, ``weights``/``nonzero_weights``
     (conv and linear weights only), ``macs`` (multiply-accumulates per inference that touch a nonzero weight: for
     each tap, T x the output positions at which it reads inside the input, summed over nonzero weights and layers),
-    ``dense_macs`` (the same counting every weight) and ``firing_rates`` (spiking layer, rccsnn's LIF or an snntorch neuron -> spikes per neuron per step).
+    ``dense_macs`` (the same counting every weight) and ``firing_rates`` (spiking layer, rccsnn's LIF or an
+    snntorch neuron -> spikes per neuron per step).
     """
     result = run_split(loaded, data, split, device, batch_size, spikes=True)
     net = loaded.net

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from rccsnn.data.base import DATASETS, DataSplits, reject_frames, seeded_split
-from rccsnn.errors import UserError
+from rccsnn.errors import UserError, first_line
 
 #: fraction of the given training samples carved out for each missing split (validation, test).
 CARVE_FRACTION = 0.15
@@ -51,12 +51,7 @@ def _read_npz(path: Optional[str]) -> Dict[str, np.ndarray]:
         with archive:
             return {key: archive[key] for key in archive.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise UserError(f"not a valid .npz file: {path} ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise UserError(f"not a valid .npz file: {path} ({first_line(exc)})") from None
 
 
 def _pixels(x: np.ndarray, key: str, path: str) -> torch.Tensor:

@@ -12,7 +12,7 @@ from urllib.error import URLError
 from tonic import datasets, transforms
 from torch.utils.data import Dataset
 
-from rccsnn.errors import UserError
+from rccsnn.errors import UserError, first_line
 
 
 def _holds_files(folder: str) -> bool:
@@ -59,9 +59,8 @@ def open_split(tonic_class: str, name: str, root: str, download: bool, train: bo
         return CLASSES[tonic_class](root, train=train)
     except (URLError, OSError, RuntimeError, ValueError, KeyError, IndexError, EOFError) as exc:
         # tonic raises these on a failed download or a file it cannot parse (h5py: OSError/KeyError).
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         action = "download or read" if download else "read (bad or truncated file?)"
-        raise UserError(f"could not {action} data set '{name}' under root '{root}': {reason}") from exc
+        raise UserError(f"could not {action} data set '{name}' under root '{root}': {first_line(exc)}") from exc
 
 
 __all__ = ["CLASSES", "DVSGesture", "NMNIST", "SHD", "open_split", "to_frame"]

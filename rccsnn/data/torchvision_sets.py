@@ -13,7 +13,7 @@ from urllib.error import URLError
 from torch.utils.data import Dataset
 from torchvision import datasets
 
-from rccsnn.errors import UserError
+from rccsnn.errors import UserError, first_line
 
 class _FileCheckedCIFAR10(datasets.CIFAR10):
     """CIFAR-10 that accepts any batch files present under ``root``.
@@ -69,9 +69,8 @@ def open_split(dataset_class: type, name: str, root: str, download: bool, train:
     except (URLError, OSError, RuntimeError, ValueError, TypeError, KeyError, AssertionError, EOFError,
             pickle.UnpicklingError) as exc:
         # Raised by torchvision on a failed download or a file it cannot parse; the first line says which.
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         action = "download or read" if download else "read (bad or truncated file?)"
-        raise UserError(f"could not {action} data set '{name}' under root '{root}': {reason}") from exc
+        raise UserError(f"could not {action} data set '{name}' under root '{root}': {first_line(exc)}") from exc
 
 
 #: The torchvision class behind each registered name.

@@ -25,7 +25,7 @@ from snntorch import Leaky, SpikingNeuron, Synaptic
 
 from rccsnn.contracts import reset_state
 from rccsnn.version import __version__
-from rccsnn.errors import UserError
+from rccsnn.errors import UserError, first_line
 from rccsnn.models.checkpoint import LoadedModel
 from rccsnn.rundir import publish
 from rccsnn.snn import ENCODERS, LIF, SeqDropout, spikes_of
@@ -95,9 +95,8 @@ def _trace(net: nn.Module, input_shape: Sequence[int], T: int, encoding: str, st
                 x = x[0]
             y = net(x)
     except (RuntimeError, TypeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"NIR export: the model failed on a traced batch of its recorded input shape "
-                        f"{tuple(input_shape)}: {first}") from None
+                        f"{tuple(input_shape)}: {first_line(exc)}") from None
     finally:
         if steps == "single":
             reset_state(net)
@@ -314,8 +313,7 @@ def nir_graph(loaded: LoadedModel) -> NirExport:
     try:
         graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
     except Exception as exc:  # nir's own type checks; a message of ours would be more useful, but keep it one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"NIR export: nir rejected the graph: {first}") from None
+        raise UserError(f"NIR export: nir rejected the graph: {first_line(exc)}") from None
     return NirExport(graph, notes)
 
 

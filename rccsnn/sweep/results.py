@@ -154,9 +154,8 @@ def results_markdown(sweep: Sweep, rows: List[Row]) -> str:
         cells += [str(settings[k]) for k in extra]
         cells.append(str(len(done)))
         if done:
-            acc, acc_sd = _mean_std([r["accuracy"] for r in done])
             dense, _ = _mean_std([r["dense_accuracy"] for r in done])
-            cells.append(f"{acc:.4f} ± {acc_sd:.4f}" if len(done) > 1 else f"{acc:.4f}")
+            cells.append(_mean_cell([r["accuracy"] for r in done], "{:.4f}"))
             cells.append(f"{dense:.4f}")
             cells.append(_mean_cell([r["loss"] for r in done if r["loss"] != ""], "{:.4f}"))
             for r in resources:
