@@ -15,14 +15,13 @@ magnitudes rank the weights (``importance: w2``; the Fisher needs gradients).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
 
 from rccsnn.masks import attach_masks, find_targets
 from rccsnn.methods.base import kept_counts, resource_values
-from rccsnn.methods.minimax import DEFAULTS, DESCENT_SHARE, LOG_LR_Z, MinimaxEngine
+from rccsnn.methods.minimax import DEFAULTS, LOG_LR_Z, MinimaxEngine, decade_steps
 from rccsnn.models import build_model
 from rccsnn.resources import RESOURCES, LayerStats, stats_from_monitor
 from rccsnn.snn import NeuronConfig, SpikeMonitor, simulate
@@ -62,8 +61,7 @@ def main() -> None:
                 allocation = "global" if resource == "params" else "layerwise"
                 hyper = dict(DEFAULTS, **({} if args.lr_z is None else {"lr_z": args.lr_z}))
                 if args.pacing == "auto":  # as Minimax.plan() sets it for a run without nodes
-                    hyper.update(decade_steps=DESCENT_SHARE * args.steps / max(math.log10(1.0 / budget), 0.1),
-                                 lr_log_z=LOG_LR_Z)
+                    hyper.update(decade_steps=decade_steps(args.steps, budget), lr_log_z=LOG_LR_Z)
                 engine = MinimaxEngine(targets, 1, allocation=allocation, steps=args.steps,
                                        s_max=1.0 - 0.5 * budget, **hyper)
                 engine.set_masks()

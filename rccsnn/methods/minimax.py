@@ -99,6 +99,12 @@ DEFAULTS = dict(lr_s=1.0, lr_y=1.0, lr_z=5.0, y0=1.0, z0=1.0)
 LOG_LR_Z = 30.0
 
 
+def decade_steps(phase_steps: int, budget: float) -> float:
+    """``pacing: auto``'s steps per decade of density: dense to ``budget`` (the tightest, a fraction) in
+    ``DESCENT_SHARE`` of a compression phase of ``phase_steps`` steps at full speed, every decade alike."""
+    return DESCENT_SHARE * phase_steps / max(math.log10(1.0 / budget), 0.1)
+
+
 class MinimaxEngine:
     """The primal-dual state (``s``, ``y``, ``z``) and one update of the compression step (Steps 2-5 of docs/method.md).
 
@@ -890,10 +896,8 @@ class Minimax(PruningMethod):
         if self.pacing == "legacy":
             return dict(decade_steps=None, nodes=nodes, hold=max(int(self.node_fraction * P), 1),
                         fisher_steps=fisher_steps)
-        decades = max(math.log10(1.0 / B), 0.1)
         hold = max(int(self.node_fraction * P), min(per_epoch, int(MAX_HOLD * P)), 1)
-        return dict(decade_steps=DESCENT_SHARE * P / decades, nodes=nodes, hold=hold,
-                    fisher_steps=fisher_steps)
+        return dict(decade_steps=decade_steps(P, B), nodes=nodes, hold=hold, fisher_steps=fisher_steps)
 
     def start(self) -> None:
         self.check(self.constraints)
