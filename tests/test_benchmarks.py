@@ -95,7 +95,7 @@ def test_quality_quick_runs_the_panel_and_tables_the_runs_it_made(tmp_path):
     header = next(line for line in text.splitlines() if line.startswith("| model | epochs |"))
     labels = [c.strip() for c in header.strip().strip("|").split("|")]
     models = ["convsnn", "fc", "tutorial_conv", "recurrent", "synaptic_conv"]
-    rows = {r[0]: r for r in table_rows(text, "|".join(models)) if r[1:3] == ["2", "0.01"]}
+    rows = {r[0]: r for r in table_rows(text, "|".join(models)) if r[1:3] == ["2", "0.01"] and len(r) == len(labels)}
     assert sorted(rows) == sorted(models)
     for name, cells in rows.items():
         stem = "digits_convsnn" if name == "convsnn" else name
@@ -111,14 +111,17 @@ def test_quality_quick_runs_the_panel_and_tables_the_runs_it_made(tmp_path):
     # joint against its sequential ablation (every method runs on fc), paired by seed, from the runs' summaries
     joint, seq = (json.loads((out / f"params0.01-minimax-{s}-seed0-modelfc-epochs2" / "summary.json").read_text())
                   for s in ("joint", "sequential"))
-    row = next(r for r in table_rows(text, "fc") if len(r) == 7 and "/" in r[4])
-    assert row[1:3] == ["2", "1"]
+    row = next(r for r in table_rows(text, "fc") if len(r) == 8 and "/" in r[5])
+    assert row[1:4] == ["2", "0.01", "1"]
     acc = 100 * (joint["accuracy"]["compressed"] - seq["accuracy"]["compressed"])
-    assert float(row[3].split("±")[0]) == pytest.approx(acc, abs=0.006)
-    assert float(row[5].split("±")[0]) == pytest.approx(joint["loss"]["compressed"] - seq["loss"]["compressed"],
+    assert float(row[4].split("±")[0]) == pytest.approx(acc, abs=0.006)
+    assert float(row[6].split("±")[0]) == pytest.approx(joint["loss"]["compressed"] - seq["loss"]["compressed"],
                                                         abs=6e-5)
-    assert row[6] == ("1 / 0 / 0" if joint["loss"]["compressed"] > seq["loss"]["compressed"] else "0 / 0 / 1")
-    assert "* minimax joint < sequential in test loss on the mean at 0.01 (paired seeds): " in text
+    assert row[7] == ("1 / 0 / 0" if joint["loss"]["compressed"] > seq["loss"]["compressed"] else "0 / 0 / 1")
+    pooled = next(r for r in table_rows(text, "all") if len(r) == 8)
+    assert pooled[3] == "1" and pooled[4] == row[4] and pooled[6] == row[6]  # one pair: the pool is that pair
+    assert "* minimax joint < sequential in test loss on the mean at every budget <= 0.01 (paired seeds): " in text
+    assert "* minimax joint > sequential in accuracy, pooled over every pair at <= 0.01: " in text
     finished = re.search(r"runs finished: (\d+) of (\d+)", text)
     assert finished and finished[1] == finished[2]
     # rerunning finds every run finished (and every model pretrained) and only rebuilds the tables
