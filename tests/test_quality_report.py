@@ -1,0 +1,81 @@
+"""benchmarks/quality.py's panel report on runs made up here (no training): which cells it compares joint minimax
+with its sequential ablation in, and how the verdicts on the paper's claim read the paired differences."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from typing import Dict, List
+
+import pytest
+
+from conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def quality():
+    bench = str(REPO_ROOT / "benchmarks")
+    spec = importlib.util.spec_from_file_location("quality", REPO_ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, bench)  # as when run as a script: its helpers (benchsweep) sit beside it
+    sys.modules["quality"] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(bench)
+    return module
+
+
+def runs_of(quality, diffs: Dict[float, List[float]], loss_diffs: Dict[float, List[float]]) -> list:
+    """fc at 10 epochs: per budget, joint and sequential runs whose paired differences (joint - sequential) are
+    ``diffs`` (points) and ``loss_diffs``, seed by seed."""
+    runs = []
+    for b, ds in diffs.items():
+        for seed, (d, dl) in enumerate(zip(ds, loss_diffs[b])):
+            for method, acc, loss in (("minimax", 50.0 + d, 1.0 + dl), ("sequential", 50.0, 1.0)):
+                runs.append(quality.Run(model="fc", epochs=10, budget=b, method=method, seed=seed, status="ok",
+                                        name=f"{method}-{b}-{seed}", accuracy=acc, loss=loss, ratio=b * 0.99,
+                                        min_rate=0.05))
+    return runs
+
+
+def report(quality, runs, budgets) -> str:
+    return quality.panel_report(runs, ["fc"], ["minimax", "sequential"], budgets, [10], 3,
+                                {"fc": {"test": 0.9, "val": 0.9, "weights": 1000}}, [])
+
+
+def verdict(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+def test_the_sequential_ablation_runs_at_every_budget_up_to_the_claims(quality):
+    assert [b for b in (0.05, 0.01, 0.005, 0.002) if quality.runs_at("sequential", b)] == [0.01, 0.005, 0.002]
+    assert [b for b in (0.05, 0.01, 0.005) if quality.runs_at("magnitude", b)] == [0.01]
+    assert all(quality.runs_at("minimax", b) for b in (0.05, 0.01, 0.002))
+
+
+def test_a_clear_pooled_lead_is_ok_and_the_cell_behind_is_named(quality):
+    diffs = {0.01: [-1.0, -1.0, -1.0], 0.005: [5.0, 6.0, 7.0], 0.002: [5.0, 6.0, 7.0]}
+    loss = {0.01: [-0.01] * 3, 0.005: [-0.1] * 3, 0.002: [-0.2, -0.1, 0.05]}
+    text = report(quality, runs_of(quality, diffs, loss), [0.05, 0.01, 0.005, 0.002])
+    # pooled over 9 pairs: mean 3.67, standard error 1.19 (ahead by more than two)
+    acc = verdict(text, "* minimax joint > sequential in accuracy")
+    assert "+3.67 ± 1.19 over 9 pairs" in acc and acc.endswith(": ok")
+    assert verdict(text, "* cells where joint's mean accuracy") == (
+        "* cells where joint's mean accuracy is above sequential's: 2 of 3; not: fc 10 ep 0.01: -1.00 ± 0.00")
+    assert verdict(text, "* minimax joint < sequential in test loss").endswith(": ok")
+    assert verdict(text, "* cells where joint's mean test loss").endswith("below sequential's: 3 of 3")
+    # the table: one row per cell at <= 0.01 and the pooled row
+    rows = [line for line in text.splitlines() if re.match(r"\| (fc|all) \| (10)? *\| [0-9.]* *\| \d+ \|", line)]
+    assert [r.split("|")[3].strip() for r in rows] == ["0.01", "0.005", "0.002", ""]
+    assert "| 9 | +3.67 ± 1.19 | 6 / 0 / 3 |" in rows[-1]
+
+
+def test_a_lead_within_two_standard_errors_fails(quality):
+    diffs = {0.01: [3.0, -2.0, 1.0], 0.005: [-1.0, 2.0, 0.0]}  # mean 0.5, standard error 0.76
+    loss = {0.01: [0.01, -0.01, 0.0], 0.005: [0.0, 0.0, 0.0]}
+    text = report(quality, runs_of(quality, diffs, loss), [0.01, 0.005])
+    acc = verdict(text, "* minimax joint > sequential in accuracy")
+    assert "+0.50 ± 0.76 over 6 pairs" in acc and acc.endswith(": FAIL")
+    assert verdict(text, "* minimax joint < sequential in test loss").endswith(": FAIL")
+    assert "above sequential's: 2 of 2" in verdict(text, "* cells where joint's mean accuracy")
