@@ -4,18 +4,21 @@ For each zoo model (synthetic inputs, random weights, masks attached to every ta
 step of plain finetuning (forward with ``W * M``, backward, Adam) against one minimax step (the same, plus the
 method's hooks: straight-through gradient, the engine's proximal step, s / y / z updates and new masks, the
 resource values). The two kinds of step alternate, so drift of the machine's speed hits both alike; the ratio is
-the median over rounds of (minimax step / plain step).
+the median over rounds of (minimax step / plain step). By default each model gets as many rounds as fit in 30 s
+(5 to 200): the shipped model's steps take about 20 ms, and five of them gave ratios from 1.07 to 1.13.
 
 Then the selection work alone (the engine's ranking and thresholds, one ``MinimaxEngine.step`` without the
 network) on one linear layer as its number of weights grows from 1e4 to 4e7.
 
-    python benchmarks/overhead.py [--models convsnn cifar10net] [--batch B] [--rounds 5] [--sizes 1e4 ... 4e7]
+    python benchmarks/overhead.py [--models convsnn cifar10net] [--batch B] [--rounds N | --seconds 30]
+                                      [--sizes 1e4 ... 4e7]
     python benchmarks/overhead.py --quick     # small models and sizes: a smoke run of a few seconds
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import platform
 import statistics
 import time
@@ -41,6 +44,8 @@ ZOO: Dict[str, Tuple[Tuple[int, ...], dict, int, int]] = {
     "cifar10net": ((3, 32, 32), {}, 8, 16),
 }
 QUICK = {"convsnn": ((1, 8, 8), {"channels": [8, 16], "hidden": 32}, 4, 64)}
+#: Rounds per model when --rounds is not given: as many as fit in --seconds, within these bounds.
+MIN_ROUNDS, MAX_ROUNDS = 5, 200
 
 
 def layer_stats(net: nn.Module, targets, shape: Sequence[int], T: int) -> LayerStats:
@@ -88,9 +93,14 @@ def minimax_for(net: nn.Module, targets, stats: LayerStats, resource: str, budge
     return method
 
 
-def model_overhead(name: str, spec: Tuple[Tuple[int, ...], dict, int, int], batch: Optional[int], rounds: int,
-                   resource: str, budget: float) -> Dict[str, float]:
-    """Median step times (s) of plain finetuning and minimax on one zoo model, and their ratio."""
+def model_overhead(name: str, spec: Tuple[Tuple[int, ...], dict, int, int], batch: Optional[int],
+                   rounds: Optional[int], resource: str, budget: float, seconds: float = 30.0) -> Dict[str, float]:
+    """Median step times (s) of plain finetuning and minimax on one zoo model, their ratio and the rounds timed.
+
+    ``rounds`` None: as many as fit in about ``seconds`` (from the warm-up steps' times), at least
+    :data:`MIN_ROUNDS` and at most :data:`MAX_ROUNDS`. A fast model's steps are short and the machine's noise is
+    a large share of them: five rounds of the shipped model's 20 ms steps gave ratios from 1.07 to 1.13 on the same
+    machine; 40 rounds gave 1.079 and 1.082."""
     shape, kw, T, default_batch = spec
     batch = batch or default_batch
     torch.manual_seed(0)
@@ -105,8 +115,9 @@ def model_overhead(name: str, spec: Tuple[Tuple[int, ...], dict, int, int], batc
     plain = Stepper(plain_net, CompressionMethod(), T)
     minimax = Stepper(minimax_net, minimax_for(minimax_net, targets, stats, resource, budget), T)
     x, y = torch.rand(batch, *shape), torch.randint(0, 10, (batch,))
-    for stepper in (plain, minimax):  # warm-up: allocator, Adam state, first-call overheads
-        stepper.step(x, y)
+    warm = sum(stepper.step(x, y) for stepper in (plain, minimax))  # warm-up: allocator, Adam state, first calls
+    if rounds is None:
+        rounds = min(max(math.ceil(seconds / max(warm, 1e-6)), MIN_ROUNDS), MAX_ROUNDS)
     times: Dict[str, List[float]] = {"plain": [], "minimax": []}
     for i in range(rounds):
         order = (("plain", plain), ("minimax", minimax)) if i % 2 == 0 else (("minimax", minimax), ("plain", plain))
@@ -114,7 +125,7 @@ def model_overhead(name: str, spec: Tuple[Tuple[int, ...], dict, int, int], batc
             times[key].append(stepper.step(x, y))
     ratios = [m / p for m, p in zip(times["minimax"], times["plain"])]
     return {"weights": sum(t.n for t in targets), "batch": batch, "T": T, "plain": statistics.median(times["plain"]),
-            "minimax": statistics.median(times["minimax"]), "ratio": statistics.median(ratios)}
+            "minimax": statistics.median(times["minimax"]), "ratio": statistics.median(ratios), "rounds": rounds}
 
 
 def selection_time(n: int, allocation: str, repeats: int) -> float:
@@ -143,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
     p.add_argument("--batch", type=int, default=None, help="batch size of every model (default: 64 for convsnn, 16 "
                    "for the CIFAR-10 models)")
-    p.add_argument("--rounds", type=int, default=5, help="timed steps of each kind per model (default 5)")
+    p.add_argument("--rounds", type=int, default=None, help="timed steps of each kind per model (default: as many "
+                   f"as fit in --seconds, {MIN_ROUNDS} to {MAX_ROUNDS})")
+    p.add_argument("--seconds", type=float, default=30.0, help="time per model that sets the rounds (default 30)")
     p.add_argument("--resource", default="params", choices=list(RESOURCES.names()))
     p.add_argument("--budget", type=float, default=0.05)
     p.add_argument("--sizes", nargs="+", type=float, default=[1e4, 1e5, 1e6, 1e7, 4e7],
@@ -155,15 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [1e4, 1e5] if args.quick else args.sizes
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"resource {args.resource}, budget {args.budget:g}, median of {args.rounds} rounds")
-    print("| model | weights | T | batch | plain step (s) | minimax step (s) | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          f"resource {args.resource}, budget {args.budget:g}, median of "
+          + (f"{args.rounds} rounds" if args.rounds else f"the rounds that fit in {args.seconds:g} s per model"))
+    print("| model | weights | T | batch | plain step (s) | minimax step (s) | ratio | rounds |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     worst = 0.0
     for name, spec in zoo.items():
-        r = model_overhead(name, spec, args.batch, args.rounds, args.resource, args.budget)
+        r = model_overhead(name, spec, args.batch, args.rounds, args.resource, args.budget, args.seconds)
         worst = max(worst, r["ratio"])
         print(f"| {name} | {r['weights']:,} | {r['T']} | {r['batch']} | {r['plain']:.4f} | {r['minimax']:.4f} "
-              f"| {r['ratio']:.3f} |", flush=True)
+              f"| {r['ratio']:.3f} | {r['rounds']} |", flush=True)
     print()
     print("| weights | engine step, global (s) | engine step, layerwise (s) |")
     print("|---:|---:|---:|")

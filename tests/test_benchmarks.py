@@ -72,10 +72,22 @@ def test_overhead_quick_times_both_steps_and_the_selection():
     assert plain >= 1e-3 and minimax >= 1e-3  # a training step is timed, not printed as a rounded-away zero
     low, high = ratio_bounds(plain, minimax)
     assert low <= ratio <= high, (plain, minimax, ratio)
+    assert model[7] == "1"  # the rounds column
     sizes = table_rows(proc.stdout, r"[\d,]+")
     assert [int(r[0].replace(",", "")) for r in sizes] == [10_000, 100_000]
     assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in sizes)
     assert proc.stdout.rstrip().splitlines()[-1] == f"worst ratio {ratio:.3f} (limit 1000.00): ok"
+
+
+def test_overhead_times_as_many_rounds_as_fit_in_the_time_given():
+    proc = run_benchmark("overhead.py", "--quick", "--seconds", "1", "--sizes", "1e4", "--limit", "1000")
+    assert proc.returncode == 0, proc.stderr
+    assert "median of the rounds that fit in 1 s per model" in proc.stdout.splitlines()[0]
+    (model,) = table_rows(proc.stdout, "convsnn")
+    plain, minimax, rounds = float(model[4]), float(model[5]), int(model[7])
+    # the quick model's steps take milliseconds: more than the least 5 rounds fit in a second, never over 200
+    assert 5 < rounds <= 200
+    assert rounds * (plain + minimax) < 10.0
 
 
 def test_overhead_exit_code_says_whether_the_limit_holds():
