@@ -66,8 +66,8 @@ from rccsnn.sweep import SweepOutcome, collect_results, load_sweep, run_sweep, w
 
 # ============================================================================================ the panel
 #: minimax as it was before issue 13 (per-layer w^2 units, no activity constraint, no regrowth, the old pacing, the
-#: run's step size while finetuning, half the run to compress): the options that switch the new behaviour off. One place to change if the
-#: option names change.
+#: run's step size while finetuning, half the run to compress): the options that switch the new behaviour off. One
+#: place to change if the option names change.
 OLD_MINIMAX: Dict[str, object] = {"importance": "w2", "activity": 0.0, "regrow": "none", "pacing": "legacy",
                                    "output_floor": 0, "finetune_step": "none", "compress_fraction": 0.5}
 #: (label, sweep settings) of every panel method, in table order.

@@ -35,7 +35,7 @@ from rccsnn.quant import bits_of, set_bits, target_bits
 from rccsnn.methods import METHODS, CompressionMethod, Constraint, Problem, TimeSteps
 from rccsnn.models.checkpoint import LoadedModel, save_checkpoint
 from rccsnn.monitor import Monitor, format_table
-from rccsnn.provenance import code_label, code_version
+from rccsnn.provenance import code_label, code_version, environment
 from rccsnn.rundir import claimed_run_dir, find_versioned, prepare_run_dir, write_error, write_json
 from rccsnn.metrics import check_fit
 from rccsnn.resources import RESOURCES, LayerStats, create_resource, measure_stats
@@ -64,6 +64,7 @@ class RunResult:
     events: list = field(default_factory=list)
     decisions: Dict[str, Any] = field(default_factory=dict)  # {"T": time steps, "bits": {layer: width < 32}}
     code: Dict[str, Any] = field(default_factory=dict)  # the code that ran: rccsnn.provenance.code_version()
+    environment: Dict[str, Any] = field(default_factory=dict)  # what it ran on: rccsnn.provenance.environment()
 
     def summary(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -240,7 +241,8 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
                        resources=resources, accuracy={"dense": dense_test.accuracy, "compressed": test.accuracy},
                        loss={"dense": dense_test.loss, "compressed": test.loss}, epochs=cfg.optim.epochs,
                        wall_seconds=0.0, checkpoint=str(ckpt), events=method.events,
-                       decisions={"T": spec.T, "bits": dict(spec.bits)}, code=code)
+                       decisions={"T": spec.T, "bits": dict(spec.bits)}, code=code,
+                       environment=environment(device, distributed.world_size()))
     compression = {k: v for k, v in result.summary().items() if k not in ("checkpoint", "wall_seconds")}
 
     def write_outputs() -> float:

@@ -1,4 +1,5 @@
-"""Which code made a result: the rccsnn version and, for a git checkout (an editable install), its commit.
+"""Which code made a result: the rccsnn version and, for a git checkout (an editable install), its commit; and
+what it ran on (:func:`environment`).
 
 A sweep's finished points are kept by their settings; after the code changes (a new default, a fix) they still count
 as done, so results from two versions of the method can sit in one table. Each run records its code in
@@ -6,10 +7,14 @@ as done, so results from two versions of the method can sit in one table. Each r
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
+
+import torch
 
 from rccsnn.version import __version__
 
@@ -58,3 +63,27 @@ def code_label(code: Optional[Mapping[str, Any]]) -> str:
     if isinstance(earlier, list) and earlier:
         label += " after " + ", ".join(code_label(c) for c in earlier)
     return label
+
+
+#: The libraries whose versions a run records besides torch (those that shape its numbers).
+LIBRARIES = ("snntorch", "numpy")
+
+
+def environment(device: torch.device | str, processes: int = 1) -> Dict[str, Any]:
+    """What a run ran on: ``python``, ``torch`` (its ``__version__``, with the build: ``2.14.1+cu130``) and the
+    :data:`LIBRARIES`' versions (None where one is not installed),
+    ``threads`` (torch's intra-op threads of this process), ``device`` and ``processes`` (a distributed run's).
+
+    Why the threads: the same code, data and seed give other numbers with another thread count, since a sum over
+    threads adds in another order. Mostly in the last digits; but a run that is chaotic (a network near collapse at
+    a tight budget) can end elsewhere: the panel's synaptic conv net at 0.005 and 10 epochs, seed 1, gave 10.4 % with
+    one thread and 30.9 % with two (BENCHMARKS.md). To repeat a run exactly, repeat these too.
+    """
+    versions: Dict[str, Optional[str]] = {"torch": str(torch.__version__)}  # (a str subclass: it would not load)
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": platform.python_version(), **versions, "threads": torch.get_num_threads(),
+            "device": str(device), "processes": int(processes)}

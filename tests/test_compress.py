@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 from pathlib import Path
 
 import numpy as np
 import pytest
+import snntorch
 import torch
 import yaml
 from hypothesis import HealthCheck, Phase, assume, given, settings
@@ -44,7 +46,7 @@ FIRST_LAYER_MACS = 4 * 1 * (3 * 8 - 2) ** 2 * T  # 3872
 DENSE_PARAMS = sum(TARGET_WEIGHTS.values())  # 960
 DENSE_MACS = 8 * 4 * (3 * 4 - 2) ** 2 * T + (512 + 160) * T  # 7744
 SUMMARY_KEYS = {"method", "schedule", "budgets", "resources", "accuracy", "loss", "epochs", "wall_seconds",
-                "checkpoint", "events", "decisions", "code"}
+                "checkpoint", "events", "decisions", "code", "environment"}
 
 RECIPE = tiny_recipe(epochs=2)
 
@@ -149,6 +151,10 @@ def test_summary_json_has_exactly_the_documented_keys(joint_run, tiny):
     # the code that ran (from a git checkout: its commit; tests/test_provenance.py checks that on a checkout of its own)
     assert set(summary["code"]) == {"rccsnn", "commit", "modified"} and summary["code"]["rccsnn"] == __version__
     assert summary["code"]["commit"] == code_version()["commit"]
+    # and what it ran on: the thread count changes the order of float sums, so a run is repeated exactly with it
+    assert summary["environment"] == {"python": platform.python_version(), "torch": torch.__version__,
+                                      "snntorch": snntorch.__version__, "numpy": np.__version__,
+                                      "threads": torch.get_num_threads(), "device": "cpu", "processes": 1}
     assert isinstance(summary["events"], list) and all(isinstance(e, str) for e in summary["events"])
     assert any(e.startswith("masks frozen") for e in summary["events"])
     res = summary["resources"]

@@ -52,3 +52,16 @@ def test_a_broken_checkout_is_no_error(tmp_path):
 def test_labels():
     assert code_label(None) == "unknown" and code_label({}) == "unknown" and code_label("0.1.0") == "unknown"
     assert code_label({"rccsnn": "0.1.0", "commit": "0123456789abcdef", "modified": False}) == "0.1.0+0123456"
+
+
+def test_the_environment_is_plain_data_that_a_checkpoint_can_hold(monkeypatch):
+    import torch
+
+    from rccsnn import provenance
+
+    monkeypatch.setattr(provenance, "LIBRARIES", ("snntorch", "no-such-library-here"))
+    env = provenance.environment(torch.device("cpu"), processes=2)
+    assert env["torch"] == torch.__version__ and type(env["torch"]) is str  # not torch's TorchVersion class
+    assert env["no-such-library-here"] is None and env["snntorch"]
+    assert (env["threads"], env["device"], env["processes"]) == (torch.get_num_threads(), "cpu", 2)
+    assert all(type(v) in (str, int) or v is None for v in env.values())
