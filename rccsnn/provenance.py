@@ -72,7 +72,8 @@ LIBRARIES = ("snntorch", "numpy")
 def environment(device: torch.device | str, processes: int = 1) -> Dict[str, Any]:
     """What a run ran on: ``python``, ``torch`` (its ``__version__``, with the build: ``2.14.1+cu130``) and the
     :data:`LIBRARIES`' versions (None where one is not installed),
-    ``threads`` (torch's intra-op threads of this process), ``device`` and ``processes`` (a distributed run's).
+    ``threads`` (torch's intra-op threads of this process), ``device`` and ``processes`` (a distributed run's); on a
+    CUDA device also ``gpu`` (its name), ``cuda`` and ``cudnn`` (the versions torch runs with).
 
     Why the threads: the same code, data and seed give other numbers with another thread count, since a sum over
     threads adds in another order. Mostly in the last digits; but a run that is chaotic (a network near collapse at
@@ -85,5 +86,11 @@ def environment(device: torch.device | str, processes: int = 1) -> Dict[str, Any
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    return {"python": platform.python_version(), **versions, "threads": torch.get_num_threads(),
-            "device": str(device), "processes": int(processes)}
+    env: Dict[str, Any] = {"python": platform.python_version(), **versions, "threads": torch.get_num_threads(),
+                           "device": str(device), "processes": int(processes)}
+    device = torch.device(device)
+    if device.type == "cuda":  # a GPU's kernels, and so its sums' order, change with the card and the libraries
+        cudnn = torch.backends.cudnn.version()
+        env.update(gpu=str(torch.cuda.get_device_name(device)), cuda=str(torch.version.cuda),
+                   cudnn=None if cudnn is None else str(cudnn))
+    return env

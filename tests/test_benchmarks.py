@@ -79,15 +79,15 @@ def test_overhead_quick_times_both_steps_and_the_selection():
     assert proc.stdout.rstrip().splitlines()[-1] == f"worst ratio {ratio:.3f} (limit 1000.00): ok"
 
 
-def test_overhead_times_as_many_rounds_as_fit_in_the_time_given():
-    proc = run_benchmark("overhead.py", "--quick", "--seconds", "1", "--sizes", "1e4", "--limit", "1000")
+@pytest.mark.parametrize("seconds, rounds", [("0.0001", 5), ("10000", 200)])
+def test_overhead_times_as_many_rounds_as_fit_in_the_time_given(seconds, rounds):
+    # a step of the quick model takes milliseconds: none fits in 0.1 ms (the least, 5 rounds, are timed), and the
+    # most, 200, fit in 10000 s
+    proc = run_benchmark("overhead.py", "--quick", "--seconds", seconds, "--limit", "1000")
     assert proc.returncode == 0, proc.stderr
-    assert "median of the rounds that fit in 1 s per model" in proc.stdout.splitlines()[0]
+    assert f"median of the rounds that fit in {float(seconds):g} s per model (5 to 200)" in proc.stdout.splitlines()[0]
     (model,) = table_rows(proc.stdout, "convsnn")
-    plain, minimax, rounds = float(model[4]), float(model[5]), int(model[7])
-    # the quick model's steps take milliseconds: more than the least 5 rounds fit in a second, never over 200
-    assert 5 < rounds <= 200
-    assert rounds * (plain + minimax) < 10.0
+    assert int(model[7]) == rounds
 
 
 def test_overhead_exit_code_says_whether_the_limit_holds():
@@ -133,8 +133,7 @@ def test_quality_quick_runs_the_panel_and_tables_the_runs_it_made(tmp_path):
     pooled = next(r for r in table_rows(text, "all") if len(r) == 8)
     assert pooled[3] == "1" and pooled[4] == row[4] and pooled[6] == row[6]  # one pair: the pool is that pair
     loss_line = next(line for line in text.splitlines() if line.startswith("* minimax joint < sequential in test loss"))
-    assert loss_line.endswith(": ok" if joint["loss"]["compressed"] < seq["loss"]["compressed"] else ": FAIL")
-    assert "over 1 pairs" in loss_line
+    assert loss_line.endswith(f"{row[6]} over 1 pair: too few pairs to judge")  # one seed: no standard error
     cells_line = next(line for line in text.splitlines() if line.startswith("* cells where joint's mean accuracy"))
     assert "of 1" in cells_line
     finished = re.search(r"runs finished: (\d+) of (\d+)", text)

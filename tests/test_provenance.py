@@ -65,3 +65,17 @@ def test_the_environment_is_plain_data_that_a_checkpoint_can_hold(monkeypatch):
     assert env["no-such-library-here"] is None and env["snntorch"]
     assert (env["threads"], env["device"], env["processes"]) == (torch.get_num_threads(), "cpu", 2)
     assert all(type(v) in (str, int) or v is None for v in env.values())
+
+
+def test_a_cuda_device_adds_the_card_and_its_libraries(monkeypatch):
+    import torch
+
+    from rccsnn import provenance
+
+    # no GPU here: the card's name and cuDNN's version are what torch would report on one
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+    env = provenance.environment(torch.device("cuda", 0))
+    assert (env["device"], env["gpu"], env["cudnn"], env["cuda"]) == ("cuda:0", "NVIDIA H200", "91002",
+                                                                      str(torch.version.cuda))
+    assert "gpu" not in provenance.environment("cpu")

@@ -23,12 +23,13 @@ def quality():
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(bench)
-    return module
+    yield module
+    sys.modules.pop("quality", None)
 
 
 def runs_of(quality, diffs: Dict[float, List[float]], loss_diffs: Dict[float, List[float]]) -> list:
     """fc at 10 epochs: per budget, joint and sequential runs whose paired differences (joint - sequential) are
-    ``diffs`` (points) and ``loss_diffs``, seed by seed."""
+    ``diffs`` (points) and ``loss_diffs`` (nan: the joint run recorded no loss), seed by seed."""
     runs = []
     for b, ds in diffs.items():
         for seed, (d, dl) in enumerate(zip(ds, loss_diffs[b])):
@@ -79,3 +80,32 @@ def test_a_lead_within_two_standard_errors_fails(quality):
     assert "+0.50 ± 0.76 over 6 pairs" in acc and acc.endswith(": FAIL")
     assert verdict(text, "* minimax joint < sequential in test loss").endswith(": FAIL")
     assert "above sequential's: 2 of 2" in verdict(text, "* cells where joint's mean accuracy")
+
+
+@pytest.mark.parametrize("mean, ok", [(1.5, False), (2.5, True)])
+def test_the_line_is_two_standard_errors(quality, mean, ok):
+    # three pairs at mean + a and three at mean - a: standard error a / sqrt(5) = 1.00 for a = sqrt(5)
+    a = 5 ** 0.5
+    diffs = {0.01: [mean + a, mean - a, mean + a], 0.005: [mean - a, mean + a, mean - a]}
+    loss = {b: [-0.1] * 3 for b in diffs}
+    text = report(quality, runs_of(quality, diffs, loss), [0.01, 0.005])
+    acc = verdict(text, "* minimax joint > sequential in accuracy")
+    assert f"+{mean:.2f} ± 1.00 over 6 pairs" in acc and acc.endswith(": ok" if ok else ": FAIL")
+
+
+def test_only_budgets_up_to_the_claims_are_compared_and_missing_losses_are_left_out(quality):
+    diffs = {0.05: [-20.0] * 3, 0.01: [2.0, 3.0, 4.0], 0.005: [1.0, 2.0, 3.0]}  # 0.05 is outside the claim
+    loss = {0.05: [0.5] * 3, 0.01: [-0.1, float("nan"), -0.2], 0.005: [-0.1, -0.2, float("nan")]}
+    text = report(quality, runs_of(quality, diffs, loss), [0.05, 0.01, 0.005])
+    assert "+2.50 ± 0.43 over 6 pairs" in verdict(text, "* minimax joint > sequential in accuracy")
+    assert "-0.1500 ± 0.0289 over 4 pairs" in verdict(text, "* minimax joint < sequential in test loss")
+
+
+def test_one_pair_or_none_is_not_judged(quality):
+    one = report(quality, runs_of(quality, {0.01: [3.0]}, {0.01: [-0.1]}), [0.01])
+    assert verdict(one, "* minimax joint > sequential in accuracy").endswith(
+        ": +3.00 over 1 pair: too few pairs to judge")
+    none = report(quality, [r for r in runs_of(quality, {0.01: [3.0]}, {0.01: [-0.1]}) if r.method == "minimax"],
+                  [0.01])
+    assert verdict(none, "* minimax joint > sequential in accuracy").endswith(": not measured")
+    assert verdict(none, "* minimax joint < sequential in test loss").endswith(": not measured")
