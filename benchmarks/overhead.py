@@ -165,8 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
     p.add_argument("--batch", type=int, default=None, help="batch size of every model (default: 64 for convsnn, 16 "
                    "for the CIFAR-10 models)")
-    p.add_argument("--rounds", type=positive_int, default=None, help="timed steps of each kind per model (default: as many "
-                   f"as fit in --seconds, {MIN_ROUNDS} to {MAX_ROUNDS})")
+    p.add_argument("--rounds", type=positive_int, default=None,
+                   help=f"timed steps of each kind per model (default: as many as fit in --seconds, {MIN_ROUNDS} to "
+                        f"{MAX_ROUNDS})")
     p.add_argument("--seconds", type=float, default=30.0, help="time per model that sets the rounds (default 30)")
     p.add_argument("--resource", default="params", choices=list(RESOURCES.names()))
     p.add_argument("--budget", type=float, default=0.05)
