@@ -521,11 +521,13 @@ def panel_report(runs: List[Run], models: Sequence[str], methods: Sequence[str],
             if len(diffs) < 2:  # one pair has no standard error: its sign alone is no verdict
                 verdicts.append(f"{claim}: " + ("not measured" if not diffs else
                                                 f"{paired_mean(diffs, fmt)} over 1 pair: too few pairs to judge"))
+            else:
+                mean, sd = mean_std(diffs)
+                ahead = better * mean > 2 * sd / math.sqrt(len(diffs))
+                verdicts.append(f"{claim}: {paired_mean(diffs, fmt)} over {len(diffs)} pairs (mean ± standard error; "
+                                f"ok when joint leads by more than two standard errors): {'ok' if ahead else 'FAIL'}")
+            if not checked[key]:
                 continue
-            mean, sd = mean_std(diffs)
-            ahead = better * mean > 2 * sd / math.sqrt(len(diffs))
-            verdicts.append(f"{claim}: {paired_mean(diffs, fmt)} over {len(diffs)} pairs (mean ± standard error; ok "
-                            f"when joint leads by more than two standard errors): {'ok' if ahead else 'FAIL'}")
             n_behind = len(behind[key])
             more = f"; and {n_behind - LIST_AT_MOST} more" if n_behind > LIST_AT_MOST else ""
             verdicts.append(f"cells where joint's mean {what} is {'above' if better > 0 else 'below'} "

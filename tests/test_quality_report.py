@@ -105,7 +105,9 @@ def test_one_pair_or_none_is_not_judged(quality):
     one = report(quality, runs_of(quality, {0.01: [3.0]}, {0.01: [-0.1]}), [0.01])
     assert verdict(one, "* minimax joint > sequential in accuracy").endswith(
         ": +3.00 over 1 pair: too few pairs to judge")
+    assert verdict(one, "* cells where joint's mean accuracy").endswith("above sequential's: 1 of 1")  # still counted
     none = report(quality, [r for r in runs_of(quality, {0.01: [3.0]}, {0.01: [-0.1]}) if r.method == "minimax"],
                   [0.01])
     assert verdict(none, "* minimax joint > sequential in accuracy").endswith(": not measured")
     assert verdict(none, "* minimax joint < sequential in test loss").endswith(": not measured")
+    assert "* cells where" not in none
