@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from rccsnn.cli import positive_int
 from rccsnn.masks import attach_masks, find_targets, set_straight_through
 from rccsnn.methods.base import CompressionMethod, Constraint, Problem
 from rccsnn.methods.minimax import Minimax, MinimaxEngine
@@ -150,14 +151,6 @@ def selection_time(n: int, allocation: str, repeats: int) -> float:
         engine.step(costs, dense, budgets, lr_w=1e-3)
         out.append(time.perf_counter() - t0)
     return statistics.median(out[1:])
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse turns the ValueError into a one-line usage error, exit 2)."""
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -361,9 +361,10 @@ Cells = Dict[Tuple[str, int, float, str], List[Run]]
 
 
 def sequential_pairs(cells: Cells, models: Sequence[str], epochs: Sequence[int], budgets: Sequence[float]
-                     ) -> Iterator[Tuple[str, int, float, List[Run], List[Run]]]:
-    """(model, epochs, budget, joint runs, sequential runs) of every cell at a budget <= :data:`ONE_BUDGET` where
-    both ran, in table order."""
+                     ) -> Iterator[Tuple[str, int, float, Dict[str, List[float]]]]:
+    """(model, epochs, budget, ``{"accuracy": ..., "loss": ...}``) of every cell at a budget <= :data:`ONE_BUDGET`
+    where both joint and sequential ran, in table order: the paired differences joint - sequential (:func:`paired`)
+    of each measure, the table's and the verdicts' one source."""
     for name in models:
         for e in epochs:
             for b in budgets:
@@ -371,7 +372,7 @@ def sequential_pairs(cells: Cells, models: Sequence[str], epochs: Sequence[int],
                     continue
                 joint, seq = cells.get((name, e, b, "minimax"), []), cells.get((name, e, b, "sequential"), [])
                 if joint and seq:
-                    yield name, e, b, joint, seq
+                    yield name, e, b, {key: paired(joint, seq, key) for key in ("accuracy", "loss")}
 
 
 def joint_vs_sequential(cells: Cells, models: Sequence[str], epochs: Sequence[int], budgets: Sequence[float]
@@ -385,8 +386,8 @@ def joint_vs_sequential(cells: Cells, models: Sequence[str], epochs: Sequence[in
              "| model | epochs | budget | pairs | accuracy: joint - sequential | above / level / below "
              "| test loss: joint - sequential | above / level / below |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     every_acc, every_loss = [], []
-    for name, e, b, joint, seq in sequential_pairs(cells, models, epochs, budgets):
-        acc, loss = paired(joint, seq, "accuracy"), paired(joint, seq, "loss")
+    for name, e, b, diffs in sequential_pairs(cells, models, epochs, budgets):
+        acc, loss = diffs["accuracy"], diffs["loss"]
         every_acc += acc
         every_loss += loss
         lines.append(f"| {name} | {e} | {b:g} | {len(acc)} | {paired_cell(acc, '{:+.2f}')} "
@@ -505,9 +506,9 @@ def panel_report(runs: List[Run], models: Sequence[str], methods: Sequence[str],
         pooled: Dict[str, List[float]] = {"accuracy": [], "loss": []}
         behind: Dict[str, List[str]] = {"accuracy": [], "loss": []}
         checked = {"accuracy": 0, "loss": 0}
-        for name, e, b, joint, seq in sequential_pairs(cells, models, epochs, budgets):
+        for name, e, b, cell_diffs in sequential_pairs(cells, models, epochs, budgets):
             for key, better, fmt in (("accuracy", 1, "{:+.2f}"), ("loss", -1, "{:+.4f}")):
-                diffs = paired(joint, seq, key)
+                diffs = cell_diffs[key]
                 if not diffs:
                     continue
                 pooled[key] += diffs

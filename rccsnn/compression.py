@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from rccsnn import distributed
 from rccsnn.config import CompressConfig, typed_kwargs, write_yaml
 from rccsnn.data import DataSplits, load_data
-from rccsnn.errors import UserError
+from rccsnn.errors import UserError, first_line
 from rccsnn.masks import bake, find_targets
 from rccsnn.quant import bits_of, set_bits, target_bits
 from rccsnn.methods import METHODS, CompressionMethod, Constraint, Problem, TimeSteps
@@ -178,7 +178,7 @@ def _compress(cfg: CompressConfig, loaded: LoadedModel, device: torch.device, t0
     try:
         dense_test = evaluate_net(net, test_loader, spec, device, across_ranks=True)
     except RuntimeError as exc:
-        raise UserError(f"the model cannot run on data set '{data.name}': {str(exc).splitlines()[0]}") from None
+        raise UserError(f"the model cannot run on data set '{data.name}': {first_line(exc)}") from None
 
     torch.manual_seed(distributed.rank_seed(cfg.seed))
 
